@@ -1,0 +1,64 @@
+"""`jaxrec <command>`: one thin entry point over the library.
+
+Each command group lives next to the code it drives and exposes ``register(subparsers)``; this file
+only wires them together and turns :class:`~jaxrec.errors.JaxrecError` into a one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from jaxrec import __version__
+from jaxrec.errors import JaxrecError
+
+# command name -> module exposing register(subparsers)
+COMMANDS = {
+    "data": "jaxrec.data.commands",
+    "baseline": "jaxrec.methods.baseline_commands",
+    "train": "jaxrec.methods.run_commands",
+    "eval": "jaxrec.methods.run_commands",
+    "demo": "jaxrec.methods.demo",
+    "bench": "jaxrec.bench.commands",
+    "plan": "jaxrec.parallel.plan_commands",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxrec",
+        description="LLM-based generative recommenders in JAX: train, evaluate over the full catalog, benchmark.",
+    )
+    parser.add_argument("--version", action="version", version=f"jaxrec {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    registered = set()
+    for module_name in dict.fromkeys(COMMANDS.values()):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name == module_name:
+                continue  # command group not built yet
+            raise
+        if module_name not in registered:
+            module.register(sub)
+            registered.add(module_name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except JaxrecError as e:
+        print(f"jaxrec: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jaxrec: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

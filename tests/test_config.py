@@ -1,0 +1,53 @@
+import dataclasses
+from typing import Literal, Optional
+
+import pytest
+
+from jaxrec.config import apply_overrides, from_dict, load_config, to_dict
+from jaxrec.errors import ConfigError
+
+
+@dataclasses.dataclass
+class Inner:
+    lr: float = 1e-3
+    steps: int = 10
+    ks: tuple[int, ...] = (1, 5, 10)
+
+
+@dataclasses.dataclass
+class Root:
+    name: str
+    kind: Literal["a", "b"] = "a"
+    inner: Inner = dataclasses.field(default_factory=Inner)
+    path: Optional[str] = None
+    flag: bool = False
+
+
+def test_yaml_with_base_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: x\ninner:\n  lr: 0.1\n  steps: 3\n")
+    (tmp_path / "c.yaml").write_text("base: base.yaml\ninner:\n  steps: 5\n")
+    cfg = load_config(Root, tmp_path / "c.yaml", ["inner.lr=3e-4", "inner.ks=[1,2]", "flag=true", "kind=b"])
+    assert cfg == Root(name="x", kind="b", inner=Inner(lr=3e-4, steps=5, ks=(1, 2)), flag=True)
+    assert from_dict(Root, to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"name": "x", "inner": {"lr": 1, "stpes": 3}}, "unknown key 'inner.stpes'"),
+        ({"name": "x", "inner": {"steps": "many"}}, "'inner.steps' expected an integer"),
+        ({"name": "x", "kind": "c"}, "'kind' must be one of"),
+        ({"name": "x", "flag": "yes"}, "'flag' expected true/false"),
+        ({}, "missing required key 'name'"),
+    ],
+)
+def test_bad_configs_name_the_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(Root, data, where="f.yaml")
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["novalue"])
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        apply_overrides({"a": 1}, ["a.b=2"])
