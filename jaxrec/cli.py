@@ -20,6 +20,7 @@ COMMANDS = {
     "train": "jaxrec.methods.run_commands",
     "eval": "jaxrec.methods.run_commands",
     "demo": "jaxrec.methods.demo",
+    "index": "jaxrec.index.commands",
     "bench": "jaxrec.bench.commands",
     "plan": "jaxrec.parallel.plan_commands",
 }
