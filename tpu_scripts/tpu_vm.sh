@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Run jaxrec on a Cloud TPU VM or pod slice: create, install, run on all workers, stream logs, copy, delete.
+#
+#   tpu_scripts/tpu_vm.sh STEP [options] [-- jaxrec args...]
+#
+# STEP: create | install | run | logs | copy | delete | all (create, install, run, copy, delete)
+# Options (or environment variables of the same name in capitals):
+#   --name NAME            TPU VM name                          (TPU_NAME, default jaxrec-tpu)
+#   --zone ZONE            e.g. us-east5-a                       (TPU_ZONE, required)
+#   --project PROJECT      GCP project                           (TPU_PROJECT, default: gcloud's)
+#   --accelerator TYPE     v5p-8, v4-32, v5litepod-16, ...       (TPU_ACCELERATOR, default v5p-8)
+#   --version VERSION      TPU runtime image                     (TPU_VERSION, default v2-alpha-tpuv5)
+#   --repo URL_OR_PATH     jaxrec source: a git URL or a local dir copied with scp (default: this checkout)
+#   --results REMOTE_DIR   directory the run writes, copied back by `copy` (default runs)
+#   --dest LOCAL_DIR       where `copy` puts it (default ./tpu-results/NAME)
+#   --spot                 request spot capacity
+#   --dry-run              print every command instead of running it
+# Everything after `--` is passed to `jaxrec` on every worker, e.g.
+#   tpu_scripts/tpu_vm.sh all --zone us-east5-a --accelerator v5p-8 -- train --config configs/scale/llama3_8b_lora_v5p8.yaml
+# Checkpoints and datasets may be gs:// paths (orbax/tensorstore read and write them directly).
+set -euo pipefail
+
+STEP="${1:-}"; [[ -n "$STEP" ]] && shift || true
+NAME="${TPU_NAME:-jaxrec-tpu}"; ZONE="${TPU_ZONE:-}"; PROJECT="${TPU_PROJECT:-}"
+ACCEL="${TPU_ACCELERATOR:-v5p-8}"; VERSION="${TPU_VERSION:-v2-alpha-tpuv5}"
+REPO="$(cd "$(dirname "$0")/.." && pwd)"; RESULTS="runs"; DEST=""; SPOT=0; DRY=0; JAXREC_ARGS=()
+
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+die() { echo "tpu_vm.sh: error: $*" >&2; exit 2; }
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --name) NAME="$2"; shift 2 ;;
+    --zone) ZONE="$2"; shift 2 ;;
+    --project) PROJECT="$2"; shift 2 ;;
+    --accelerator) ACCEL="$2"; shift 2 ;;
+    --version) VERSION="$2"; shift 2 ;;
+    --repo) REPO="$2"; shift 2 ;;
+    --results) RESULTS="$2"; shift 2 ;;
+    --dest) DEST="$2"; shift 2 ;;
+    --spot) SPOT=1; shift ;;
+    --dry-run) DRY=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    --) shift; JAXREC_ARGS=("$@"); break ;;
+    *) die "unknown option '$1' (see --help)" ;;
+  esac
+done
+case "$STEP" in create|install|run|logs|copy|delete|all) ;; ""|-h|--help) usage; exit 0 ;; *) die "unknown step '$STEP'; expected create|install|run|logs|copy|delete|all" ;; esac
+[[ -n "$ZONE" ]] || die "--zone (or TPU_ZONE) is required"
+DEST="${DEST:-./tpu-results/$NAME}"
+
+GCLOUD=(gcloud compute tpus tpu-vm)
+LOC=(--zone "$ZONE"); [[ -n "$PROJECT" ]] && LOC+=(--project "$PROJECT")
+
+run() {  # print the command (shell-quoted); execute it unless --dry-run
+  printf '+'; printf ' %q' "$@"; printf '\n'
+  [[ "$DRY" == 1 ]] || "$@"
+}
+on_all_workers() { run "${GCLOUD[@]}" ssh "$NAME" "${LOC[@]}" --worker=all --command "$1"; }
+
+do_create() {
+  local extra=(); [[ "$SPOT" == 1 ]] && extra+=(--spot)
+  run "${GCLOUD[@]}" create "$NAME" "${LOC[@]}" --accelerator-type "$ACCEL" --version "$VERSION" "${extra[@]}"
+}
+do_install() {
+  if [[ "$REPO" == *://* || "$REPO" == git@* ]]; then
+    on_all_workers "rm -rf ~/jaxrec && git clone --depth 1 $REPO ~/jaxrec"
+  else
+    run "${GCLOUD[@]}" scp --recurse "$REPO" "$NAME:~/jaxrec" "${LOC[@]}" --worker=all
+  fi
+  on_all_workers "cd ~/jaxrec && python3 -m pip install -U pip && python3 -m pip install 'jax[tpu]' -e ."
+}
+do_run() {
+  [[ ${#JAXREC_ARGS[@]} -gt 0 ]] || die "run needs jaxrec arguments after --, e.g. -- train --config CONFIG"
+  local args; args="$(printf ' %q' "${JAXREC_ARGS[@]}")"
+  # every worker runs the same command; jax.distributed.initialize() discovers the slice on TPU VMs
+  on_all_workers "cd ~/jaxrec && JAXREC_DISTRIBUTED=1 nohup jaxrec${args} > ~/jaxrec-run.log 2>&1; echo exit=\$? >> ~/jaxrec-run.log"
+}
+do_logs() { run "${GCLOUD[@]}" ssh "$NAME" "${LOC[@]}" --worker=0 --command "tail -n +1 -f ~/jaxrec-run.log"; }
+do_copy() {
+  run mkdir -p "$DEST"
+  run "${GCLOUD[@]}" scp --recurse "$NAME:~/jaxrec/$RESULTS" "$DEST" "${LOC[@]}" --worker=0
+  run "${GCLOUD[@]}" scp "$NAME:~/jaxrec-run.log" "$DEST/" "${LOC[@]}" --worker=0
+}
+do_delete() { run "${GCLOUD[@]}" delete "$NAME" "${LOC[@]}" --quiet; }
+
+case "$STEP" in
+  create) do_create ;;
+  install) do_install ;;
+  run) do_run ;;
+  logs) do_logs ;;
+  copy) do_copy ;;
+  delete) do_delete ;;
+  all) do_create; do_install; do_run; do_copy; do_delete ;;
+esac
