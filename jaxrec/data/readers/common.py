@@ -1,0 +1,211 @@
+"""What every reader shares: the raw interaction log it fills, file access, and meta normalisation."""
+
+from __future__ import annotations
+
+import ast
+import bz2
+import dataclasses
+import gzip
+import html
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from jaxrec.data.dataset import Dataset
+from jaxrec.errors import DataError
+
+
+@dataclasses.dataclass
+class RawInteractions:
+    """A source's interactions in source order, before processing (E rows).
+
+    Attributes:
+      users: int64 [E] index into ``user_raw_ids`` (numbered by first appearance in the source).
+      items: int64 [E] index into ``item_raw_ids``.
+      user_raw_ids, item_raw_ids: the source's ids.
+      timestamps: int64 [E] unix seconds, or None when the source has no time.
+      ratings: float32 [E], or None.
+      item_meta: raw item id -> canonical item fields (title, description, brand, categories,
+        attributes, ...); items without metadata are absent.
+      name: dataset name; info: provenance (format, files, ...).
+    """
+
+    users: np.ndarray
+    items: np.ndarray
+    user_raw_ids: list[str]
+    item_raw_ids: list[str]
+    timestamps: np.ndarray | None
+    ratings: np.ndarray | None
+    item_meta: dict[str, dict[str, Any]]
+    name: str
+    info: dict[str, Any]
+
+    @property
+    def num_interactions(self) -> int:
+        return int(self.users.shape[0])
+
+
+class InteractionLog:
+    """Collects (user, item, timestamp, rating) rows, numbering raw ids by first appearance."""
+
+    def __init__(self, with_timestamps: bool, with_ratings: bool):
+        self._user_index: dict[str, int] = {}
+        self._item_index: dict[str, int] = {}
+        self._users: list[int] = []
+        self._items: list[int] = []
+        self._timestamps: list[int] | None = [] if with_timestamps else None
+        self._ratings: list[float] | None = [] if with_ratings else None
+
+    def add(self, user: str, item: str, timestamp: int | None = None, rating: float | None = None) -> None:
+        self._users.append(self._user_index.setdefault(user, len(self._user_index)))
+        self._items.append(self._item_index.setdefault(item, len(self._item_index)))
+        if self._timestamps is not None:
+            self._timestamps.append(timestamp)
+        if self._ratings is not None:
+            self._ratings.append(rating)
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def build(self, item_meta: dict[str, dict[str, Any]], name: str, info: dict[str, Any]) -> RawInteractions:
+        if not self._users:
+            raise DataError(f"{info.get('input', name)}: no interactions found")
+        return RawInteractions(
+            users=np.asarray(self._users, dtype=np.int64),
+            items=np.asarray(self._items, dtype=np.int64),
+            user_raw_ids=list(self._user_index),
+            item_raw_ids=list(self._item_index),
+            timestamps=None if self._timestamps is None else np.asarray(self._timestamps, dtype=np.int64),
+            ratings=None if self._ratings is None else np.asarray(self._ratings, dtype=np.float32),
+            item_meta=item_meta, name=name, info=info)
+
+
+def raw_from_dataset(ds: Dataset) -> RawInteractions:
+    """View a canonical dataset as a raw log (to re-process it, e.g. k-core the synthetic data)."""
+    users = np.repeat(np.arange(ds.num_users, dtype=np.int64), ds.lengths())
+    meta = {it["raw_id"]: {k: v for k, v in it.items() if k != "raw_id"} for it in ds.items}
+    return RawInteractions(users=users, items=ds.item_ids.astype(np.int64), user_raw_ids=list(ds.user_raw_ids),
+                           item_raw_ids=[it["raw_id"] for it in ds.items], timestamps=ds.timestamps,
+                           ratings=ds.ratings, item_meta=meta, name=ds.name, info=dict(ds.info))
+
+
+def open_text(path: Path, encoding: str = "utf-8"):
+    """Open a text file, transparently decompressing ``.gz``/``.bz2``."""
+    if not path.is_file():
+        raise DataError(f"file not found: {path}")
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding=encoding, newline="")
+    if path.suffix == ".bz2":
+        return bz2.open(path, "rt", encoding=encoding, newline="")
+    return open(path, encoding=encoding, newline="")
+
+
+def iter_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without newline) for non-blank lines."""
+    try:
+        with open_text(path, encoding) as f:
+            for lineno, line in enumerate(f, 1):
+                line = line.rstrip("\r\n")
+                if line.strip():
+                    yield lineno, line
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid {encoding} text ({e.reason} at byte {e.start})") from None
+    except (OSError, EOFError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise DataError(f"{path}: cannot read ({e})") from None
+
+
+def parse_record(path: Path, lineno: int, line: str) -> dict[str, Any]:
+    """One JSON object per line; Python-literal dicts (Amazon 2014 meta) via ``ast.literal_eval``."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        try:
+            obj = ast.literal_eval(line)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            raise DataError(f"{path}:{lineno}: expected a JSON object (or Python dict literal), "
+                            f"got {line[:60]!r}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def load_json(path: Path) -> Any:
+    """A whole JSON document; errors name the file and line."""
+    with open_text(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def to_int(path: Path, lineno: int, field: str, value: Any) -> int:
+    """``value`` as an int (``"12"``, ``12``, ``"12.0"``); otherwise DataError naming file and line."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        try:
+            number = float(value)
+            if number.is_integer():
+                return int(number)
+        except (TypeError, ValueError, OverflowError):
+            pass
+    raise DataError(f"{path}:{lineno}: {field} must be an integer, got {value!r}")
+
+
+def to_float(path: Path, lineno: int, field: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{path}:{lineno}: {field} must be a number, got {value!r}") from None
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, (list, tuple)):
+        value = " ".join(str(v) for v in value if v)
+    if value is None:
+        return None
+    text = " ".join(html.unescape(str(value)).split())
+    return text or None
+
+
+def _strings(value: Any) -> list[str]:
+    """Flatten str / list / nested lists into unique non-empty strings, order kept."""
+    out: list[str] = []
+
+    def walk(v):
+        if isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+        elif v is not None:
+            s = " ".join(html.unescape(str(v)).split())
+            if s and s not in out:
+                out.append(s)
+
+    walk(value)
+    return out
+
+
+def normalize_meta(record: dict[str, Any], aliases: dict[str, str] | None = None) -> dict[str, Any]:
+    """Canonical item fields from a source record.
+
+    ``title``/``description``/``brand`` become single strings, ``categories``/``attributes`` lists of
+    strings; ``aliases`` maps source field names onto them (e.g. ``{"category": "categories"}``).
+    Empty fields are omitted; other fields are ignored.
+    """
+    aliases = aliases or {}
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        field = aliases.get(key, key)
+        if field in ("title", "description", "brand"):
+            text = _text(value)
+            if text and field not in out:
+                out[field] = text
+        elif field in ("categories", "attributes"):
+            values = _strings(value)
+            if values:
+                out[field] = out.get(field, []) + [v for v in values if v not in out.get(field, [])]
+    return out
