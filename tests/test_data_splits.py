@@ -36,19 +36,19 @@ def test_leave_one_out_targets_and_histories():
 def test_temporal_split_periods_and_histories():
     ds = _toy()
     s = temporal_split(ds, ratios=(0.8, 0.1, 0.1), history=2)
-    # 14 interactions: train = first 11 by time, valid = next 1, test = last 2
-    all_ts = np.sort(ds.timestamps)
-    assert s.cut_timestamps == (int(all_ts[11]), int(all_ts[12]))
+    # 14 interactions, 4 users: 10 examples (a first interaction has no history): 8 / 1 / 1
+    assert (len(s.train), len(s.valid), len(s.test)) == (8, 1, 1)
     assert s.train.timestamp.max() <= s.valid.timestamp.min() <= s.test.timestamp.min()
-    # first interactions of each user make no example (empty history)
-    assert len(s.train) + len(s.valid) + len(s.test) == ds.num_interactions - ds.num_users
+    assert s.cut_timestamps == (11, 12)
     for part in (s.train, s.valid, s.test):
         for u, h, t, ts in zip(part.users, part.history, part.target, part.timestamp):
             seq, times = ds.sequence(u), ds.user_timestamps(u)
             pos = int(np.flatnonzero((seq == t) & (times == ts))[0])
             np.testing.assert_array_equal(h, seq[max(0, pos - 2):pos])
-    np.testing.assert_array_equal(s.test.target, [2, 3])
-    np.testing.assert_array_equal(s.test.history[1], [1, 2])
+    np.testing.assert_array_equal(s.test.target, [3])
+    np.testing.assert_array_equal(s.test.history[0], [1, 2])
+    full = temporal_split(ds, history=3, min_history=3)  # BIGRec-style: only full histories
+    assert len(full.train) + len(full.valid) + len(full.test) == 1 + 2
 
 
 def test_temporal_split_errors():

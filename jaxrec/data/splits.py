@@ -4,9 +4,8 @@ Two protocols, as used by the papers jaxrec reproduces:
 
 * :func:`leave_one_out` — per user, the last item is the test target, the second-to-last the
   validation target, everything before is training data (SASRec, S3-Rec, TIGER, LC-Rec, ...).
-* :func:`temporal_split` — BIGRec's global temporal split: all interactions are ordered by
-  timestamp and cut 80/10/10; each interaction is an example whose history is the user's previous
-  (at most ``history``) items, whatever period those fell in.
+* :func:`temporal_split` — BIGRec's global temporal split: next-item examples (an interaction and
+  the user's previous <= ``history`` items) are ordered by timestamp and cut 80/10/10.
 """
 
 from __future__ import annotations
@@ -105,52 +104,58 @@ class TemporalSplit:
 
 
 def temporal_split(ds: Dataset, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), history: int = 10,
-                   min_history: int = 1) -> TemporalSplit:
-    """Cut all interactions by time into train/valid/test periods (BIGRec protocol).
+                   min_history: int = 1, min_target_rating: float | None = None) -> TemporalSplit:
+    """Cut next-item examples by time into train/valid/test periods (BIGRec protocol).
 
     Semantics:
-      * All E interactions are sorted by (timestamp, user id, position in the user's sequence) —
-        a stable order, so equal timestamps never depend on hashing.
-      * The first ``floor(r_train * E)`` interactions form the train period, the next
-        ``floor((r_train + r_valid) * E) - floor(r_train * E)`` the valid period, the rest test.
-      * Every interaction of a period is one example: target = its item, history = the up to
-        ``history`` items the same user interacted with just before it (in the user's sequence,
-        from any period — test histories may include train items).
-      * Interactions with fewer than ``min_history`` previous items (e.g. a user's first
-        interaction) make no example.
+      * Every interaction with at least ``min_history`` earlier interactions of the same user (and,
+        if ``min_target_rating`` is set, a rating >= it) is one example: target = its item, history =
+        the up to ``history`` items the user interacted with just before it, oldest first — from
+        any period, so test histories may contain train items.
+      * The N examples are sorted by (timestamp, user id, position in the user's sequence), a stable
+        order, and cut: the first ``floor(r_train * N)`` are train, up to
+        ``floor((r_train + r_valid) * N)`` valid, the rest test.
+      * BIGRec's own preprocessing corresponds to ``history=10, min_history=10`` and, on MovieLens,
+        ``min_target_rating=4`` (ratings > 3); the defaults keep every interaction that has a history.
 
     Raises:
-      DataError: the dataset has no timestamps, or ratios/history are invalid.
+      DataError: the dataset has no timestamps (or no ratings when ``min_target_rating`` is set), or
+        ratios/history are invalid.
     """
     if ds.timestamps is None:
         raise DataError(f"dataset {ds.name!r} has no timestamps; the temporal split needs them "
                         f"(use leave_one_out, or prepare the data from a source with timestamps)")
+    if min_target_rating is not None and ds.ratings is None:
+        raise DataError(f"dataset {ds.name!r} has no ratings; min_target_rating={min_target_rating} needs them")
     if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
         raise DataError(f"temporal split ratios must be 3 non-negative numbers summing to 1, got {tuple(ratios)}")
     if history < 1 or min_history < 0 or min_history > history:
         raise DataError(f"need history >= 1 and 0 <= min_history <= history, got history={history}, "
                         f"min_history={min_history}")
-    n = ds.num_interactions
     lengths = ds.lengths()
     users = np.repeat(np.arange(ds.num_users, dtype=np.int32), lengths)
-    position = np.arange(n, dtype=np.int64) - np.repeat(ds.offsets[:-1], lengths)
-    order = np.lexsort((position, users, ds.timestamps))
+    position = np.arange(ds.num_interactions, dtype=np.int64) - np.repeat(ds.offsets[:-1], lengths)
+    eligible = position >= min_history
+    if min_target_rating is not None:
+        eligible &= ds.ratings >= min_target_rating
+    rows = np.flatnonzero(eligible)
+    rows = rows[np.lexsort((position[rows], users[rows], ds.timestamps[rows]))]
+    n = rows.size
     c1 = int(np.floor(ratios[0] * n))
     c2 = max(c1, int(np.floor((ratios[0] + ratios[1]) * n)))
 
-    def examples(rows: np.ndarray) -> TemporalExamples:
-        rows = rows[position[rows] >= min_history]
-        starts = np.maximum(ds.offsets[users[rows]], rows - history)
+    def examples(part: np.ndarray) -> TemporalExamples:
+        starts = np.maximum(ds.offsets[users[part]], part - history)
         return TemporalExamples(
-            users=users[rows],
-            history=[ds.item_ids[s:r] for s, r in zip(starts.tolist(), rows.tolist())],
-            target=ds.item_ids[rows].astype(np.int32),
-            timestamp=ds.timestamps[rows],
+            users=users[part],
+            history=[ds.item_ids[s:r] for s, r in zip(starts.tolist(), part.tolist())],
+            target=ds.item_ids[part].astype(np.int32),
+            timestamp=ds.timestamps[part],
         )
 
-    def first_ts(rows: np.ndarray) -> int | None:
-        return int(ds.timestamps[rows[0]]) if rows.size else None
+    def first_ts(part: np.ndarray) -> int | None:
+        return int(ds.timestamps[part[0]]) if part.size else None
 
-    periods = (order[:c1], order[c1:c2], order[c2:])
+    periods = (rows[:c1], rows[c1:c2], rows[c2:])
     return TemporalSplit(train=examples(periods[0]), valid=examples(periods[1]), test=examples(periods[2]),
                          cut_timestamps=(first_ts(periods[1]), first_ts(periods[2])))
