@@ -1,0 +1,107 @@
+"""Config sections of the training engine, used as fields of every method's config schema.
+
+All are plain dataclasses read strictly by :func:`jaxrec.config.from_dict` (``--set lora.rank=16``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from jaxrec.parallel.mesh import MeshConfig
+
+__all__ = ["MeshConfig", "LoraConfig", "OptimConfig", "CheckpointConfig", "DataConfig", "TrainConfig"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """What is trained: LoRA adapters (``mode: lora``) or every parameter (``mode: full``).
+
+    ``target_modules``: regular expressions matched (``re.search``) against the dotted module path,
+    e.g. ``q_proj`` or ``layers\\.\\d+\\.self_attn\\.(q|v)_proj$``; HF PEFT's plain names work as-is.
+    ``trainable``: path patterns of extra parameters trained in full (e.g. ``embed_tokens``,
+    ``lm_head``). ``new_token_rows_from``: if set, only rows >= this index of the vocabulary
+    parameters matched by ``trainable`` are updated (LC-Rec's added item tokens).
+    """
+
+    mode: Literal["lora", "full"] = "lora"
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    trainable: tuple[str, ...] = ()
+    new_token_rows_from: int | None = None
+
+    def __post_init__(self):
+        if self.rank <= 0:
+            raise ValueError(f"rank must be positive, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def scale(self) -> float:
+        """The LoRA scaling alpha / rank."""
+        return self.alpha / self.rank
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup, then cosine / linear / constant decay, and global-norm clipping."""
+
+    learning_rate: float = 3e-4
+    warmup_steps: int = 0
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    end_lr_ratio: float = 0.0  # final learning rate = learning_rate * end_lr_ratio
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    clip_norm: float | None = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """Orbax checkpointing: every ``every`` steps, keeping ``keep`` (best by ``best_metric`` if set)."""
+
+    dir: str | None = None
+    every: int = 0  # 0: only at the end (and on SIGTERM)
+    keep: int = 2
+    best_metric: str | None = None  # a validation metric name; keep the best ``keep`` by it
+    best_mode: Literal["max", "min"] = "max"
+    async_save: bool = True
+    save_frozen: bool = False  # also save the frozen base weights (default: trainable state only)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Token batches: fixed ``seq_len`` rows, built by bucketing (padding) or packing."""
+
+    seq_len: int = 256
+    packing: bool = False
+    bucket_lengths: tuple[int, ...] = ()  # pad each batch to the smallest bucket that fits (default: seq_len)
+    train_on_inputs: bool = False  # BIGRec's option: the loss covers the prompt tokens as well
+    shuffle: bool = True
+    prefetch: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The training loop."""
+
+    batch_size: int = 8  # global, across all processes
+    grad_accum: int = 1  # micro-batches per optimizer step (batch_size is split into these)
+    steps: int = 1000
+    epochs: int | None = None  # if set, the number of passes over the data (overrides steps)
+    seed: int = 0
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"  # master weights and optimizer stay fp32
+    remat: Literal["none", "full", "dots"] = "none"
+    eval_every: int = 0  # 0: no periodic validation
+    patience: int | None = None  # early stopping after this many validations without improvement
+    log_every: int = 10
+    log_dir: str | None = None
+    progress: bool = True
+    mesh: MeshConfig = MeshConfig()
+    lora: LoraConfig = LoraConfig()
+    optim: OptimConfig = OptimConfig()
+    data: DataConfig = DataConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()

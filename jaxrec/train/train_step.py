@@ -1,0 +1,116 @@
+"""The jitted, sharded training step.
+
+The model is split once into ``graphdef`` + three states: trainable parameters (fp32 master
+weights, updated by the optimizer), RNG state (dropout), and everything frozen. One step:
+cast to the compute dtype → forward/backward over ``grad_accum`` micro-batches (``lax.scan``) →
+optax update. It is compiled with explicit in/out shardings derived from the parameters' logical
+axes, and the train state is donated (updated in place).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from jaxrec.parallel.rules import DEFAULT_RULES, batch_sharding, replicated, state_shardings
+from jaxrec.train.losses import LossFn
+
+
+@flax.struct.dataclass
+class TrainState:
+    """What the optimizer changes (and what a checkpoint stores)."""
+
+    step: jax.Array  # int32 scalar
+    params: Any  # nnx.State of trainable parameters (fp32)
+    opt_state: Any
+    rngs: Any  # nnx.State of RNG streams (dropout)
+
+
+def cast_floats(tree: Any, dtype) -> Any:
+    """Cast floating leaves to ``dtype`` (ints, keys and bools untouched)."""
+    def one(x):
+        if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype:
+            return x.astype(dtype)
+        return x
+    return jax.tree.map(one, tree)
+
+
+def split_model(model: nnx.Module, trainable) -> tuple[nnx.GraphDef, nnx.State, nnx.State, nnx.State]:
+    """``graphdef, trainable_params, rng_state, frozen_state`` (``trainable``: an NNX filter)."""
+    return nnx.split(model, trainable, nnx.RngState, ...)
+
+
+def _split_micro_batches(batch: Mapping[str, jax.Array], n: int) -> dict[str, jax.Array]:
+    """[B, ...] → [n, B/n, ...] taking rows i, i+n, i+2n, ... into micro-batch i, so every device
+    keeps contributing its local rows to every micro-batch (no resharding)."""
+    def one(x):
+        x = x.reshape((x.shape[0] // n, n) + x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+    return {k: one(v) for k, v in batch.items()}
+
+
+def make_step_fn(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
+                 grad_accum: int = 1, compute_dtype=jnp.float32) -> Callable:
+    """The pure step ``(state, frozen, batch) -> (state, metrics)`` (not yet jitted)."""
+
+    def micro(params, rngs, frozen, batch):
+        def objective(p):
+            model = nnx.merge(graphdef, cast_floats(p, compute_dtype), rngs, cast_floats(frozen, compute_dtype))
+            loss, weight, metrics = loss_fn(model, batch)
+            weight = jnp.asarray(weight, jnp.float32)
+            return loss * weight, (weight, metrics, nnx.state(model, nnx.RngState))
+
+        (wsum, (weight, metrics, new_rngs)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        metrics = {k: v * weight for k, v in metrics.items()}
+        return wsum, weight, metrics, grads, new_rngs
+
+    def step(state: TrainState, frozen, batch):
+        if grad_accum == 1:
+            wsum, weight, metrics, grads, rngs = micro(state.params, state.rngs, frozen, batch)
+        else:
+            micro_batches = _split_micro_batches(batch, grad_accum)
+
+            def body(carry, mb):
+                acc_w, acc_loss, acc_metrics, acc_grads, rngs = carry
+                wsum, weight, metrics, grads, rngs = micro(state.params, rngs, frozen, mb)
+                return (acc_w + weight, acc_loss + wsum, jax.tree.map(jnp.add, acc_metrics, metrics),
+                        jax.tree.map(jnp.add, acc_grads, grads), rngs), None
+
+            first = jax.tree.map(lambda x: x[0], micro_batches)
+            shapes = jax.eval_shape(lambda: micro(state.params, state.rngs, frozen, first))
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[:4])
+            (weight, wsum, metrics, grads, rngs), _ = jax.lax.scan(
+                body, (zeros[1], zeros[0], zeros[2], zeros[3], state.rngs), micro_batches)
+        denom = jnp.maximum(weight, 1e-9)
+        grads = jax.tree.map(lambda g: (g / denom).astype(jnp.float32), grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        out = {k: v / denom for k, v in metrics.items()}
+        out.update(loss=wsum / denom, tokens=weight, grad_norm=optax.global_norm(grads))
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rngs=rngs), out
+
+    return step
+
+
+def train_state_shardings(state: TrainState, mesh: Mesh, rules=DEFAULT_RULES) -> TrainState:
+    """NamedShardings for a (possibly abstract) TrainState: optimizer moments follow their parameter."""
+    return TrainState(step=replicated(mesh), params=state_shardings(state.params, mesh, rules),
+                      opt_state=state_shardings(state.opt_state, mesh, rules),
+                      rngs=state_shardings(state.rngs, mesh, rules))
+
+
+def batch_shardings(batch_spec: Mapping[str, Any], mesh: Mesh, rules=DEFAULT_RULES) -> dict:
+    """Every batch array is split over the data axes along its first (batch) dimension."""
+    return {k: batch_sharding(mesh, len(v.shape), rules) for k, v in batch_spec.items()}
+
+
+def jit_train_step(step_fn: Callable, state_sh: TrainState, frozen_sh: Any, batch_sh: dict, mesh: Mesh) -> Callable:
+    """``jax.jit`` with explicit shardings; the train state (argument 0) is donated."""
+    return jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, batch_sh),
+                   out_shardings=(state_sh, replicated(mesh)), donate_argnums=(0,))
