@@ -103,8 +103,18 @@ def open_text(path: Path, encoding: str = "utf-8"):
 
 
 def iter_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
-    """(1-based line number, line without newline) for non-blank lines."""
+    """(1-based line number, line without newline) for non-blank lines.
+
+    ``encoding="auto"`` decodes each line as UTF-8, falling back to Latin-1 (old MovieLens files).
+    """
     try:
+        if encoding == "auto":
+            with open_text(path, "latin-1") as f:
+                for lineno, line in enumerate(f, 1):
+                    line = line.rstrip("\r\n")
+                    if line.strip():
+                        yield lineno, _utf8_or_latin1(line)
+            return
         with open_text(path, encoding) as f:
             for lineno, line in enumerate(f, 1):
                 line = line.rstrip("\r\n")
@@ -116,6 +126,14 @@ def iter_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]
         if isinstance(e, FileNotFoundError):
             raise
         raise DataError(f"{path}: cannot read ({e})") from None
+
+
+def _utf8_or_latin1(line: str) -> str:
+    """A line read as Latin-1, re-decoded as UTF-8 when its bytes are valid UTF-8."""
+    try:
+        return line.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        return line
 
 
 def parse_record(path: Path, lineno: int, line: str) -> dict[str, Any]:
