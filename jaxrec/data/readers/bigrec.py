@@ -160,7 +160,8 @@ def _read_csv(path: Path) -> list[Example]:
 
 def _json_records(path: Path) -> list[tuple[int, Any]]:
     """(line number, record): a JSON list (positions = line of the list's start) or JSON lines."""
-    text = open_text(path).read()
+    with open_text(path) as f:
+        text = f.read()
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

@@ -122,9 +122,7 @@ def iter_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]
                     yield lineno, line
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid {encoding} text ({e.reason} at byte {e.start})") from None
-    except (OSError, EOFError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
+    except (OSError, EOFError) as e:  # e.g. a truncated or corrupt .gz
         raise DataError(f"{path}: cannot read ({e})") from None
 
 

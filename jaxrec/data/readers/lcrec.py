@@ -16,7 +16,7 @@ from jaxrec.data.readers.common import InteractionLog, RawInteractions, load_jso
 from jaxrec.errors import DataError
 
 INDEX_FIELD = "lcrec_index"
-META_ALIASES = {"category": "categories", "categories": "categories"}
+META_ALIASES = {"category": "categories"}
 
 
 def _inter_file(path: Path) -> Path:

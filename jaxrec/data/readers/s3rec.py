@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxrec.data.readers.common import InteractionLog, RawInteractions, load_json
-from jaxrec.data.readers.common import iter_lines
+from jaxrec.data.readers.common import InteractionLog, RawInteractions, iter_lines, load_json
 from jaxrec.errors import DataError
 
 
