@@ -1,0 +1,403 @@
+"""T5 / FLAN-T5 encoder-decoder (v1.1 gated-GELU or original ReLU) in Flax NNX.
+
+Relative position bias (first layer's table shared by every layer of a stack), unscaled dot-product
+attention, RMS layer norm without bias, tied or untied lm_head (tied T5 rescales the decoder output
+by d_model**-0.5 before the shared embedding). Projections are named like HF (q, k, v, o, wi_0, wi_1,
+wo), each a :class:`~jaxrec.models.layers.Linear` with a ``kernel`` [in, out] (LoRA target).
+
+Shapes: B batch, Te encoder length, Td decoder length, d d_model, N heads, H d_kv, V vocab,
+K beams, G max_new_tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxrec.errors import JaxrecError
+from jaxrec.models.attention import attend, attend_prefix_and_generated, causal_mask
+from jaxrec.models.decoding import (DecodeState, empty_generated_cache, reorder_beams,
+                                    write_generated)
+from jaxrec.models.layers import Embed, Linear, RMSNorm, activation, as_dtype, param
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    """Architecture of a T5 model (field names follow HF's T5Config)."""
+
+    vocab_size: int
+    d_model: int
+    d_kv: int
+    d_ff: int
+    num_layers: int
+    num_decoder_layers: int
+    num_heads: int
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    layer_norm_epsilon: float = 1e-6
+    feed_forward_proj: str = "gated-gelu"
+    tie_word_embeddings: bool = False
+    scale_decoder_outputs: bool = False
+    initializer_factor: float = 1.0
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    decoder_start_token_id: int = 0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    model_type: str = "t5"
+
+    def __post_init__(self):
+        parts = self.feed_forward_proj.split("-")
+        if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
+            raise JaxrecError(f"feed_forward_proj {self.feed_forward_proj!r}: expected "
+                              f"'gated-ACT' or 'ACT' (e.g. 'gated-gelu', 'relu')")
+        activation(self.activation)
+
+    @property
+    def is_gated(self) -> bool:
+        return self.feed_forward_proj.startswith("gated-")
+
+    @property
+    def activation(self) -> str:
+        """HF's dense_act_fn: 'gated-gelu' means the tanh approximation ('gelu_new')."""
+        if self.feed_forward_proj == "gated-gelu":
+            return "gelu_new"
+        return self.feed_forward_proj.split("-")[-1]
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any], has_lm_head: bool, **overrides) -> "T5Config":
+        """HF config dict -> T5Config. ``has_lm_head``: the checkpoint stores lm_head.weight.
+
+        Mirrors transformers 5: the head is separate iff stored; outputs are rescaled iff
+        ``scale_decoder_outputs`` (or, in older configs, ``tie_word_embeddings`` is not false).
+        """
+        scale = hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True) is not False)
+        fields = dict(
+            vocab_size=hf["vocab_size"], d_model=hf["d_model"], d_kv=hf["d_kv"], d_ff=hf["d_ff"],
+            num_layers=hf["num_layers"],
+            num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"],
+            num_heads=hf["num_heads"],
+            relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
+            relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
+            layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6),
+            feed_forward_proj=hf.get("feed_forward_proj", "relu"),
+            tie_word_embeddings=not has_lm_head, scale_decoder_outputs=bool(scale),
+            initializer_factor=hf.get("initializer_factor", 1.0),
+            pad_token_id=hf.get("pad_token_id", 0), eos_token_id=hf.get("eos_token_id", 1),
+            decoder_start_token_id=hf.get("decoder_start_token_id", hf.get("pad_token_id", 0)),
+        )
+        fields.update(overrides)
+        return cls(**fields)
+
+    def to_hf(self) -> dict[str, Any]:
+        """The HF config.json dict that ``transformers`` loads into the same architecture."""
+        return {
+            "architectures": ["T5ForConditionalGeneration"], "model_type": "t5",
+            "vocab_size": self.vocab_size, "d_model": self.d_model, "d_kv": self.d_kv,
+            "d_ff": self.d_ff, "num_layers": self.num_layers,
+            "num_decoder_layers": self.num_decoder_layers, "num_heads": self.num_heads,
+            "relative_attention_num_buckets": self.relative_attention_num_buckets,
+            "relative_attention_max_distance": self.relative_attention_max_distance,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "feed_forward_proj": self.feed_forward_proj,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "scale_decoder_outputs": self.scale_decoder_outputs,
+            "initializer_factor": self.initializer_factor, "pad_token_id": self.pad_token_id,
+            "eos_token_id": self.eos_token_id,
+            "decoder_start_token_id": self.decoder_start_token_id,
+            "is_encoder_decoder": True, "torch_dtype": self.param_dtype,
+        }
+
+
+def tiny_t5_config(vocab_size: int, **overrides) -> T5Config:
+    """A small from-scratch FLAN-T5-style model (2+2 layers, d_model 64) for demos and tests."""
+    fields = dict(vocab_size=vocab_size, d_model=64, d_kv=16, d_ff=128, num_layers=2,
+                  num_decoder_layers=2, num_heads=4)
+    fields.update(overrides)
+    return T5Config(**fields)
+
+
+def relative_position_bucket(relative: jax.Array, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> jax.Array:
+    """T5 bucket of relative position (key - query): exact for small, log-spaced for large."""
+    bucket = jnp.zeros_like(relative)
+    if bidirectional:
+        num_buckets //= 2
+        bucket = bucket + (relative > 0).astype(relative.dtype) * num_buckets
+        distance = jnp.abs(relative)
+    else:
+        distance = -jnp.minimum(relative, 0)
+    max_exact = num_buckets // 2
+    log_ratio = (jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact)
+                 / math.log(max_distance / max_exact) * (num_buckets - max_exact))
+    large = jnp.minimum(max_exact + log_ratio.astype(relative.dtype), num_buckets - 1)
+    return bucket + jnp.where(distance < max_exact, distance, large)
+
+
+class T5Attention(nnx.Module):
+    """Multi-head attention without score scaling (T5 folds it into the init)."""
+
+    def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
+        d, inner, f = config.d_model, config.num_heads * config.d_kv, config.initializer_factor
+        kw = dict(dtype=as_dtype(config.dtype), param_dtype=as_dtype(config.param_dtype),
+                  rngs=rngs)
+        self.q = Linear(d, inner, axes=("embed", "heads"), std=f * (d * config.d_kv) ** -0.5, **kw)
+        self.k = Linear(d, inner, axes=("embed", "heads"), std=f * d ** -0.5, **kw)
+        self.v = Linear(d, inner, axes=("embed", "heads"), std=f * d ** -0.5, **kw)
+        self.o = Linear(inner, d, axes=("heads", "embed"), std=f * inner ** -0.5, **kw)
+        self.num_heads, self.head_dim = config.num_heads, config.d_kv
+
+    def heads(self, proj: Linear, x: jax.Array) -> jax.Array:
+        """[B,T,d] -> [B,T,N,H] through projection ``proj``."""
+        return proj(x).reshape(*x.shape[:2], self.num_heads, self.head_dim)
+
+    def __call__(self, x, kv_input, mask, bias=None):
+        """x [B,T,d] attends to kv_input [B,S,d]. Returns (out [B,T,d], (k, v) [B,S,N,H])."""
+        k, v = self.heads(self.k, kv_input), self.heads(self.v, kv_input)
+        out = attend(self.heads(self.q, x), k, v, mask, scale=1.0, bias=bias)
+        return self.o(out.reshape(*x.shape[:2], -1)), (k, v)
+
+
+class T5FeedForward(nnx.Module):
+    """Gated: wo(act(wi_0 x) * wi_1 x); plain: wo(act(wi x))."""
+
+    def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
+        d, f, factor = config.d_model, config.d_ff, config.initializer_factor
+        kw = dict(dtype=as_dtype(config.dtype), param_dtype=as_dtype(config.param_dtype),
+                  rngs=rngs)
+        if config.is_gated:
+            self.wi_0 = Linear(d, f, axes=("embed", "mlp"), std=factor * d ** -0.5, **kw)
+            self.wi_1 = Linear(d, f, axes=("embed", "mlp"), std=factor * d ** -0.5, **kw)
+        else:
+            self.wi = Linear(d, f, axes=("embed", "mlp"), std=factor * d ** -0.5, **kw)
+        self.wo = Linear(f, d, axes=("mlp", "embed"), std=factor * f ** -0.5, **kw)
+        self.act = activation(config.activation)
+        self.is_gated = config.is_gated
+
+    def __call__(self, x):
+        if self.is_gated:
+            return self.wo(self.act(self.wi_0(x)) * self.wi_1(x))
+        return self.wo(self.act(self.wi(x)))
+
+
+class T5Block(nnx.Module):
+    """Self-attention (+ cross-attention in the decoder) + feed-forward, each pre-normed."""
+
+    def __init__(self, config: T5Config, is_decoder: bool, *, rngs: nnx.Rngs):
+        norm = dict(eps=config.layer_norm_epsilon, dtype=as_dtype(config.dtype),
+                    param_dtype=as_dtype(config.param_dtype))
+        self.self_attn_norm = RMSNorm(config.d_model, **norm)
+        self.self_attn = T5Attention(config, rngs=rngs)
+        if is_decoder:
+            self.cross_attn_norm = RMSNorm(config.d_model, **norm)
+            self.cross_attn = T5Attention(config, rngs=rngs)
+        self.ff_norm = RMSNorm(config.d_model, **norm)
+        self.ff = T5FeedForward(config, rngs=rngs)
+
+
+class T5Stack(nnx.Module):
+    """Encoder or decoder: blocks, one relative-bias table, final norm (embedding passed in)."""
+
+    def __init__(self, config: T5Config, is_decoder: bool, *, rngs: nnx.Rngs):
+        self.config, self.is_decoder = config, is_decoder
+        self.rel_bias = param(rngs, (config.relative_attention_num_buckets, config.num_heads),
+                              ("rel_buckets", "heads"), as_dtype(config.param_dtype),
+                              config.initializer_factor * config.d_model ** -0.5)
+        count = config.num_decoder_layers if is_decoder else config.num_layers
+        self.blocks = nnx.List([T5Block(config, is_decoder, rngs=rngs) for _ in range(count)])
+        self.final_norm = RMSNorm(config.d_model, eps=config.layer_norm_epsilon,
+                                  dtype=as_dtype(config.dtype),
+                                  param_dtype=as_dtype(config.param_dtype))
+
+    def position_bias(self, query_pos: jax.Array, key_pos: jax.Array) -> jax.Array:
+        """[N, Tq, Tk] bias for query positions [Tq] and key positions [Tk]."""
+        c = self.config
+        buckets = relative_position_bucket(key_pos[None, :] - query_pos[:, None],
+                                           not self.is_decoder,
+                                           c.relative_attention_num_buckets,
+                                           c.relative_attention_max_distance)
+        bias = jnp.take(self.rel_bias[...], buckets, axis=0)  # [Tq,Tk,N]
+        return jnp.moveaxis(bias, -1, 0).astype(as_dtype(c.dtype))
+
+    def __call__(self, x, self_mask, encoder_out=None, cross_mask=None):
+        """Full-sequence stack. x [B,T,d]; masks bool [B,1,T,S].
+
+        Returns (hidden list L+1 [B,T,d] (last final-normed), self (k, v) list, cross (k, v) list).
+        """
+        positions = jnp.arange(x.shape[1])
+        bias = self.position_bias(positions, positions)[None]
+        hidden, self_kv, cross_kv = [x], [], []
+        for block in self.blocks:
+            h = block.self_attn_norm(x)
+            out, kv = block.self_attn(h, h, self_mask, bias)
+            x = x + out
+            self_kv.append(kv)
+            if self.is_decoder:
+                out, kv = block.cross_attn(block.cross_attn_norm(x), encoder_out, cross_mask)
+                x = x + out
+                cross_kv.append(kv)
+            x = x + block.ff(block.ff_norm(x))
+            hidden.append(x)
+        hidden[-1] = self.final_norm(x)
+        return hidden, self_kv, cross_kv
+
+
+def _key_mask(attention_mask, batch: int, length: int) -> jax.Array:
+    """[B,1,1,S] bool from an optional [B,S] 0/1 mask."""
+    if attention_mask is None:
+        return jnp.ones((batch, 1, 1, length), bool)
+    return jnp.asarray(attention_mask).astype(bool)[:, None, None, :]
+
+
+class T5ForConditionalGeneration(nnx.Module):
+    """T5 seq2seq LM: ``model(input_ids, attention_mask, decoder_input_ids)`` -> logits [B,Td,V]."""
+
+    def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
+        self.config = config
+        dtype, param_dtype = as_dtype(config.dtype), as_dtype(config.param_dtype)
+        self.shared = Embed(config.vocab_size, config.d_model,
+                            std=config.initializer_factor, dtype=dtype, param_dtype=param_dtype,
+                            rngs=rngs)
+        self.encoder = T5Stack(config, is_decoder=False, rngs=rngs)
+        self.decoder = T5Stack(config, is_decoder=True, rngs=rngs)
+        self.lm_head = (None if config.tie_word_embeddings else
+                        Linear(config.d_model, config.vocab_size, axes=("embed", "vocab"),
+                               std=config.initializer_factor, dtype=dtype,
+                               param_dtype=param_dtype, rngs=rngs))
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Decoder final hidden [..., d] -> float32 logits [..., V]."""
+        if self.config.scale_decoder_outputs:
+            hidden = hidden * self.config.d_model ** -0.5
+        out = self.shared.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
+        return out.astype(jnp.float32)
+
+    def encode(self, input_ids=None, attention_mask=None, *, inputs_embeds=None,
+               return_all: bool = False) -> jax.Array:
+        """Encoder output [B,Te,d] (``return_all``: [L+1,B,Te,d])."""
+        x = (self.shared(jnp.asarray(input_ids)) if inputs_embeds is None
+             else inputs_embeds.astype(as_dtype(self.config.dtype)))
+        hidden, _, _ = self.encoder(x, _key_mask(attention_mask, *x.shape[:2]))
+        return jnp.stack(hidden) if return_all else hidden[-1]
+
+    def _decode_full(self, decoder_input_ids, encoder_out, attention_mask,
+                     decoder_attention_mask):
+        y = self.shared(jnp.asarray(decoder_input_ids))
+        batch, length = y.shape[:2]
+        self_mask = causal_mask(length)[None, None] & _key_mask(decoder_attention_mask, batch,
+                                                                length)
+        return self.decoder(y, self_mask, encoder_out,
+                            _key_mask(attention_mask, batch, encoder_out.shape[1]))
+
+    def __call__(self, input_ids=None, attention_mask=None, decoder_input_ids=None,
+                 decoder_attention_mask=None, *, inputs_embeds=None,
+                 return_hidden: bool | str = False):
+        """input_ids [B,Te] (or inputs_embeds [B,Te,d]), decoder_input_ids [B,Td] -> logits [B,Td,V].
+
+        ``return_hidden=True``: decoder final hidden [B,Td,d]; ``"all"``: [L+1,B,Td,d].
+        """
+        if decoder_input_ids is None:
+            raise JaxrecError("T5 forward needs decoder_input_ids [B,Td] (an encoder-decoder model)")
+        encoder_out = self.encode(input_ids, attention_mask, inputs_embeds=inputs_embeds)
+        hidden, _, _ = self._decode_full(decoder_input_ids, encoder_out, attention_mask,
+                                         decoder_attention_mask)
+        if return_hidden == "all":
+            return jnp.stack(hidden)
+        if return_hidden:
+            return hidden[-1]
+        return self.logits(hidden[-1])
+
+    # ---------------------------------------------------------------------------- decoding
+    def prefill(self, input_ids, attention_mask, num_beams: int, max_new_tokens: int):
+        """Encode [B,Te] once per user and run the decoder-start token.
+
+        Returns (state, logits0 [B,V] float32 for the first generated token).
+        """
+        attention_mask = jnp.asarray(attention_mask)
+        encoder_out = self.encode(input_ids, attention_mask)
+        batch = encoder_out.shape[0]
+        start = jnp.full((batch, 1), self.config.decoder_start_token_id, jnp.int32)
+        hidden, self_kv, cross_kv = self._decode_full(start, encoder_out, attention_mask, None)
+        c = self.config
+        gen_k, gen_v = empty_generated_cache(batch, num_beams, max_new_tokens, c.num_heads,
+                                             c.d_kv, c.num_decoder_layers, self_kv[0][0].dtype)
+        state = DecodeState(
+            prefix_k=tuple(k for k, _ in self_kv), prefix_v=tuple(v for _, v in self_kv),
+            prefix_mask=jnp.ones((batch, 1), bool),
+            prefix_positions=jnp.zeros((batch, 1), jnp.int32),
+            next_position=jnp.ones((batch,), jnp.int32),
+            gen_k=gen_k, gen_v=gen_v,
+            cross_k=tuple(k for k, _ in cross_kv), cross_v=tuple(v for _, v in cross_kv),
+            cross_mask=attention_mask.astype(bool))
+        return state, self.logits(hidden[-1][:, -1])
+
+    def decode_step(self, tokens: jax.Array, state: DecodeState, step):
+        """Feed generated token number ``step`` of each beam: tokens [B,K].
+
+        Returns (logits [B,K,V] float32 for the next token, the updated state).
+        """
+        query_pos = jnp.reshape(step + 1, (1,))
+        slots = jnp.arange(state.max_new_tokens)
+        prefix_bias = self.decoder.position_bias(query_pos, jnp.zeros((1,), jnp.int32))[:, 0]
+        gen_bias = self.decoder.position_bias(query_pos, slots + 1)[:, 0]
+        gen_mask = (slots <= step)[None, None, :]
+        cross_mask = state.cross_mask[:, None, None, :]
+        x = self.shared(tokens)
+        new_k, new_v = [], []
+        for i, block in enumerate(self.decoder.blocks):
+            attn = block.self_attn
+            h = block.self_attn_norm(x)
+            gen_k = write_generated(state.gen_k[i], attn.heads(attn.k, h), step)
+            gen_v = write_generated(state.gen_v[i], attn.heads(attn.v, h), step)
+            out = attend_prefix_and_generated(
+                attn.heads(attn.q, h), state.prefix_k[i], state.prefix_v[i], state.prefix_mask,
+                gen_k, gen_v, gen_mask, scale=1.0, prefix_bias=prefix_bias, gen_bias=gen_bias)
+            x = x + attn.o(out.reshape(*x.shape[:2], -1))
+            cross = block.cross_attn
+            out = attend(cross.heads(cross.q, block.cross_attn_norm(x)), state.cross_k[i],
+                         state.cross_v[i], cross_mask, scale=1.0)
+            x = x + cross.o(out.reshape(*x.shape[:2], -1))
+            x = x + block.ff(block.ff_norm(x))
+            new_k.append(gen_k)
+            new_v.append(gen_v)
+        logits = self.logits(self.decoder.final_norm(x))
+        return logits, state.replace(gen_k=tuple(new_k), gen_v=tuple(new_v))
+
+    def reorder_beams(self, state: DecodeState, parent: jax.Array) -> DecodeState:
+        """Beam k continues beam parent[b,k] (per-beam caches gathered; encoder part untouched)."""
+        return reorder_beams(state, parent)
+
+    # ----------------------------------------------------------------------------- HF interop
+    def vocab_params(self) -> list[tuple[nnx.Param, int]]:
+        """(parameter, vocab axis) pairs to grow when tokens are added."""
+        params = [(self.shared.embedding, 0)]
+        if self.lm_head is not None:
+            params.append((self.lm_head.kernel, 1))
+        return params
+
+    @staticmethod
+    def hf_name(path: tuple) -> str:
+        """Our parameter path -> HF safetensors name."""
+        name = ".".join(str(p) for p in path)
+        ff_layer = "2" if name.startswith("decoder.") else "1"
+        for pattern, replacement in (
+                (r"^(encoder|decoder)\.rel_bias$",
+                 r"\1.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+                (r"\.final_norm\.scale$", ".final_layer_norm.weight"),
+                (r"\.blocks\.(\d+)\.self_attn_norm\.scale$", r".block.\1.layer.0.layer_norm.weight"),
+                (r"\.blocks\.(\d+)\.self_attn\.", r".block.\1.layer.0.SelfAttention."),
+                (r"\.blocks\.(\d+)\.cross_attn_norm\.scale$",
+                 r".block.\1.layer.1.layer_norm.weight"),
+                (r"\.blocks\.(\d+)\.cross_attn\.", r".block.\1.layer.1.EncDecAttention."),
+                (r"\.blocks\.(\d+)\.ff_norm\.scale$",
+                 rf".block.\1.layer.{ff_layer}.layer_norm.weight"),
+                (r"\.blocks\.(\d+)\.ff\.", rf".block.\1.layer.{ff_layer}.DenseReluDense."),
+                (r"\.(kernel|embedding)$", ".weight")):
+            name = re.sub(pattern, replacement, name)
+        return name

@@ -1,0 +1,248 @@
+"""Llama-family parity with HF PyTorch, the decoding protocol, packing, HF round trip, errors."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxrec.errors import JaxrecError
+from jaxrec.models import load_pretrained, save_pretrained
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 128
+COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+VARIANTS = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "llama3_tied": ("LlamaConfig", "LlamaForCausalLM", dict(
+        tie_word_embeddings=True, rms_norm_eps=1e-5,
+        rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0,
+                             low_freq_factor=1.0, high_freq_factor=4.0,
+                             original_max_position_embeddings=16))),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "mistral_window": ("MistralConfig", "MistralForCausalLM", dict(sliding_window=5)),
+}
+
+
+def _batch():
+    """[3,9] ids with one unpadded row and two left-padded rows."""
+    rng = np.random.RandomState(0)
+    ids = rng.randint(3, VOCAB, (3, 9)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, :3] = 0
+    mask[2, :6] = 0
+    return ids, mask
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """name -> (dir, HF torch model) for each variant, random weights."""
+    out = {}
+    for i, (name, (config_cls, model_cls, extra)) in enumerate(VARIANTS.items()):
+        torch.manual_seed(i)
+        config = getattr(transformers, config_cls)(**COMMON, **extra)
+        model = getattr(transformers, model_cls)(config).eval()
+        if name == "qwen2":  # random non-zero qkv biases so the bias path is exercised
+            with torch.no_grad():
+                for layer in model.model.layers:
+                    layer.self_attn.q_proj.bias.normal_(0, 0.5)
+                    layer.self_attn.k_proj.bias.normal_(0, 0.5)
+        path = tmp_path_factory.mktemp(name)
+        model.save_pretrained(path)
+        out[name] = (path, model)
+    return out
+
+
+@pytest.fixture(scope="module")
+def llama(checkpoints):
+    return load_pretrained(checkpoints["llama"][0])
+
+
+def _hf_logits(model, ids, mask=None):
+    with torch.no_grad():
+        kwargs = {} if mask is None else {"attention_mask": torch.tensor(mask)}
+        return model(torch.tensor(ids, dtype=torch.long), **kwargs).logits.numpy()
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_logits_match_hf_with_and_without_padding(checkpoints, name):
+    path, hf_model = checkpoints[name]
+    model = load_pretrained(path)
+    ids, mask = _batch()
+    ours = np.asarray(model(ids, attention_mask=mask))
+    ref = _hf_logits(hf_model, ids, mask)
+    assert ours.dtype == np.float32 and ours.shape == (3, 9, VOCAB)
+    np.testing.assert_allclose(ours * mask[..., None], ref * mask[..., None], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(model(ids)), _hf_logits(hf_model, ids), atol=1e-4)
+
+
+def test_config_mapping(checkpoints):
+    assert load_pretrained(checkpoints["llama3_tied"][0]).lm_head is None
+    qwen = load_pretrained(checkpoints["qwen2"][0])
+    assert qwen.config.qkv_bias and not qwen.config.o_bias
+    assert load_pretrained(checkpoints["mistral_window"][0]).config.sliding_window == 5
+
+
+def test_hidden_states_and_inputs_embeds(checkpoints, llama):
+    ids, mask = _batch()
+    with torch.no_grad():
+        ref = checkpoints["llama"][1](torch.tensor(ids, dtype=torch.long),
+                                      attention_mask=torch.tensor(mask),
+                                      output_hidden_states=True).hidden_states
+    ours = np.asarray(llama(ids, attention_mask=mask, return_hidden="all"))
+    assert ours.shape == (3, 3, 9, 64)
+    for layer in range(3):
+        np.testing.assert_allclose(ours[layer] * mask[..., None],
+                                   ref[layer].numpy() * mask[..., None], atol=1e-4)
+    embeds = llama.embed_tokens(jnp.asarray(ids))
+    np.testing.assert_allclose(np.asarray(llama(inputs_embeds=embeds, attention_mask=mask)),
+                               np.asarray(llama(ids, attention_mask=mask)), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(llama(ids, attention_mask=mask, return_hidden=True)),
+                               ours[-1], atol=1e-6)
+
+
+def test_packed_segments_equal_separate_sequences(llama):
+    ids, _ = _batch()
+    a, b = ids[0, :5], ids[1, :4]
+    packed = np.concatenate([a, b])[None]
+    segments = np.array([[1] * 5 + [2] * 4])
+    out = np.asarray(llama(packed, segment_ids=segments))[0]
+    np.testing.assert_allclose(out[:5], np.asarray(llama(a[None]))[0], atol=1e-5)
+    np.testing.assert_allclose(out[5:], np.asarray(llama(b[None]))[0], atol=1e-5)
+
+
+def _decode_reference(model, ids, mask, generated):
+    """Full-forward logits at the last position of prompt + generated (per user, per beam)."""
+    batch, beams, steps = generated.shape
+    full_ids = np.concatenate([np.repeat(ids[:, None], beams, 1), generated], axis=2)
+    full_mask = np.concatenate([np.repeat(mask[:, None], beams, 1),
+                                np.ones_like(generated)], axis=2)
+    logits = model(full_ids.reshape(batch * beams, -1),
+                   attention_mask=full_mask.reshape(batch * beams, -1))
+    return np.asarray(logits)[:, -1].reshape(batch, beams, -1)
+
+
+@pytest.mark.parametrize("name", ["llama", "mistral_window"])
+def test_prefill_decode_step_reorder_match_full_forward(checkpoints, name):
+    """Beam decoding through the cache equals the full forward on the concatenated sequences."""
+    model = llama_model = load_pretrained(checkpoints[name][0])
+    ids, mask = _batch()
+    beams, steps = 3, 4
+    rng = np.random.RandomState(1)
+    state, logits0 = model.prefill(ids, mask, num_beams=beams, max_new_tokens=steps)
+    assert state.prefix_k[0].shape == (3, 9, 2, 16)  # shared per user
+    assert state.gen_k[0].shape == (3, beams, steps, 2, 16)  # per beam, generated only
+    np.testing.assert_allclose(np.asarray(logits0),
+                               np.asarray(model(ids, attention_mask=mask))[:, -1], atol=1e-5)
+    history = np.zeros((3, beams, 0), np.int32)
+    for step in range(steps):
+        if step > 0:
+            parent = rng.randint(0, beams, (3, beams)).astype(np.int32)
+            state = model.reorder_beams(state, parent)
+            history = np.take_along_axis(history, parent[:, :, None], axis=1)
+        tokens = rng.randint(3, VOCAB, (3, beams)).astype(np.int32)
+        history = np.concatenate([history, tokens[:, :, None]], axis=2)
+        logits, state = model.decode_step(tokens, state, step)
+        np.testing.assert_allclose(np.asarray(logits),
+                                   _decode_reference(llama_model, ids, mask, history), atol=1e-4)
+
+
+def test_decode_step_inside_jit_while_loop(llama):
+    """Greedy decoding with decode_step in lax.fori_loop under jit equals eager stepping."""
+    ids, mask = _batch()
+    steps = 4
+    graphdef, params = nnx.split(llama)
+
+    @jax.jit
+    def greedy(params, ids, mask):
+        model = nnx.merge(graphdef, params)
+        state, logits0 = model.prefill(ids, mask, num_beams=1, max_new_tokens=steps)
+        first = jnp.argmax(logits0, -1).astype(jnp.int32)[:, None]
+        out = jnp.zeros((ids.shape[0], steps), jnp.int32).at[:, 0].set(first[:, 0])
+
+        def body(step, carry):
+            tokens, out, state = carry
+            logits, state = model.decode_step(tokens, state, step)
+            nxt = jnp.argmax(logits, -1).astype(jnp.int32)
+            return nxt, out.at[:, step + 1].set(nxt[:, 0]), state
+
+        _, out, _ = jax.lax.fori_loop(0, steps - 1, body, (first, out, state))
+        return out
+
+    out = np.asarray(greedy(params, ids, mask))
+    seq, seq_mask = ids, mask
+    for step in range(steps):
+        nxt = np.argmax(np.asarray(llama(seq, attention_mask=seq_mask))[:, -1], -1)
+        assert (out[:, step] == nxt).all()
+        seq = np.concatenate([seq, nxt[:, None].astype(np.int32)], 1)
+        seq_mask = np.concatenate([seq_mask, np.ones((3, 1), seq_mask.dtype)], 1)
+
+
+def test_save_then_hf_loads_same_logits(checkpoints, tmp_path):
+    for name in ("llama3_tied", "qwen2"):
+        model = load_pretrained(checkpoints[name][0])
+        save_pretrained(model, tmp_path / name)
+        reloaded = getattr(transformers, VARIANTS[name][1]).from_pretrained(tmp_path / name)
+        ids, mask = _batch()
+        ref = _hf_logits(reloaded.eval(), ids, mask)
+        np.testing.assert_allclose(np.asarray(model(ids, attention_mask=mask)) * mask[..., None],
+                                   ref * mask[..., None], atol=1e-4)
+
+
+def test_sharded_checkpoint_and_placement(checkpoints, tmp_path):
+    path, hf_model = checkpoints["llama"]
+    hf_model.save_pretrained(tmp_path, max_shard_size="100KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, -1), ("data", "tensor"))
+    rules = {"mlp": "tensor", "heads": "tensor", "vocab": "tensor"}
+
+    def sharding(axes, shape):
+        spec = [rules.get(a) if a else None for a in axes]
+        return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+
+    model = load_pretrained(tmp_path, sharding=sharding)
+    kernel = model.layers[0].mlp.up_proj.kernel
+    assert kernel.get_metadata("out_sharding") == ("embed", "mlp")
+    assert kernel[...].sharding.spec == jax.sharding.PartitionSpec(None, "tensor")
+    ids, mask = _batch()
+    np.testing.assert_allclose(np.asarray(model(ids, attention_mask=mask)) * mask[..., None],
+                               _hf_logits(hf_model, ids, mask) * mask[..., None], atol=1e-4)
+
+
+def test_bf16_compute_keeps_fp32_params(checkpoints, llama):
+    model = load_pretrained(checkpoints["llama"][0], dtype="bfloat16", param_dtype="float32")
+    assert model.layers[0].self_attn.q_proj.kernel[...].dtype == jnp.float32
+    ids, mask = _batch()
+    out = np.asarray(model(ids, attention_mask=mask))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out * mask[..., None],
+                               np.asarray(llama(ids, attention_mask=mask)) * mask[..., None],
+                               atol=0.1)
+
+
+def test_clear_errors(checkpoints, tmp_path):
+    with pytest.raises(JaxrecError, match="config.json"):
+        load_pretrained(tmp_path / "nowhere")
+    path = checkpoints["llama"][0]
+    config = json.loads((path / "config.json").read_text())
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    (bad / "model.safetensors").symlink_to(path / "model.safetensors")
+    with pytest.raises(JaxrecError, match="unsupported model_type 'gpt2'"):
+        load_pretrained(bad)
+    (bad / "config.json").write_text(json.dumps({**config, "intermediate_size": 100}))
+    with pytest.raises(JaxrecError, match="shape"):
+        load_pretrained(bad)
+    (bad / "model.safetensors").unlink()
+    with pytest.raises(JaxrecError, match="no model.safetensors"):
+        load_pretrained(bad)
+    (bad / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
+    (bad / "model.safetensors").symlink_to(path / "model.safetensors")
+    with pytest.raises(JaxrecError, match="missing from the checkpoint"):
+        load_pretrained(bad)
