@@ -60,13 +60,14 @@ def make_step_fn(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.Gradi
     """The pure step ``(state, frozen, batch) -> (state, metrics)`` (not yet jitted)."""
 
     def micro(params, rngs, frozen, batch):
-        def objective(p):
+        def objective(p, rngs, frozen):
+            rngs = jax.tree.map(lambda x: x, rngs)  # fresh Variables at this trace level: dropout mutates them
             model = nnx.merge(graphdef, cast_floats(p, compute_dtype), rngs, cast_floats(frozen, compute_dtype))
             loss, weight, metrics = loss_fn(model, batch)
             weight = jnp.asarray(weight, jnp.float32)
             return loss * weight, (weight, metrics, nnx.state(model, nnx.RngState))
 
-        (wsum, (weight, metrics, new_rngs)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        (wsum, (weight, metrics, new_rngs)), grads = jax.value_and_grad(objective, has_aux=True)(params, rngs, frozen)
         metrics = {k: v * weight for k, v in metrics.items()}
         return wsum, weight, metrics, grads, new_rngs
 

@@ -1,0 +1,216 @@
+"""Input pipeline: examples → token batches on device (grain).
+
+``examples`` is any random-access sequence of dicts with ``prompt`` and ``response`` (text, encoded by
+the tokenizer) — or ``prompt_ids`` / ``response_ids`` (already token ids). Steps:
+
+1. global shuffle (seeded; reshuffled every epoch), then this process's slice
+   ``[process_index::process_count]`` — every host reads a disjoint part of each global batch;
+2. tokenization to features (decoder-only: ``input_ids``/``targets``/``loss_mask`` shifted by one;
+   T5: encoder ``input_ids`` + ``decoder_input_ids``/``targets``/``loss_mask``), truncated to
+   ``seq_len`` (the end of the response is cut first);
+3. batching: either length bucketing (pad the batch to the smallest of ``bucket_lengths`` that fits;
+   one compilation per bucket) or packing (several examples per row with ``segment_ids``/``positions``;
+   decoder-only);
+4. :class:`DeviceIterator`: host batches → global ``jax.Array``s sharded over the mesh's data axes,
+   ``prefetch`` batches ahead (transfers overlap compute). Its ``get_state``/``set_state`` give the
+   exact position (batches handed out so far), which is what checkpoints store.
+
+Loss masks: response tokens (+ EOS) only, or every real token when ``train_on_inputs`` (BIGRec).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+from typing import Any, Callable, Iterator, Sequence
+
+import grain
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxrec.data.packing import pack
+from jaxrec.errors import ConfigError, DataError
+from jaxrec.parallel.mesh import check_batch_size
+from jaxrec.parallel.rules import batch_sharding
+from jaxrec.train.config import DataConfig
+
+Encode = Callable[[str], Sequence[int]]
+
+
+def _ids(example: dict, key: str, encode: Encode | None) -> list[int]:
+    if f"{key}_ids" in example:
+        return list(example[f"{key}_ids"])
+    if key not in example:
+        raise DataError(f"example has neither '{key}' nor '{key}_ids': keys {sorted(example)}")
+    if encode is None:
+        raise DataError(f"example has text '{key}' but the pipeline was given no tokenizer")
+    return list(encode(example[key]))
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalFeatures(grain.transforms.Map):
+    """prompt + response + EOS → shifted ``input_ids``/``targets``/``loss_mask`` (length ≤ seq_len)."""
+
+    seq_len: int
+    eos_id: int
+    bos_id: int | None = None
+    train_on_inputs: bool = False
+    encode: Encode | None = None
+
+    def map(self, example: dict) -> dict:
+        prompt = ([self.bos_id] if self.bos_id is not None else []) + _ids(example, "prompt", self.encode)
+        tokens = (prompt + _ids(example, "response", self.encode) + [self.eos_id])[: self.seq_len + 1]
+        tokens = np.asarray(tokens, np.int32)
+        mask = np.ones(len(tokens) - 1, np.float32)
+        if not self.train_on_inputs:
+            mask[: max(len(prompt) - 1, 0)] = 0.0  # target i is token i+1: score response tokens only
+        return {"input_ids": tokens[:-1], "targets": tokens[1:], "loss_mask": mask}
+
+
+@dataclasses.dataclass(frozen=True)
+class Seq2SeqFeatures(grain.transforms.Map):
+    """prompt → encoder ``input_ids``; response + EOS → ``decoder_input_ids``/``targets``/``loss_mask``."""
+
+    seq_len: int
+    target_len: int
+    eos_id: int
+    decoder_start_id: int
+    encode: Encode | None = None
+
+    def map(self, example: dict) -> dict:
+        src = (_ids(example, "prompt", self.encode) + [self.eos_id])[: self.seq_len]
+        tgt = (_ids(example, "response", self.encode) + [self.eos_id])[: self.target_len]
+        return {"input_ids": np.asarray(src, np.int32),
+                "decoder_input_ids": np.asarray([self.decoder_start_id] + tgt[:-1], np.int32),
+                "targets": np.asarray(tgt, np.int32), "loss_mask": np.ones(len(tgt), np.float32)}
+
+
+DECODER_FEATURES = ("decoder_input_ids", "targets", "loss_mask")
+
+
+@dataclasses.dataclass(frozen=True)
+class PadToBucket:
+    """Collate a list of feature dicts into [B, L] arrays, L the smallest bucket ≥ the longest row
+    (separately for encoder and decoder features); adds ``attention_mask`` (and
+    ``decoder_attention_mask`` for T5)."""
+
+    buckets: tuple[int, ...]
+    target_buckets: tuple[int, ...] = ()
+    pad_id: int = 0
+
+    @staticmethod
+    def _bucket(length: int, buckets: Sequence[int]) -> int:
+        return next(b for b in buckets if b >= length)
+
+    def __call__(self, rows: Sequence[dict]) -> dict:
+        out = {}
+        for key in rows[0]:
+            buckets = self.target_buckets if key in DECODER_FEATURES and self.target_buckets else self.buckets
+            width = self._bucket(max(len(r[key]) for r in rows), buckets)
+            pad = self.pad_id if key.endswith("ids") else 0
+            arr = np.full((len(rows), width), pad, rows[0][key].dtype)
+            for i, r in enumerate(rows):
+                arr[i, : len(r[key])] = r[key]
+            out[key] = arr
+        lengths = np.asarray([len(r["input_ids"]) for r in rows])
+        out["attention_mask"] = (np.arange(out["input_ids"].shape[1])[None] < lengths[:, None]).astype(np.int32)
+        if "decoder_input_ids" in out:
+            tl = np.asarray([len(r["targets"]) for r in rows])
+            out["decoder_attention_mask"] = (np.arange(out["targets"].shape[1])[None] < tl[:, None]).astype(np.int32)
+        return out
+
+
+def _packed_attention(row_batch: dict) -> dict:
+    row_batch["attention_mask"] = (row_batch["segment_ids"] > 0).astype(np.int32)
+    return row_batch
+
+
+def host_batches(examples: Sequence[dict], features: grain.transforms.Map, config: DataConfig, *,
+                 global_batch: int, seed: int = 0, pad_id: int = 0, target_len: int | None = None,
+                 num_epochs: int | None = None) -> grain.IterDataset:
+    """This process's share of every global batch, as numpy dicts (infinite unless ``num_epochs``)."""
+    processes = jax.process_count()
+    if global_batch % processes:
+        raise ConfigError(f"train.batch_size={global_batch} must be a multiple of the {processes} processes")
+    local = global_batch // processes
+    if len(examples) < global_batch:
+        raise DataError(f"{len(examples)} training examples are fewer than one batch of {global_batch}")
+    ds = grain.MapDataset.source(examples)
+    if config.shuffle:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs)[jax.process_index()::processes].map(features)
+    if config.packing:
+        if isinstance(features, Seq2SeqFeatures):
+            raise ConfigError("data.packing is supported for decoder-only models only")
+        rows = pack(ds.to_iter_dataset(), config.seq_len, ("input_ids", "targets", "loss_mask"), local, seed)
+        return rows.batch(local, drop_remainder=True).map(_packed_attention)
+    buckets = tuple(sorted(set(config.bucket_lengths) | {config.seq_len}))
+    if buckets[0] <= 0 or buckets[-1] > config.seq_len:
+        raise ConfigError(f"data.bucket_lengths must lie in [1, seq_len={config.seq_len}], got {config.bucket_lengths}")
+    collate = PadToBucket(buckets, (target_len,) if target_len else (), pad_id)
+    return ds.batch(local, drop_remainder=True, batch_fn=collate).to_iter_dataset()
+
+
+class DeviceIterator:
+    """Global, mesh-sharded batches from per-host numpy batches, ``prefetch`` steps ahead.
+
+    ``get_state()`` / ``set_state()`` (JSON bytes, the interface grain's orbax handler expects) refer
+    to the next batch *to be returned*, not the next one prefetched, so a restore is exact.
+    """
+
+    def __init__(self, dataset: grain.IterDataset, mesh: Mesh, prefetch: int = 2):
+        self._iter = iter(dataset)
+        self.mesh = mesh
+        self.prefetch = max(prefetch, 0)
+        self._queue: collections.deque = collections.deque()
+
+    def _to_global(self, host_batch: dict) -> dict:
+        return {k: jax.make_array_from_process_local_data(batch_sharding(self.mesh, v.ndim), v)
+                for k, v in host_batch.items()}
+
+    def _fill(self) -> None:
+        while len(self._queue) <= self.prefetch:
+            state = self._iter.get_state()
+            try:
+                host = next(self._iter)
+            except StopIteration:
+                return
+            self._queue.append((state, self._to_global(host)))
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        self._fill()
+        if not self._queue:
+            raise StopIteration
+        return self._queue.popleft()[1]
+
+    def get_state(self) -> bytes:
+        state = self._queue[0][0] if self._queue else self._iter.get_state()
+        return json.dumps(state).encode()
+
+    def set_state(self, state: bytes) -> None:
+        self._queue.clear()
+        self._iter.set_state(json.loads(state))
+
+    def start_prefetch(self) -> None:
+        """Called by grain's checkpoint handler after a restore; batches are fetched lazily."""
+
+
+def make_batches(examples: Sequence[dict], features: grain.transforms.Map, config: DataConfig, mesh: Mesh, *,
+                 global_batch: int, seed: int = 0, pad_id: int = 0, target_len: int | None = None,
+                 num_epochs: int | None = None) -> DeviceIterator:
+    """The full pipeline: checks the batch against the mesh, then :func:`host_batches` on device."""
+    check_batch_size(global_batch, mesh)
+    ds = host_batches(examples, features, config, global_batch=global_batch, seed=seed, pad_id=pad_id,
+                      target_len=target_len, num_epochs=num_epochs)
+    return DeviceIterator(ds, mesh, config.prefetch)
+
+
+def batch_spec(iterator: DeviceIterator) -> dict[str, Any]:
+    """Shapes/dtypes of the next batch (without consuming it)."""
+    iterator._fill()
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in iterator._queue[0][1].items()}

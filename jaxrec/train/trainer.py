@@ -1,0 +1,207 @@
+"""The training loop shared by every method.
+
+``Trainer(model, config, loss_fn)`` validates everything that can be wrong *before* compiling (mesh
+vs devices, batch vs data axes, LoRA targets, checkpoint compatibility), wraps the model with LoRA,
+shards parameters/optimizer state by their logical axes, and ``fit(batches, evaluate)`` runs:
+jitted step → every ``log_every`` steps loss / tokens/s / MFU to the progress bar, JSONL and
+TensorBoard → every ``eval_every`` steps ``evaluate(model) -> {metric: value}``, best-N checkpoints
+and early stopping → periodic resumable checkpoints. SIGTERM (TPU preemption) makes the loop save
+and stop at the next step. A run whose checkpoint directory holds a checkpoint resumes from it
+exactly (same parameters, optimizer, RNG and data position).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from tqdm.auto import tqdm
+
+from jaxrec.data.pipeline import DeviceIterator, batch_spec
+from jaxrec.errors import ConfigError
+from jaxrec.models.lora import apply_lora, check_trainable, row_masks, trainable_filter
+from jaxrec.parallel.mesh import batch_divisor, check_batch_size, make_mesh
+from jaxrec.parallel.rules import state_shardings
+from jaxrec.train import mfu
+from jaxrec.train.checkpoint import Checkpointer, abstract_like, fingerprint
+from jaxrec.train.config import TrainConfig
+from jaxrec.train.losses import LossFn, causal_lm_loss
+from jaxrec.train.metrics_log import MetricsLogger
+from jaxrec.train.optimizer import make_optimizer
+from jaxrec.train.train_step import (TrainState, batch_shardings, cast_floats, jit_train_step, make_step_fn,
+                                     split_model, train_state_shardings)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class Trainer:
+    """Owns the sharded train state of ``model`` (which it wraps with LoRA in place)."""
+
+    def __init__(self, model: nnx.Module, config: TrainConfig, loss_fn: LossFn = causal_lm_loss, *,
+                 mesh=None, total_steps: int | None = None):
+        self.config = config
+        self.mesh = make_mesh(config.mesh) if mesh is None else mesh
+        check_batch_size(config.batch_size, self.mesh)
+        if config.batch_size % (batch_divisor(self.mesh) * config.grad_accum):
+            raise ConfigError(
+                f"train.batch_size={config.batch_size} must split into grad_accum={config.grad_accum} micro-batches "
+                f"that each divide across the {batch_divisor(self.mesh)} data shards")
+        self.total_steps = total_steps or config.steps
+        self.lora_paths = apply_lora(model, config.lora, seed=config.seed)
+        check_trainable(model, config.lora)
+        self.compute_dtype = DTYPES[config.compute_dtype]
+        graphdef, params, rngs, frozen = split_model(model, trainable_filter(config.lora))
+        if not jax.tree.leaves(params):
+            raise ConfigError("nothing to train: lora settings select no parameter")
+        self.graphdef = graphdef
+        self.n_trained = sum(x.size for x in jax.tree.leaves(params))
+        self.n_matmul = mfu.matmul_params(nnx.merge_state(params, frozen))
+        params = cast_floats(params, jnp.float32)  # fp32 master weights
+        if config.lora.mode == "lora":  # frozen weights are only read: keep them in the compute dtype
+            frozen = cast_floats(frozen, self.compute_dtype)
+        self.optimizer = make_optimizer(config.optim, self.total_steps, row_masks(params, config.lora))
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=None, rngs=rngs)
+        abstract_opt = jax.eval_shape(self.optimizer.init, params)
+        self.state_sh = train_state_shardings(state.replace(opt_state=abstract_opt), self.mesh)
+        self.frozen_sh = state_shardings(frozen, self.mesh)
+        params = jax.device_put(params, self.state_sh.params)
+        opt_init = jax.jit(self.optimizer.init, out_shardings=self.state_sh.opt_state)
+        self.state = TrainState(step=jax.device_put(state.step, self.state_sh.step), params=params,
+                                opt_state=opt_init(params), rngs=jax.device_put(rngs, self.state_sh.rngs))
+        self.frozen = jax.device_put(frozen, self.frozen_sh)
+        self.step_fn = make_step_fn(graphdef, loss_fn, self.optimizer, grad_accum=config.grad_accum,
+                                    compute_dtype=self.compute_dtype)
+        self._compiled: dict[tuple, Callable] = {}
+        model_config = getattr(model, "config", None)
+        self.fingerprint = fingerprint(params, lora=config.lora, grad_accum=config.grad_accum,
+                                       model=repr(model_config) if model_config is not None else type(model).__name__)
+        self.checkpointer = Checkpointer(config.checkpoint, self.fingerprint) if config.checkpoint.dir else None
+        self._dims = (getattr(model_config, "num_layers", 0) or getattr(model_config, "num_hidden_layers", 0),
+                      getattr(model_config, "hidden_size", 0) or getattr(model_config, "d_model", 0))
+        self._stop = False
+
+    # ------------------------------------------------------------------ state
+    def model(self) -> nnx.Module:
+        """The model with the current trained parameters (fp32 masters), in eval mode."""
+        model = nnx.merge(self.graphdef, self.state.params, self.state.rngs, self.frozen)
+        model.eval()  # dropout off
+        return model
+
+    def train_step(self, batch: dict) -> dict:
+        """One optimizer step on a global batch; returns device metrics."""
+        key = tuple(sorted((k, v.shape) for k, v in batch.items()))
+        if key not in self._compiled:
+            spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+            self._compiled[key] = jit_train_step(self.step_fn, self.state_sh, self.frozen_sh,
+                                                 batch_shardings(spec, self.mesh), self.mesh)
+        self.state, metrics = self._compiled[key](self.state, self.frozen, batch)
+        return metrics
+
+    def restore(self, batches: DeviceIterator | None = None) -> int:
+        """Resume from the latest checkpoint if there is one; returns the step reached (0: fresh)."""
+        if self.checkpointer is None:
+            return 0
+        target = abstract_like(self.state, self.state_sh)
+        state, step = self.checkpointer.restore(target, batches)
+        if state is not None:
+            self.state = state
+        return int(step or 0)
+
+    # ------------------------------------------------------------------- loop
+    def fit(self, batches: DeviceIterator, evaluate: Callable[[nnx.Module], dict] | None = None,
+            steps: int | None = None) -> dict:
+        """Train until ``steps`` (default ``config.steps``), early stopping, data exhaustion or SIGTERM.
+
+        Returns the last logged train metrics plus ``step``, ``best_metric`` and ``stopped`` (why).
+        """
+        cfg = self.config
+        steps = cfg.steps if steps is None else steps
+        metric, mode = cfg.checkpoint.best_metric, cfg.checkpoint.best_mode
+        if cfg.patience is not None and (metric is None or evaluate is None or not cfg.eval_every):
+            raise ConfigError("train.patience needs checkpoint.best_metric, train.eval_every and an evaluate hook")
+        spec = batch_spec(batches)  # validate the first batch's shape before compiling anything
+        check_batch_size(next(iter(spec.values())).shape[0], self.mesh, "the input batch")
+        start = self.restore(batches)
+        seq_len = spec["input_ids"].shape[1]
+        flops_tok = mfu.flops_per_token(self.n_matmul, self.n_trained, *self._dims, seq_len)
+        peak, _ = mfu.device_peak() if cfg.progress or cfg.log_dir else (0.0, "")
+        logger = MetricsLogger(cfg.log_dir)
+        bar = tqdm(total=steps, initial=start, disable=not cfg.progress or jax.process_index() != 0,
+                   desc="train", dynamic_ncols=True)
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        best, stale, stopped, last = None, 0, "steps", {}
+        step = logged_step = start
+        t0 = time.perf_counter()
+        try:
+            while step < steps:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    stopped = "data"
+                    break
+                metrics = self.train_step(batch)
+                step += 1
+                if step % cfg.log_every == 0 or step == steps:
+                    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    elapsed = time.perf_counter() - t0
+                    tps = batch["input_ids"].size * (step - logged_step) / max(elapsed, 1e-9)
+                    host.update(tokens_per_s=tps, mfu=tps * flops_tok / peak if peak else 0.0)
+                    logger.log(step, host, prefix="train/")
+                    bar.set_postfix(loss=f"{host['loss']:.4f}", tok_s=f"{tps:,.0f}", mfu=f"{host['mfu']:.1%}")
+                    last, t0, logged_step = host, time.perf_counter(), step
+                bar.update(1)
+                if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
+                    scores = {k: float(v) for k, v in evaluate(self.model()).items()}
+                    logger.log(step, scores, prefix="eval/")
+                    if self.checkpointer is not None and metric is not None:
+                        self.checkpointer.save_best(step, self.state, scores)
+                    if metric is not None:
+                        value = scores[metric]
+                        if best is None or (value > best if mode == "max" else value < best):
+                            best, stale = value, 0
+                        else:
+                            stale += 1
+                        if cfg.patience is not None and stale >= cfg.patience:
+                            stopped = "early_stopping"
+                            break
+                if self.checkpointer is not None:
+                    self.checkpointer.save(step, self.state, batches)
+                if self._preempted(step):
+                    stopped = "sigterm"
+                    break
+        finally:
+            if self.checkpointer is not None:
+                self.checkpointer.save(step, self.state, batches, force=True)
+                self.checkpointer.wait()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            bar.close()
+            logger.close()
+        return {**last, "step": step, "best_metric": best, "stopped": stopped}
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self._stop = True
+
+    def _preempted(self, step: int) -> bool:
+        if jax.process_count() == 1:
+            return self._stop
+        if step % self.config.log_every:
+            return False
+        # every host must stop at the same step: agree on the flag (a host sync, so not every step)
+        return bool(np.any(multihost_utils.process_allgather(np.asarray(self._stop))))
+
+    def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.close()
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
