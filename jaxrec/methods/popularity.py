@@ -1,0 +1,64 @@
+"""Popularity baseline: rank every item by its interaction count in the training portion.
+
+Convention (issue 2 contract): counts come from each user's sequence without its last two items
+(:attr:`LeaveOneOut.train`); the target is the leave-one-out valid or test item; all items of the
+catalog are ranked (history items are not removed); ties go to the lower item id, which for datasets
+remapped in order of first appearance is the item seen first. This is exactly the canonical tie rule
+of :mod:`jaxrec.eval.metrics` applied to the scores ``counts``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+
+from jaxrec.data.splits import LeaveOneOut, leave_one_out
+from jaxrec.eval.metrics import DEFAULT_KS, metrics_from_ranks
+from jaxrec.methods.data_source import DataConfig, load_dataset
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    split: Literal["valid", "test"] = "test"
+    ks: list[int] = dataclasses.field(default_factory=lambda: list(DEFAULT_KS))
+
+
+@dataclasses.dataclass
+class Config:
+    method: str = "popularity"
+    data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(path="data/beauty"))
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+
+def item_counts(train: list[np.ndarray], num_items: int) -> np.ndarray:
+    """int64 [N]: how often each item occurs in the training sequences."""
+    flat = np.concatenate(train) if train else np.zeros(0, np.int32)
+    return np.bincount(flat, minlength=num_items).astype(np.int64)
+
+
+def rank_table(counts: np.ndarray) -> np.ndarray:
+    """int64 [N]: 1-based rank of every item when sorted by (-count, item id)."""
+    order = np.lexsort((np.arange(counts.size), -counts))
+    ranks = np.empty(counts.size, dtype=np.int64)
+    ranks[order] = np.arange(1, counts.size + 1)
+    return ranks
+
+
+def evaluate_split(split: LeaveOneOut, num_items: int, which: str = "test", ks=DEFAULT_KS) -> dict:
+    """Full-catalog HR/NDCG@K and MRR of popularity on the ``valid`` or ``test`` targets."""
+    targets = split.test_target if which == "test" else split.valid_target
+    ranks = rank_table(item_counts(split.train, num_items))[targets]
+    return metrics_from_ranks(ranks, ks)
+
+
+def evaluate(config: Config) -> dict:
+    ds = load_dataset(config.data)
+    out = evaluate_split(leave_one_out(ds), ds.num_items, config.eval.split, config.eval.ks)
+    return {"method": "popularity", "split": config.eval.split, **out}
+
+
+def train(config: Config) -> dict:
+    """Popularity has nothing to fit beyond the counts, which evaluation computes: same as evaluate."""
+    return evaluate(config)
