@@ -153,8 +153,8 @@ def _ranking(w: _Writer, rows: Rows, h: int, negatives: int, exclude_of, rng, te
     out = []
     for user, history, target in zip(rows.users.tolist(), rows.histories, rows.targets.tolist()):
         shown = history[-h:].tolist()
-        negs = sample_negatives(rng, w.ds.num_items, np.append(exclude_of(user), target), negatives)
-        candidates = rng.permutation(np.append(negs, target)).tolist()
+        negs = sample_negatives(rng, w.ds.num_items, [*exclude_of(user).tolist(), target], negatives)
+        candidates = rng.permutation([*negs.tolist(), target]).tolist()
         meta = {"history": shown, "candidates": candidates}
         if protocol:
             meta["protocol"] = protocol
@@ -165,7 +165,8 @@ def _ranking(w: _Writer, rows: Rows, h: int, negatives: int, exclude_of, rng, te
 
 def _rating_example(w: _Writer, user: int, history: np.ndarray, ratings: np.ndarray, target: int, rating: float,
                     rng, template: int | None) -> Example:
-    listed = "; ".join(f"{w.full(i)} ({_format_rating(r)} stars)" for i, r in zip(history.tolist(), ratings.tolist()))
+    listed = "; ".join(f"{w.full(i)} ({_format_rating(r)} star{'' if r == 1 else 's'})"
+                       for i, r in zip(history.tolist(), ratings.tolist()))
     values = {"history": listed, "item_full": w.full(target), "rating": _format_rating(rating)}
     return _render("rating", values, rng, user, target, {"history": history.tolist(), "rating": float(rating)},
                    template)

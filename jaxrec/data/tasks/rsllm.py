@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
-
 from jaxrec.data.dataset import Dataset
 from jaxrec.data.splits import LeaveOneOut
 from jaxrec.data.tasks import item_text
@@ -91,8 +89,8 @@ def rsllm_candidate_examples(ds: Dataset, rows: Rows, domain: DomainName = "movi
     out = []
     for user, history, target in zip(rows.users.tolist(), rows.histories, rows.targets.tolist()):
         shown = history[-max_history:].tolist()
-        negatives = sample_negatives(rng, ds.num_items, np.append(ds.sequence(user), target), num_candidates - 1)
-        candidates = rng.permutation(np.append(negatives, target)).tolist()
+        negatives = sample_negatives(rng, ds.num_items, [*ds.sequence(user).tolist(), target], num_candidates - 1)
+        candidates = rng.permutation([*negatives.tolist(), target]).tolist()
         text = HISTORY_LINE.format(items=w.listing(shown)) + "\n" + CANDIDATE_LINE.format(items=w.listing(candidates))
         meta = {"history": shown, "candidates": candidates,
                 "placeholder_items": shown + candidates if with_placeholders else [], "protocol": protocol}

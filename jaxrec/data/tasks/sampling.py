@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from typing import Sequence
 
 import numpy as np
 
@@ -14,7 +15,7 @@ def task_rng(seed: int, task: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(task.encode())])
 
 
-def sample_negatives(rng: np.random.Generator, num_items: int, exclude: np.ndarray, n: int) -> np.ndarray:
+def sample_negatives(rng: np.random.Generator, num_items: int, exclude: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
     """int32 [n]: distinct item ids in ``[0, num_items)``, none of them in ``exclude``.
 
     Rejection sampling from the whole catalog (cheap when ``exclude`` is small against the catalog);
@@ -23,17 +24,16 @@ def sample_negatives(rng: np.random.Generator, num_items: int, exclude: np.ndarr
     Raises:
       DataError: fewer than ``n`` items remain after excluding.
     """
-    exclude = np.unique(np.asarray(exclude, dtype=np.int64))
-    available = num_items - exclude.size
+    seen = set(np.asarray(exclude, dtype=np.int64).reshape(-1).tolist())
+    available = num_items - len(seen)
     if n > available:
         raise DataError(f"cannot sample {n} negatives: only {available} of {num_items} items are not excluded")
     if n == 0:
         return np.zeros(0, np.int32)
-    if 4 * (exclude.size + n) > num_items:
-        allowed = np.setdiff1d(np.arange(num_items), exclude, assume_unique=True)
+    if 4 * (len(seen) + n) > num_items:
+        allowed = np.setdiff1d(np.arange(num_items), np.fromiter(seen, np.int64, len(seen)), assume_unique=True)
         return rng.choice(allowed, size=n, replace=False).astype(np.int32)
     chosen: list[int] = []
-    seen = set(exclude.tolist())
     while len(chosen) < n:
         for item in rng.integers(0, num_items, size=2 * n).tolist():
             if item not in seen:

@@ -7,6 +7,7 @@ without a description simply never draw a description template.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import string
 from typing import Mapping, Sequence
 
@@ -22,7 +23,7 @@ class Template:
     instruction: str
     response: str = "{item}"
 
-    @property
+    @functools.cached_property
     def fields(self) -> frozenset[str]:
         names = (name for text in (self.instruction, self.response)
                  for _, name, _, _ in string.Formatter().parse(text) if name)
