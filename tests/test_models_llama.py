@@ -63,6 +63,17 @@ def llama(checkpoints):
     return load_pretrained(checkpoints["llama"][0])
 
 
+@nnx.jit
+def forward(model, ids, mask):
+    """Jitted logits (one compilation per model and shape keeps the tests fast)."""
+    return model(ids, attention_mask=mask)
+
+
+@nnx.jit
+def forward_packed(model, ids, segment_ids):
+    return model(ids, segment_ids=segment_ids)
+
+
 def _hf_logits(model, ids, mask=None):
     with torch.no_grad():
         kwargs = {} if mask is None else {"attention_mask": torch.tensor(mask)}
@@ -74,11 +85,12 @@ def test_logits_match_hf_with_and_without_padding(checkpoints, name):
     path, hf_model = checkpoints[name]
     model = load_pretrained(path)
     ids, mask = _batch()
-    ours = np.asarray(model(ids, attention_mask=mask))
+    ours = np.asarray(forward(model, ids, mask))
     ref = _hf_logits(hf_model, ids, mask)
     assert ours.dtype == np.float32 and ours.shape == (3, 9, VOCAB)
     np.testing.assert_allclose(ours * mask[..., None], ref * mask[..., None], atol=1e-4)
-    np.testing.assert_allclose(np.asarray(model(ids)), _hf_logits(hf_model, ids), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(forward(model, ids, np.ones_like(mask))),
+                               _hf_logits(hf_model, ids), atol=1e-4)
 
 
 def test_config_mapping(checkpoints):
@@ -94,62 +106,81 @@ def test_hidden_states_and_inputs_embeds(checkpoints, llama):
         ref = checkpoints["llama"][1](torch.tensor(ids, dtype=torch.long),
                                       attention_mask=torch.tensor(mask),
                                       output_hidden_states=True).hidden_states
-    ours = np.asarray(llama(ids, attention_mask=mask, return_hidden="all"))
+    all_hidden, from_embeds, logits, last_hidden = _hidden_views(llama, ids, mask)
+    ours = np.asarray(all_hidden)
     assert ours.shape == (3, 3, 9, 64)
     for layer in range(3):
         np.testing.assert_allclose(ours[layer] * mask[..., None],
                                    ref[layer].numpy() * mask[..., None], atol=1e-4)
-    embeds = llama.embed_tokens(jnp.asarray(ids))
-    np.testing.assert_allclose(np.asarray(llama(inputs_embeds=embeds, attention_mask=mask)),
-                               np.asarray(llama(ids, attention_mask=mask)), atol=1e-5)
-    np.testing.assert_allclose(np.asarray(llama(ids, attention_mask=mask, return_hidden=True)),
-                               ours[-1], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(from_embeds), np.asarray(logits), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(last_hidden), ours[-1], atol=1e-6)
+
+
+@nnx.jit
+def _hidden_views(model, ids, mask):
+    embeds = model.embed_tokens(ids)
+    return (model(ids, attention_mask=mask, return_hidden="all"),
+            model(inputs_embeds=embeds, attention_mask=mask), model(ids, attention_mask=mask),
+            model(ids, attention_mask=mask, return_hidden=True))
 
 
 def test_packed_segments_equal_separate_sequences(llama):
     ids, _ = _batch()
     a, b = ids[0, :5], ids[1, :4]
-    packed = np.concatenate([a, b])[None]
-    segments = np.array([[1] * 5 + [2] * 4])
-    out = np.asarray(llama(packed, segment_ids=segments))[0]
-    np.testing.assert_allclose(out[:5], np.asarray(llama(a[None]))[0], atol=1e-5)
-    np.testing.assert_allclose(out[5:], np.asarray(llama(b[None]))[0], atol=1e-5)
+    packed = np.stack([np.concatenate([a, b]), ids[2]])
+    segments = np.array([[1] * 5 + [2] * 4, [1] * 9])
+    out = np.asarray(forward_packed(llama, packed, segments))
+    separate = np.asarray(forward(llama, ids, np.ones_like(ids)))
+    np.testing.assert_allclose(out[0, :5], separate[0, :5], atol=1e-5)
+    np.testing.assert_allclose(out[0, 5:], separate[1, :4], atol=1e-5)
+    np.testing.assert_allclose(out[1], separate[2], atol=1e-5)
 
 
-def _decode_reference(model, ids, mask, generated):
-    """Full-forward logits at the last position of prompt + generated (per user, per beam)."""
-    batch, beams, steps = generated.shape
-    full_ids = np.concatenate([np.repeat(ids[:, None], beams, 1), generated], axis=2)
-    full_mask = np.concatenate([np.repeat(mask[:, None], beams, 1),
-                                np.ones_like(generated)], axis=2)
-    logits = model(full_ids.reshape(batch * beams, -1),
-                   attention_mask=full_mask.reshape(batch * beams, -1))
-    return np.asarray(logits)[:, -1].reshape(batch, beams, -1)
+@nnx.jit(static_argnums=(3, 4))
+def prefill(model, ids, mask, beams, steps):
+    return model.prefill(ids, mask, num_beams=beams, max_new_tokens=steps)
 
 
-@pytest.mark.parametrize("name", ["llama", "mistral_window"])
-def test_prefill_decode_step_reorder_match_full_forward(checkpoints, name):
-    """Beam decoding through the cache equals the full forward on the concatenated sequences."""
-    model = llama_model = load_pretrained(checkpoints[name][0])
+@nnx.jit
+def decode_step(model, tokens, state, step):
+    return model.decode_step(tokens, state, step)
+
+
+@nnx.jit
+def reorder_beams(model, state, parent):
+    return model.reorder_beams(state, parent)
+
+
+def test_prefill_decode_step_reorder_match_full_forward(checkpoints):
+    """Beam decoding through the cache equals the full forward on the concatenated sequences
+    (Mistral variant: grouped-query attention plus a sliding window over prompt and generated)."""
+    model = load_pretrained(checkpoints["mistral_window"][0])
     ids, mask = _batch()
+    batch, prompt_len = ids.shape
     beams, steps = 3, 4
     rng = np.random.RandomState(1)
-    state, logits0 = model.prefill(ids, mask, num_beams=beams, max_new_tokens=steps)
-    assert state.prefix_k[0].shape == (3, 9, 2, 16)  # shared per user
-    assert state.gen_k[0].shape == (3, beams, steps, 2, 16)  # per beam, generated only
-    np.testing.assert_allclose(np.asarray(logits0),
-                               np.asarray(model(ids, attention_mask=mask))[:, -1], atol=1e-5)
-    history = np.zeros((3, beams, 0), np.int32)
+    state, logits0 = prefill(model, ids, mask, beams, steps)
+    assert state.prefix_k[0].shape == (batch, prompt_len, 2, 16)  # shared per user
+    assert state.gen_k[0].shape == (batch, beams, steps, 2, 16)  # per beam, generated only
+    history = np.zeros((batch, beams, 0), np.int32)  # each beam's tokens so far
+    logits_history = np.zeros((batch, beams, 0, VOCAB), np.float32)  # and its logits
     for step in range(steps):
         if step > 0:
-            parent = rng.randint(0, beams, (3, beams)).astype(np.int32)
-            state = model.reorder_beams(state, parent)
+            parent = rng.randint(0, beams, (batch, beams)).astype(np.int32)
+            state = reorder_beams(model, state, parent)
             history = np.take_along_axis(history, parent[:, :, None], axis=1)
-        tokens = rng.randint(3, VOCAB, (3, beams)).astype(np.int32)
+            logits_history = np.take_along_axis(logits_history, parent[:, :, None, None], axis=1)
+        tokens = rng.randint(3, VOCAB, (batch, beams)).astype(np.int32)
+        logits, state = decode_step(model, tokens, state, step)
         history = np.concatenate([history, tokens[:, :, None]], axis=2)
-        logits, state = model.decode_step(tokens, state, step)
-        np.testing.assert_allclose(np.asarray(logits),
-                                   _decode_reference(llama_model, ids, mask, history), atol=1e-4)
+        logits_history = np.concatenate([logits_history, np.asarray(logits)[:, :, None]], axis=2)
+    full_ids = np.concatenate([np.repeat(ids[:, None], beams, 1), history], axis=2)
+    full_mask = np.concatenate([np.repeat(mask[:, None], beams, 1), np.ones_like(history)], 2)
+    full = np.asarray(forward(model, full_ids.reshape(batch * beams, -1),
+                              full_mask.reshape(batch * beams, -1)))
+    full = full.reshape(batch, beams, prompt_len + steps, VOCAB)
+    np.testing.assert_allclose(np.asarray(logits0), full[:, 0, prompt_len - 1], atol=1e-4)
+    np.testing.assert_allclose(logits_history, full[:, :, prompt_len:], atol=1e-4)
 
 
 def test_decode_step_inside_jit_while_loop(llama):
@@ -175,12 +206,9 @@ def test_decode_step_inside_jit_while_loop(llama):
         return out
 
     out = np.asarray(greedy(params, ids, mask))
-    seq, seq_mask = ids, mask
-    for step in range(steps):
-        nxt = np.argmax(np.asarray(llama(seq, attention_mask=seq_mask))[:, -1], -1)
-        assert (out[:, step] == nxt).all()
-        seq = np.concatenate([seq, nxt[:, None].astype(np.int32)], 1)
-        seq_mask = np.concatenate([seq_mask, np.ones((3, 1), seq_mask.dtype)], 1)
+    full = np.asarray(forward(llama, np.concatenate([ids, out], 1),
+                              np.concatenate([mask, np.ones_like(out)], 1)))
+    np.testing.assert_array_equal(out, np.argmax(full[:, ids.shape[1] - 1:-1], -1))
 
 
 def test_save_then_hf_loads_same_logits(checkpoints, tmp_path):
@@ -190,7 +218,7 @@ def test_save_then_hf_loads_same_logits(checkpoints, tmp_path):
         reloaded = getattr(transformers, VARIANTS[name][1]).from_pretrained(tmp_path / name)
         ids, mask = _batch()
         ref = _hf_logits(reloaded.eval(), ids, mask)
-        np.testing.assert_allclose(np.asarray(model(ids, attention_mask=mask)) * mask[..., None],
+        np.testing.assert_allclose(np.asarray(forward(model, ids, mask)) * mask[..., None],
                                    ref * mask[..., None], atol=1e-4)
 
 
@@ -210,7 +238,7 @@ def test_sharded_checkpoint_and_placement(checkpoints, tmp_path):
     assert kernel.get_metadata("out_sharding") == ("embed", "mlp")
     assert kernel[...].sharding.spec == jax.sharding.PartitionSpec(None, "tensor")
     ids, mask = _batch()
-    np.testing.assert_allclose(np.asarray(model(ids, attention_mask=mask)) * mask[..., None],
+    np.testing.assert_allclose(np.asarray(forward(model, ids, mask)) * mask[..., None],
                                _hf_logits(hf_model, ids, mask) * mask[..., None], atol=1e-4)
 
 
@@ -218,10 +246,10 @@ def test_bf16_compute_keeps_fp32_params(checkpoints, llama):
     model = load_pretrained(checkpoints["llama"][0], dtype="bfloat16", param_dtype="float32")
     assert model.layers[0].self_attn.q_proj.kernel[...].dtype == jnp.float32
     ids, mask = _batch()
-    out = np.asarray(model(ids, attention_mask=mask))
+    out = np.asarray(forward(model, ids, mask))
     assert out.dtype == np.float32
     np.testing.assert_allclose(out * mask[..., None],
-                               np.asarray(llama(ids, attention_mask=mask)) * mask[..., None],
+                               np.asarray(forward(llama, ids, mask)) * mask[..., None],
                                atol=0.1)
 
 
