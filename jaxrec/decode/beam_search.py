@@ -70,6 +70,7 @@ class SearchSpec:
     eos_token_id: int
     pad_token_id: int
     track_items: bool  # walk the item trie alongside (modes other than "trie")
+    unrolled_steps: int  # steps compiled one by one; the rest run in a while_loop
 
 
 @struct.dataclass
@@ -187,7 +188,7 @@ def _search(graphdef, params, input_ids, attention_mask, constraint: Constraint,
         beams, parent = _select(beams, log_probs, t, depth, constraint, items, spec)
         return beams, state, parent
 
-    unrolled = min(steps, UNROLLED_STEPS)
+    unrolled = min(steps, spec.unrolled_steps)
     for t in range(1, unrolled):
         beams, state, parent = advance(beams, state, parent, t, t)
     if unrolled < steps:
@@ -285,11 +286,12 @@ def beam_search(model, input_ids, attention_mask, constraint: ItemTrie | None = 
     items = _trie_constraint(constraint, vocab_size, dense_depths) if constraint is not None else None
     automaton = {"trie": items, "per_level": per_level_constraint(constraint, vocab_size)
                  if mode == "per_level" else None, "none": unconstrained(vocab_size)}[mode]
-    item_of_node = jnp.asarray(constraint.item_of_node if constraint is not None else np.full(1, -1),
-                               jnp.int32)
+    known = constraint.item_of_node if constraint is not None else np.zeros(0, np.int32)
+    item_of_node = jnp.asarray(np.append(known, -1), jnp.int32)  # the dead node maps to -1
     spec = SearchSpec(num_beams, num_return_sequences, max_new_tokens, float(length_penalty),
                       early_stopping, int(eos_token_id), int(pad_token_id),
-                      track_items=mode != "trie" and constraint is not None)
+                      track_items=mode != "trie" and constraint is not None,
+                      unrolled_steps=UNROLLED_STEPS)
     graphdef, params = nnx.split(model)
     return _search_jit(graphdef, params, input_ids, attention_mask, automaton,
                        items if items is not None else automaton, item_of_node, spec=spec)
