@@ -22,7 +22,7 @@ the user's whole sequence (evaluation).
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Mapping, Sequence
+from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from jaxrec.data.tasks import item_text
 from jaxrec.data.tasks.example import Example, log_skip
 from jaxrec.data.tasks.mixing import mix_tasks
 from jaxrec.data.tasks.rows import Rows, leave_one_out_rows, sliding_rows
-from jaxrec.data.tasks.sampling import sample_negatives, task_rng
+from jaxrec.data.tasks.sampling import exclusion_sets, sample_negatives, task_rng, with_item
 from jaxrec.data.tasks.span_corruption import corrupt_spans, sentinel
 from jaxrec.data.tasks.templates import Template, pick
 from jaxrec.errors import ConfigError, DataError
@@ -110,12 +110,14 @@ class _Writer:
         self.keys = list(keys)
         self.titles = item_text.titles(ds)
         self.descriptions = item_text.descriptions(ds)
+        self._full = [f"{k}: {t}" for k, t in zip(self.keys, self.titles)]
 
     def full(self, item: int) -> str:
-        return f"{self.keys[item]}: {self.titles[item]}"
+        """``key: title``."""
+        return self._full[item]
 
     def listing(self, items: Sequence[int]) -> str:
-        return "; ".join(self.full(i) for i in items)
+        return "; ".join([self._full[i] for i in items])
 
 
 def _format_rating(r: float) -> str:
@@ -148,12 +150,12 @@ def _retrieval(w: _Writer, rows: Rows, h: int, rng, template: int | None) -> lis
     return out
 
 
-def _ranking(w: _Writer, rows: Rows, h: int, negatives: int, exclude_of, rng, template: int | None,
-             protocol: str | None) -> list[Example]:
+def _ranking(w: _Writer, rows: Rows, h: int, negatives: int, exclude_of: Callable[[int], frozenset[int]], rng,
+             template: int | None, protocol: str | None) -> list[Example]:
     out = []
     for user, history, target in zip(rows.users.tolist(), rows.histories, rows.targets.tolist()):
         shown = history[-h:].tolist()
-        negs = sample_negatives(rng, w.ds.num_items, [*exclude_of(user).tolist(), target], negatives)
+        negs = sample_negatives(rng, w.ds.num_items, with_item(exclude_of(user), target), negatives)
         candidates = rng.permutation([*negs.tolist(), target]).tolist()
         meta = {"history": shown, "candidates": candidates}
         if protocol:
@@ -209,10 +211,11 @@ def _mim(w: _Writer, split: LeaveOneOut, h: int, mask_prob: float, rng) -> list[
 
 
 def _bpr(w: _Writer, split: LeaveOneOut, rows: Rows, h: int, rng) -> list[Example]:
+    exclude_of = exclusion_sets(lambda u: split.train[u])
     out = []
     for user, history, target in zip(rows.users.tolist(), rows.histories, rows.targets.tolist()):
         shown = history[-h:].tolist()
-        negative = int(sample_negatives(rng, w.ds.num_items, split.train[user], 1)[0])
+        negative = int(sample_negatives(rng, w.ds.num_items, exclude_of(user), 1)[0])
         first, second = (target, negative) if rng.random() < 0.5 else (negative, target)
         values = {"history": w.listing(shown), "first": w.full(first), "second": w.full(second),
                   "item": w.keys[target]}
@@ -247,8 +250,8 @@ def _task_examples(task: str, w: _Writer, split: LeaveOneOut, config: AlignedT5T
     if task == "retrieval":
         return _retrieval(w, sliding_rows(split.train, h), h, rng, None)
     if task == "ranking":
-        return _ranking(w, sliding_rows(split.train, h), h, config.train_negatives, lambda u: split.train[u],
-                        rng, None, None)
+        return _ranking(w, sliding_rows(split.train, h), h, config.train_negatives,
+                        exclusion_sets(lambda u: split.train[u]), rng, None, None)
     if task == "rating":
         if w.ds.ratings is None:
             log_skip(task, f"dataset {w.ds.name!r} has no ratings")
@@ -289,7 +292,7 @@ def aligned_t5_eval_examples(task: Literal["retrieval", "ranking", "rating"], ds
         return _retrieval(w, rows, h, rng, 0)
     if task == "ranking":
         protocol = f"sampled: 1 positive + {config.eval_negatives} negatives not interacted by the user"
-        return _ranking(w, rows, h, config.eval_negatives, ds.sequence, rng, 0, protocol)
+        return _ranking(w, rows, h, config.eval_negatives, exclusion_sets(ds.sequence), rng, 0, protocol)
     if task == "rating":
         if ds.ratings is None:
             raise DataError(f"dataset {ds.name!r} has no ratings; rating evaluation needs them")

@@ -20,7 +20,7 @@ from jaxrec.data.tasks.alpaca import alpaca_prompt
 from jaxrec.data.tasks.domains import DomainName, get_domain
 from jaxrec.data.tasks.example import Example
 from jaxrec.data.tasks.rows import Rows, leave_one_out_rows, sliding_rows
-from jaxrec.data.tasks.sampling import sample_negatives, task_rng
+from jaxrec.data.tasks.sampling import exclusion_sets, sample_negatives, task_rng, with_item
 from jaxrec.errors import DataError
 
 ITEM_PLACEHOLDER = "<item_emb>"
@@ -86,10 +86,11 @@ def rsllm_candidate_examples(ds: Dataset, rows: Rows, domain: DomainName = "movi
     rng = task_rng(seed, "rsllm-candidates")
     instruction = CANDIDATE_INSTRUCTION.format(noun=words.noun, plural=words.plural, verb=words.verb)
     protocol = f"sampled: LLaRA, {num_candidates} candidates incl. the target"
+    exclude_of = exclusion_sets(ds.sequence)
     out = []
     for user, history, target in zip(rows.users.tolist(), rows.histories, rows.targets.tolist()):
         shown = history[-max_history:].tolist()
-        negatives = sample_negatives(rng, ds.num_items, [*ds.sequence(user).tolist(), target], num_candidates - 1)
+        negatives = sample_negatives(rng, ds.num_items, with_item(exclude_of(user), target), num_candidates - 1)
         candidates = rng.permutation([*negatives.tolist(), target]).tolist()
         text = HISTORY_LINE.format(items=w.listing(shown)) + "\n" + CANDIDATE_LINE.format(items=w.listing(candidates))
         meta = {"history": shown, "candidates": candidates,

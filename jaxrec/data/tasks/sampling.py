@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import zlib
-from typing import Sequence
+from typing import AbstractSet, Callable
 
 import numpy as np
 
@@ -15,33 +16,42 @@ def task_rng(seed: int, task: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(task.encode())])
 
 
-def sample_negatives(rng: np.random.Generator, num_items: int, exclude: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
+def sample_negatives(rng: np.random.Generator, num_items: int, exclude: AbstractSet[int], n: int) -> np.ndarray:
     """int32 [n]: distinct item ids in ``[0, num_items)``, none of them in ``exclude``.
 
-    Rejection sampling from the whole catalog (cheap when ``exclude`` is small against the catalog);
-    the complement is enumerated only when rejection would be slow. Deterministic given ``rng``.
+    ``exclude`` holds valid item ids (build it once per user, e.g. with :func:`exclusion_sets`).
+    Rejection sampling from the whole catalog; the complement is enumerated only when most of the
+    catalog is excluded. Deterministic given ``rng``.
 
     Raises:
       DataError: fewer than ``n`` items remain after excluding.
     """
-    seen = set(np.asarray(exclude, dtype=np.int64).reshape(-1).tolist())
-    available = num_items - len(seen)
+    available = num_items - len(exclude)
     if n > available:
         raise DataError(f"cannot sample {n} negatives: only {available} of {num_items} items are not excluded")
     if n == 0:
         return np.zeros(0, np.int32)
-    if 4 * (len(seen) + n) > num_items:
-        allowed = np.setdiff1d(np.arange(num_items), np.fromiter(seen, np.int64, len(seen)), assume_unique=True)
+    if available < 4 * n or 10 * available < num_items:
+        allowed = np.setdiff1d(np.arange(num_items), np.fromiter(exclude, np.int64, len(exclude)))
         return rng.choice(allowed, size=n, replace=False).astype(np.int32)
-    chosen: list[int] = []
+    chosen: dict[int, None] = {}  # insertion-ordered set
     while len(chosen) < n:
         for item in rng.integers(0, num_items, size=2 * n).tolist():
-            if item not in seen:
-                seen.add(item)
-                chosen.append(item)
+            if item not in exclude and item not in chosen:
+                chosen[item] = None
                 if len(chosen) == n:
                     break
-    return np.asarray(chosen, np.int32)
+    return np.fromiter(chosen, np.int32, n)
+
+
+def exclusion_sets(items_of: Callable[[int], np.ndarray]) -> Callable[[int], frozenset[int]]:
+    """Per user (cached) the set of ``items_of(user)``, for :func:`sample_negatives`."""
+    return functools.lru_cache(maxsize=None)(lambda user: frozenset(items_of(user).tolist()))
+
+
+def with_item(exclude: frozenset[int], item: int) -> frozenset[int]:
+    """``exclude`` plus ``item`` (no copy when it is already there)."""
+    return exclude if item in exclude else exclude | {item}
 
 
 def subsample(rng: np.random.Generator, total: int, size: int | None) -> np.ndarray:
