@@ -1,6 +1,7 @@
 """Method task builders produce exactly the documented samples (docs/TASKS.md), deterministically."""
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,3 +218,35 @@ def test_rsllm_candidates(shop):
     text_only = rsllm_candidate_examples(ds, rows, "items", max_history=10, num_candidates=20, seed=3,
                                          with_placeholders=False)
     assert all(ITEM_PLACEHOLDER not in e.prompt and e.meta["placeholder_items"] == [] for e in text_only)
+
+
+# ------------------------------------------------------------------ docs/TASKS.md stays true
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "TASKS.md"
+
+
+def _doc_block(title, ex):
+    newline = "" if ex.prompt.endswith("\n") else "\n"
+    return (f"#### {title}\n\n```text\n{ex.prompt}{newline}```\nresponse: `{ex.response!r}`  \n"
+            f"task={ex.task!r} user={ex.user} target={ex.target} meta={ex.meta}\n")
+
+
+def test_docs_show_exactly_what_the_builders_render(movies, index):
+    split = leave_one_out(movies)
+    blocks = [("BIGRec (movies)", bigrec_examples(movies, _row(0, [0, 1, 2], 3), "movies")[0]),
+              ("LC-Rec seqrec evaluation (template 0)", lcrec_eval_examples(movies, split, index, "test", 0)[0])]
+    lc = lcrec_train_examples(movies, split, index, LCRecTaskConfig(), seed=0,
+                              preferences={0: "Enjoys 1990s crime films."})
+    blocks += [(f"LC-Rec {t}", next(e for e in lc if e.task == t)) for t in LCRecTaskConfig().tasks]
+    keys = [str(100 + i) for i in range(movies.num_items)]
+    cfg = AlignedT5TaskConfig(max_history=3, eval_negatives=1, train_negatives=2)
+    blocks += [(f"Aligned T5 {t}", next(e for e in aligned_t5_task_examples(t, movies, split, keys, cfg, seed=0)
+                                        if e.user in (-1, 0))) for t in cfg.tasks]
+    blocks += [("Aligned T5 ranking evaluation (eval_negatives=1 here; 99 by default)",
+                aligned_t5_eval_examples("ranking", movies, split, keys, "test", cfg)[0]),
+               ("RSLLM stage 2", rsllm_eval_examples(movies, split, "test", 2, "movies", 3)[0]),
+               ("RSLLM stage 1", rsllm_eval_examples(movies, split, "test", 1, "movies", 3)[0]),
+               ("RSLLM LLaRA candidates (num_candidates=3 here; 20 by default)",
+                rsllm_candidate_examples(movies, _row(0, [0, 1, 2, 3], 4), "movies", 3, num_candidates=3, seed=0)[0])]
+    doc = DOCS.read_text()
+    for title, ex in blocks:
+        assert _doc_block(title, ex) in doc, f"docs/TASKS.md is out of date for '{title}'"
