@@ -42,21 +42,23 @@ def test_array_input_equals_list_input_and_large_build_is_vectorized():
     assert big.num_nodes < 5 * 200_000 and big.widths[0] == 256
 
 
+def _check_children(con, trie, nodes, depth):
+    tokens, nxt, valid = map(np.asarray, con.children(jnp.asarray(nodes, jnp.int32), depth))
+    for row, node in enumerate(nodes):
+        want = trie.children(node) if node < trie.num_nodes else ([], [])
+        assert list(tokens[row][valid[row]]) == list(want[0])
+        assert list(nxt[row][valid[row]]) == list(want[1])
+
+
 def test_device_children_dense_and_csr_agree_with_host():
     trie = ItemTrie.from_sequences(ITEMS, eos_id=EOS)
-    nodes = np.arange(trie.num_nodes + 1)  # + the dead node
-    depth_of = np.searchsorted(trie.node_depth_start, nodes, side="right") - 1
-    for dense in (0, 2):
-        con = trie_constraint(trie, vocab_size=12, dense_depths=dense)
-        for d in range(4):
-            at = nodes[(depth_of == d) | (nodes == trie.num_nodes)]
-            tokens, nxt, valid = map(np.asarray, con.children(jnp.asarray(at, jnp.int32), d))
-            for row, node in enumerate(at):
-                want = trie.children(node) if node < trie.num_nodes else ([], [])
-                assert list(tokens[row][valid[row]]) == list(want[0])
-                assert list(nxt[row][valid[row]]) == list(want[1])
-        assert int(con.step(jnp.int32(0), jnp.int32(5), 0)) == trie.walk([5])
-        assert int(con.step(jnp.int32(0), jnp.int32(3), 0)) == con.dead
+    csr = trie_constraint(trie, vocab_size=12, dense_depths=0)
+    _check_children(csr, trie, np.arange(trie.num_nodes + 1), None)  # + a padding node
+    dense = trie_constraint(trie, vocab_size=12, dense_depths=2)
+    for d in range(2):
+        _check_children(dense, trie, np.arange(trie.node_depth_start[d], trie.node_depth_start[d + 1]), d)
+    assert int(dense.step(jnp.int32(0), jnp.int32(5), 0)) == trie.walk([5])
+    assert int(csr.step(jnp.int32(0), jnp.int32(3), None)) == csr.dead
 
 
 def test_per_level_sets_follow_lcrec():

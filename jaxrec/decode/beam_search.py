@@ -65,12 +65,23 @@ class SearchSpec:
     num_beams: int
     num_return_sequences: int
     max_new_tokens: int
-    length_penalty: float
-    early_stopping: bool | str
     eos_token_id: int
     pad_token_id: int
     track_items: bool  # walk the item trie alongside (modes other than "trie")
     unrolled_steps: int  # steps compiled one by one; the rest run in a while_loop
+
+
+@struct.dataclass
+class Scoring:
+    """Run-time scoring settings (traced, so changing them does not recompile).
+
+    length_penalty f32 []; stop_when_full bool [] (early_stopping is True);
+    never bool [] (early_stopping == "never").
+    """
+
+    length_penalty: jax.Array
+    stop_when_full: jax.Array
+    never: jax.Array
 
 
 @struct.dataclass
@@ -109,7 +120,7 @@ def _init_beams(batch: int, spec: SearchSpec) -> Beams:
 
 
 def _select(beams: Beams, log_probs: jax.Array, t, depth: int | None, constraint: Constraint,
-            items: Constraint, spec: SearchSpec) -> tuple[Beams, jax.Array]:
+            items: Constraint, scoring: Scoring, spec: SearchSpec) -> tuple[Beams, jax.Array]:
     """One beam-search step. log_probs [B,K',V] f32 of the K' live beams (K' = 1 at step 0: all
     beams share the prompt). Returns the new beams and parent [B,K] (old beam each continues)."""
     batch, live, _ = log_probs.shape
@@ -139,11 +150,12 @@ def _select(beams: Beams, log_probs: jax.Array, t, depth: int | None, constraint
     new_parent = _gather(parent, run_index)
 
     # finished pool: merge the finished candidates among the top K
-    length = (t + 1) if isinstance(t, int) else (t + 1).astype(jnp.float32)
+    lp = scoring.length_penalty
+    length = jnp.asarray(t + 1, jnp.float32)
     entering = finished & alive & (jnp.arange(2 * k) < k)[None, :]
-    pool_full = jnp.all(beams.fin_done, axis=1) & (spec.early_stopping is True)
+    pool_full = jnp.all(beams.fin_done, axis=1) & scoring.stop_when_full
     entering = entering & beams.open[:, None] & ~pool_full[:, None]
-    cand_final = jnp.where(entering, top_score / jnp.power(length, spec.length_penalty), NEG_INF)
+    cand_final = jnp.where(entering, top_score / jnp.power(length, lp), NEG_INF)
     merged_score = jnp.concatenate([beams.fin_score, cand_final], axis=1)
     keep_score, keep = jax.lax.top_k(merged_score, k)
     fin_done = _gather(jnp.concatenate([beams.fin_done, entering], 1), keep)
@@ -151,9 +163,8 @@ def _select(beams: Beams, log_probs: jax.Array, t, depth: int | None, constraint
     fin_item_node = _gather(jnp.concatenate([beams.fin_item_node, item_node], 1), keep)
 
     # HF's early-stop heuristic, evaluated after the step (cur_len = t + 1 generated tokens)
-    hypothetical = spec.max_new_tokens if (spec.early_stopping == "never" and spec.length_penalty > 0) \
-        else length
-    best_running = run_score[:, 0] / jnp.power(hypothetical, spec.length_penalty)
+    hypothetical = jnp.where(scoring.never & (lp > 0), float(spec.max_new_tokens), length)
+    best_running = run_score[:, 0] / jnp.power(hypothetical, lp)
     worst_finished = jnp.where(fin_done, jnp.min(keep_score, 1, keepdims=True), NEG_INF)
     still_open = beams.open & jnp.any(best_running[:, None] > worst_finished, axis=1)
 
@@ -163,29 +174,29 @@ def _select(beams: Beams, log_probs: jax.Array, t, depth: int | None, constraint
     return new, new_parent
 
 
-def _can_change(beams: Beams, spec: SearchSpec) -> jax.Array:
+def _can_change(beams: Beams, scoring: Scoring) -> jax.Array:
     """False once no user's result can change any more (HF's loop-exit test, per batch)."""
-    full = jnp.all(beams.fin_done, axis=1) & (spec.early_stopping is True)
+    full = jnp.all(beams.fin_done, axis=1) & scoring.stop_when_full
     running = jnp.any(beams.score > NEG_INF, axis=1)
     return jnp.any(beams.open & ~full & running)
 
 
 def _search(graphdef, params, input_ids, attention_mask, constraint: Constraint, items: Constraint,
-            item_of_node, spec: SearchSpec) -> BeamSearchOutput:
+            item_of_node, scoring: Scoring, spec: SearchSpec) -> BeamSearchOutput:
     model = nnx.merge(graphdef, params)
     steps = spec.max_new_tokens
     state, logits0 = model.prefill(input_ids, attention_mask, num_beams=spec.num_beams,
                                    max_new_tokens=steps)
     log_probs = jax.nn.log_softmax(logits0.astype(jnp.float32), axis=-1)[:, None, :]
     beams, parent = _select(_init_beams(input_ids.shape[0], spec), log_probs, 0, 0, constraint, items,
-                            spec)
+                            scoring, spec)
 
     def advance(beams, state, parent, t, depth):
         if not (isinstance(t, int) and t < 2):  # after step 0 the per-beam cache is still empty
             state = model.reorder_beams(state, parent)
         logits, state = model.decode_step(beams.tokens[:, :, t - 1], state, jnp.asarray(t - 1, jnp.int32))
         log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        beams, parent = _select(beams, log_probs, t, depth, constraint, items, spec)
+        beams, parent = _select(beams, log_probs, t, depth, constraint, items, scoring, spec)
         return beams, state, parent
 
     unrolled = min(steps, spec.unrolled_steps)
@@ -194,7 +205,7 @@ def _search(graphdef, params, input_ids, attention_mask, constraint: Constraint,
     if unrolled < steps:
         def cond(carry):
             t, beams, _, _ = carry
-            return (t < steps) & _can_change(beams, spec)
+            return (t < steps) & _can_change(beams, scoring)
 
         def body(carry):
             t, beams, state, parent = carry
@@ -218,6 +229,13 @@ _search_jit = jax.jit(_search, static_argnames=("graphdef", "spec"))
 def _trie_constraint(trie: ItemTrie, vocab_size: int, dense_depths: int | None) -> Constraint:
     """Device index of a trie, built once per (trie object, vocabulary, dense depths)."""
     return trie_constraint(trie, vocab_size, dense_depths)
+
+
+@functools.lru_cache(maxsize=4)
+def _item_of_node(trie: ItemTrie | None, size: int) -> jax.Array:
+    """[size] int32 item id of each (padded) node, -1 beyond the trie's leaves."""
+    known = trie.item_of_node if trie is not None else np.zeros(0, np.int32)
+    return jnp.asarray(np.pad(known, (0, size - len(known)), constant_values=-1), jnp.int32)
 
 
 def _check(trie: ItemTrie | None, mode: str, vocab_size: int, input_ids, attention_mask, num_beams: int,
@@ -286,12 +304,13 @@ def beam_search(model, input_ids, attention_mask, constraint: ItemTrie | None = 
     items = _trie_constraint(constraint, vocab_size, dense_depths) if constraint is not None else None
     automaton = {"trie": items, "per_level": per_level_constraint(constraint, vocab_size)
                  if mode == "per_level" else None, "none": unconstrained(vocab_size)}[mode]
-    known = constraint.item_of_node if constraint is not None else np.zeros(0, np.int32)
-    item_of_node = jnp.asarray(np.append(known, -1), jnp.int32)  # the dead node maps to -1
-    spec = SearchSpec(num_beams, num_return_sequences, max_new_tokens, float(length_penalty),
-                      early_stopping, int(eos_token_id), int(pad_token_id),
+    item_of_node = _item_of_node(constraint, (items or automaton).dead + 1)
+    scoring = Scoring(jnp.float32(length_penalty), jnp.bool_(early_stopping is True),
+                      jnp.bool_(early_stopping == "never"))
+    spec = SearchSpec(num_beams, num_return_sequences, max_new_tokens, int(eos_token_id),
+                      int(pad_token_id),
                       track_items=mode != "trie" and constraint is not None,
                       unrolled_steps=UNROLLED_STEPS)
     graphdef, params = nnx.split(model)
     return _search_jit(graphdef, params, input_ids, attention_mask, automaton,
-                       items if items is not None else automaton, item_of_node, spec=spec)
+                       items if items is not None else automaton, item_of_node, scoring, spec=spec)

@@ -18,8 +18,9 @@ Three constraints, one interface:
   ``allowed_tokens[len(allowed_tokens)] = {eos}``), so outputs need not be items.
 * :func:`unconstrained` — all V tokens at every step.
 
-Node ``dead`` (one past the last real node) has no children: beams that leave the automaton, and
-empty candidate slots, are parked there.
+Node and edge arrays are padded to power-of-two sizes and CSR widths rounded up to powers of two, so
+catalogues of similar size reuse one compiled search. The last padding node, ``dead``, has no
+children: beams that leave the automaton, and empty candidate slots, are parked there.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ DENSE_TABLE_BUDGET = 64 << 20  # bytes allowed for the dense first-depth tables 
 class Constraint:
     """Device arrays of one automaton (see module docstring). Static fields key the compiled program.
 
-    row_ptr [dead + 2] int32; edge_token [E] int32; edge_child [E] int32;
+    row_ptr [dead + 2] int32; edge_token [E] int32; edge_child [E] int32 (padded sizes);
     dense_tables: tuple of [nodes of depth d, V] int32 for d < len(dense_tables);
     widths[d]: candidates per beam at depth d (static); dense_starts[d]: first node id of depth d.
     """
@@ -98,10 +99,25 @@ class Constraint:
         return jnp.where(hit.any(-1), jnp.sum(jnp.where(hit, nxt, 0), -1), self.dead).astype(jnp.int32)
 
 
+def bucket(n: int) -> int:
+    """Round a size up to a power of two (>= 8): tries of similar size share one compiled search."""
+    return max(8, 1 << (max(n, 1) - 1).bit_length())
+
+
+def _bucket_widths(widths, vocab_size: int) -> tuple[int, ...]:
+    return tuple(min(bucket(int(w)), vocab_size) if w else 0 for w in widths)
+
+
 def _csr_arrays(row_ptr: np.ndarray, edge_token: np.ndarray, edge_child: np.ndarray):
-    """Append the dead node (no children) and move to device."""
-    row_ptr = np.concatenate([row_ptr, row_ptr[-1:]]).astype(np.int32)
-    return jnp.asarray(row_ptr), jnp.asarray(edge_token, jnp.int32), jnp.asarray(edge_child, jnp.int32)
+    """Pad nodes and edges to bucket sizes (padding nodes have no children; the last one is the
+    dead node) and move to device. Returns (row_ptr, edge_token, edge_child, dead)."""
+    nodes = bucket(len(row_ptr))  # >= real nodes + 1, so at least one padding node
+    edges = bucket(len(edge_token))
+    row_ptr = np.pad(row_ptr, (0, nodes + 1 - len(row_ptr)), mode="edge")
+    edge_token = np.pad(edge_token, (0, edges - len(edge_token)))
+    edge_child = np.pad(edge_child, (0, edges - len(edge_child)), constant_values=nodes - 1)
+    return (jnp.asarray(row_ptr, jnp.int32), jnp.asarray(edge_token, jnp.int32),
+            jnp.asarray(edge_child, jnp.int32), nodes - 1)
 
 
 def _auto_dense_depths(trie: ItemTrie, vocab_size: int) -> int:
@@ -129,10 +145,11 @@ def trie_constraint(trie: ItemTrie, vocab_size: int, dense_depths: int | None = 
         table[owner, trie.edge_token[edges]] = edges + 1
         tables.append(jnp.asarray(table))
         starts.append(lo)
-    row_ptr, edge_token, edge_child = _csr_arrays(
+    row_ptr, edge_token, edge_child, dead = _csr_arrays(
         trie.row_ptr, trie.edge_token, np.arange(1, trie.num_nodes, dtype=np.int32))
-    return Constraint(row_ptr, edge_token, edge_child, tuple(tables), widths=trie.widths,
-                      dense_starts=tuple(starts), dead=trie.num_nodes, vocab_size=vocab_size)
+    return Constraint(row_ptr, edge_token, edge_child, tuple(tables), dense_starts=tuple(starts),
+                      widths=_bucket_widths(trie.widths, vocab_size),
+                      dead=dead, vocab_size=vocab_size)
 
 
 def per_level_constraint(trie: ItemTrie, vocab_size: int) -> Constraint:
@@ -143,9 +160,9 @@ def per_level_constraint(trie: ItemTrie, vocab_size: int) -> Constraint:
     row_ptr = np.concatenate([[0], np.cumsum(counts)])
     edge_token = np.concatenate(levels)
     edge_child = np.repeat(np.arange(1, len(levels) + 1), counts[:-1])
-    return Constraint(*_csr_arrays(row_ptr, edge_token, edge_child), (),
-                      widths=tuple(int(c) for c in counts), dense_starts=(),
-                      dead=len(levels) + 1, vocab_size=vocab_size)
+    row_ptr, edge_token, edge_child, dead = _csr_arrays(row_ptr, edge_token, edge_child)
+    return Constraint(row_ptr, edge_token, edge_child, (), dense_starts=(), dead=dead,
+                      widths=_bucket_widths(counts, vocab_size), vocab_size=vocab_size)
 
 
 def unconstrained(vocab_size: int) -> Constraint:
