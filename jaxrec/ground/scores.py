@@ -86,12 +86,13 @@ class MetricScorer:
 
 
 def make_scorer(metric: str, queries, items, compute_dtype=None, has_bias: bool = False) -> MetricScorer:
-    """Validate the metric and shapes of ``queries`` [Q,d] and ``items`` [N,d]; build the scorer."""
+    """Validate the metric and shapes of ``queries`` [Q,d] and ``items`` [N,d] (arrays or anything with
+    ``shape`` and ``dtype``); build the scorer."""
     if metric not in METRICS:
         raise JaxrecError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
-    if np.ndim(queries) != 2 or np.ndim(items) != 2:
+    if len(queries.shape) != 2 or len(items.shape) != 2:
         raise JaxrecError(
-            f"queries and items must be 2-D [Q,d] and [N,d], got shapes {np.shape(queries)} and {np.shape(items)}"
+            f"queries and items must be 2-D [Q,d] and [N,d], got shapes {tuple(queries.shape)} and {tuple(items.shape)}"
         )
     if queries.shape[1] != items.shape[1]:
         raise JaxrecError(

@@ -1,0 +1,163 @@
+"""jaxrec.ground.topk / target_ranks against a NumPy brute force (fp32), one device and 8."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxrec.errors import JaxrecError
+from jaxrec.ground import target_ranks, topk
+from jaxrec.parallel.mesh import MeshConfig, make_mesh
+
+Q, N, D = 6, 2500, 16
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    queries = rng.normal(size=(Q, D)).astype(np.float32)
+    items = rng.normal(size=(N, D)).astype(np.float32)
+    # exact duplicates spread over tiles and shards: ties must go to the lower id
+    for copy in (1500, 2499):
+        items[copy] = items[7]
+    queries[0] = items[7]  # query 0's best three are the duplicates 7, 1500, 2499 (score 0)
+    bias = rng.normal(size=N).astype(np.float32)
+    return queries, items, bias
+
+
+@pytest.fixture(scope="module")
+def mesh8():
+    return make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+
+
+def brute_scores(queries, items, metric, bias=None):
+    q, x = queries.astype(np.float64), items.astype(np.float64)
+    if metric == "dot":
+        s = q @ x.T
+    elif metric == "cosine":
+        s = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (x / np.linalg.norm(x, axis=1, keepdims=True)).T
+    else:
+        s = -((q[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    return s if bias is None else s + bias
+
+
+def canonical_order(scores):
+    """Item ids per row sorted by (-score, id)."""
+    ids = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    return np.lexsort((ids, -scores), axis=1)
+
+
+def assert_topk_matches(scores, ids, ref_scores, k):
+    """Indices equal to the brute force up to float near-ties; scores equal to fp32 rounding."""
+    order = canonical_order(ref_scores)[:, :k]
+    expected = np.take_along_axis(ref_scores, order, 1)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-4)
+    got = np.take_along_axis(ref_scores, np.asarray(ids), 1)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)  # same scores at each position
+    exact = k == 1 or np.abs(np.diff(expected, axis=1)).min() > 1e-4  # no near-ties: ids must match
+    if exact:
+        np.testing.assert_array_equal(ids, order)
+
+
+# Each distinct (metric, k, tile, mesh, bias?, exclude?) is one compilation: the tests below reuse
+# these configurations so the whole file compiles about ten kernels.
+CONFIGS = {  # name: (metric, k, tile, sharded)
+    "l2_hot": ("l2", 50, 1024, False),  # sparse hot-block merge; last tile shifted back (N % 1024 != 0)
+    "cosine_small": ("cosine", 5, 96, False),  # many tiles, last one shifted back
+    "dot_one_tile": ("dot", 1, 4096, False),  # tile clamped to N: one tile
+    "cosine_sharded": ("cosine", 20, 128, True),  # 8 devices, N=2500 padded to 2504
+}
+
+
+def run_topk(data, mesh8, config, bias=None, **kw):
+    queries, items, _ = data
+    metric, k, tile, sharded = CONFIGS[config]
+    return topk(queries, items, k, metric, bias, tile=tile, mesh=mesh8 if sharded else None, **kw)
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_topk_matches_brute_force(data, mesh8, config):
+    queries, items, bias = data
+    metric, k = CONFIGS[config][:2]
+    s, i = run_topk(data, mesh8, config, bias)
+    assert s.shape == i.shape == (Q, k) and s.dtype == np.float32 and i.dtype == np.int32
+    assert_topk_matches(np.asarray(s), np.asarray(i), brute_scores(queries, items, metric, bias), k)
+
+
+@pytest.mark.parametrize("config", ["l2_hot", "cosine_sharded"])
+def test_tie_rule_exact_across_tiles_and_shards(data, mesh8, config):
+    s, i = run_topk(data, mesh8, config, np.zeros(N, np.float32))
+    np.testing.assert_array_equal(np.asarray(i)[0, :3], [7, 1500, 2499])
+    best = np.asarray(s)[0]
+    assert best[0] == best[1] == best[2] > best[3]
+
+
+def test_exclude_removes_items(data, mesh8):
+    queries, items, bias = data
+    exclude = np.full((Q, 3), -1, np.int32)
+    exclude[0] = [7, 1500, -1]
+    s, i = run_topk(data, mesh8, "l2_hot", bias, exclude=exclude)
+    ref = brute_scores(queries, items, "l2", bias)
+    ref[0, [7, 1500]] = -np.inf
+    assert 7 not in np.asarray(i[0]) and 1500 not in np.asarray(i[0])
+    assert_topk_matches(np.asarray(s), np.asarray(i), ref, 50)
+
+
+def test_bfloat16_compute_with_fp32_accumulation(data):
+    queries, items, _ = data
+    s, i = topk(queries, items, 10, "dot", tile=1024, compute_dtype="bfloat16")
+    rounded = [np.asarray(jax.numpy.asarray(a, "bfloat16").astype("float32")) for a in (queries, items)]
+    assert_topk_matches(np.asarray(s), np.asarray(i), brute_scores(*rounded, "dot"), 10)
+
+
+def brute_ranks(ref_scores, targets, exclude=None):
+    ranks = []
+    for row, t in enumerate(targets):
+        s, ids = ref_scores[row], np.arange(ref_scores.shape[1])
+        keep = ids != t
+        if exclude is not None:
+            keep &= ~np.isin(ids, exclude[row])
+        ranks.append(1 + (((s > s[t]) | ((s == s[t]) & (ids < t))) & keep).sum())
+    return np.array(ranks)
+
+
+RANK_TARGETS = np.array([1500, 0, 2499, 1234, 42, 2000])
+RANK_EXCLUDE = np.array([[7, -1], [1, 2], [-1, -1], [5, 9], [42, 43], [100, 2001]])
+
+
+@pytest.mark.parametrize("metric,sharded", [("l2", False), ("dot", True)])
+def test_target_ranks_match_brute_force(data, mesh8, metric, sharded):
+    queries, items, bias = data
+    mesh = mesh8 if sharded else None
+    ranks = target_ranks(queries, items, RANK_TARGETS, metric, bias, exclude=RANK_EXCLUDE, tile=300, mesh=mesh)
+    ref = brute_scores(queries, items, metric, bias).astype(np.float32)
+    np.testing.assert_array_equal(ranks, brute_ranks(ref, RANK_TARGETS, RANK_EXCLUDE))
+    assert ranks.dtype == np.int32
+    # duplicates of query 0's item (ids 7 < 1500 < 2499, all score 0 under l2): ties go to the lower id
+    if metric == "l2":
+        no_exclude = np.full_like(RANK_EXCLUDE, -1)
+        for target, rank in ((7, 1), (1500, 2), (2499, 3)):
+            targets = RANK_TARGETS.copy()
+            targets[0] = target
+            ranks = target_ranks(queries, items, targets, "l2", np.zeros(N, np.float32), exclude=no_exclude, tile=300)
+            assert int(ranks[0]) == rank
+
+
+def test_clear_errors(data):
+    queries, items, _ = data
+    with pytest.raises(JaxrecError, match="dimensions differ"):
+        topk(queries[:, :8], items, 5)
+    with pytest.raises(JaxrecError, match=r"k must be an integer in \[1, 2500\]"):
+        topk(queries, items, N + 1)
+    with pytest.raises(JaxrecError, match="unknown metric"):
+        topk(queries, items, 5, "manhattan")
+    with pytest.raises(JaxrecError, match="item_bias must have shape"):
+        topk(queries, items, 5, item_bias=np.zeros(3))
+    with pytest.raises(JaxrecError, match="targets must be item ids"):
+        target_ranks(queries, items, np.full(Q, N))
+    bad = items.copy()
+    bad[2222, 3] = np.nan
+    with pytest.raises(JaxrecError, match="NaN"):
+        topk(queries, bad, 1, "dot", tile=4096)
+    nan_query = np.where(np.arange(Q)[:, None] == 2, np.nan, queries).astype(np.float32)
+    with pytest.raises(JaxrecError, match="NaN"):
+        target_ranks(nan_query, items, RANK_TARGETS, "l2", np.zeros(N, np.float32), exclude=RANK_EXCLUDE, tile=300)
