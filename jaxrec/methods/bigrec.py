@@ -1,0 +1,275 @@
+"""BIGRec (Bao et al., 2023): instruction-tune an LLM to write the next item's title, then ground it.
+
+Recipe:
+
+1. **Data.** BIGRec's global temporal split (80/10/10 of next-item examples, history <= 10) and
+   Alpaca prompts with the domain's wording (``prompts.domain``); training uses BIGRec's few-shot
+   sample (``prompts.train_sample``, default 1,024) — see docs/TASKS.md.
+2. **Training.** Title generation, loss on the response (``"Title"`` + EOS), through the shared
+   engine: LoRA on a local HF model (``model.pretrained``) or full fine-tuning of a tiny Llama
+   trained from scratch with a BPE tokenizer trained on the dataset's text. (LoRA on a *random*
+   tiny model learns little: the frozen random weights carry no language, so the from-scratch
+   configs use ``train.lora.mode: full``.)
+3. **Free generation + grounding.** Beam search (``generation.num_beams``, BIGRec: 4), top beam;
+   its text (quotes stripped) and every item title are embedded by the last-token final hidden state
+   of the base or fine-tuned model (``ground.model``; BIGRec grounds with the base model). Every
+   catalog item is ranked by L2 distance with the exact tiled kernel (:mod:`jaxrec.ground`), and
+   optionally re-weighted by popularity (``ground.fusion``): F = minmax(D) * (1 + C)^-gamma, C the
+   min-max normalised count of each item as a training target, gamma chosen on validation per
+   metric and K from BIGRec's grid 0..99.
+4. **Constrained generation.** The same beam search restricted by a trie over all tokenized titles:
+   every beam is a real item, read directly. The ranked list is the ``num_beams`` returned items,
+   so HR/NDCG@K for K > num_beams count only those (MRR likewise).
+
+Metrics: HR/NDCG@K (``eval.ks``, default 1,3,5,10,20,50) over the full catalog, plus the expected
+values of a random ranking. ``evaluate`` writes ``out_dir/results.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxrec.atomic import atomic_file
+from jaxrec.data.splits import TemporalSplit, temporal_split
+from jaxrec.data.tasks import bigrec_eval_examples, bigrec_train_examples
+from jaxrec.data.tasks.domains import DomainName
+from jaxrec.data.tasks.item_text import quoted, titles as item_titles
+from jaxrec.decode import ItemTrie
+from jaxrec.eval.metrics import metrics_from_ranks
+from jaxrec.ground.fusion import POPULARITY_GAMMAS, choose_gamma, fused_target_ranks, minmax
+from jaxrec.ground.rank import target_ranks
+from jaxrec.methods import llm
+from jaxrec.methods.data_source import DataConfig, SyntheticData, load_dataset
+from jaxrec.train.config import TrainConfig
+
+
+@dataclasses.dataclass
+class SplitConfig:
+    """BIGRec's temporal split (:func:`jaxrec.data.splits.temporal_split`)."""
+
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    history: int = 10
+    min_history: int = 1
+    min_target_rating: float | None = None
+
+
+@dataclasses.dataclass
+class PromptConfig:
+    """Prompt wording and sample sizes (None or -1: every example of the period)."""
+
+    domain: DomainName = "movies"
+    train_sample: int | None = 1024
+    eval_sample: int | None = None  # valid and test examples evaluated (seeded sample)
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class GenerationConfig:
+    num_beams: int = 4
+    max_new_tokens: int | None = None  # free generation; None: the longest quoted title + EOS
+    length_penalty: float = 1.0
+    batch_size: int = 32
+
+
+@dataclasses.dataclass
+class GroundConfig:
+    model: Literal["base", "fine_tuned"] = "base"
+    fusion: bool = True  # popularity fusion with gamma chosen on validation
+    batch_size: int = 64  # texts per embedding forward
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    ks: list[int] = dataclasses.field(default_factory=lambda: [1, 3, 5, 10, 20, 50])
+    free: bool = True
+    constrained: bool = True
+
+    def __post_init__(self):
+        if not (self.free or self.constrained):
+            raise ValueError("enable at least one of eval.free and eval.constrained")
+
+
+@dataclasses.dataclass
+class Config:
+    method: str = "bigrec"
+    out_dir: str = "runs/bigrec"
+    data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(synthetic=SyntheticData()))
+    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+    prompts: PromptConfig = dataclasses.field(default_factory=PromptConfig)
+    model: llm.ModelSection = dataclasses.field(default_factory=llm.ModelSection)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
+    ground: GroundConfig = dataclasses.field(default_factory=GroundConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+
+def split_of(config: Config, ds) -> TemporalSplit:
+    s = config.split
+    return temporal_split(ds, tuple(s.ratios), s.history, s.min_history, s.min_target_rating)
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def train(config: Config) -> dict:
+    """Fine-tune on title generation; writes the run directory (see :mod:`jaxrec.methods.llm`)."""
+    ds = load_dataset(config.data)
+    split = split_of(config, ds)
+    p = config.prompts
+    examples = bigrec_train_examples(ds, split, p.domain, p.train_sample, p.seed, config.split.history)
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    titles = [quoted(t) for t in item_titles(ds)]
+    tokenizer = llm.make_tokenizer(config.model, lambda: [e.prompt + e.response for e in examples] + titles, out_dir)
+    model = llm.build_model(config.model, tokenizer)
+    llm.start_run(out_dir, config.model, model, tokenizer)
+    train_cfg = config.train if config.train.log_dir else dataclasses.replace(config.train, log_dir=str(out_dir / "logs"))
+    model, summary = llm.finetune(model, tokenizer, examples, train_cfg)
+    llm.save_run(out_dir, config.model, model, train_cfg, config)
+    return {"method": "bigrec", "data": config.data.describe(), "model": config.model.describe(),
+            "train_examples": len(examples), **summary, "out_dir": str(out_dir)}
+
+
+# ----------------------------------------------------------------------------- grounding
+
+
+def last_token_states(model, seqs, batch_size: int, pad_id: int) -> np.ndarray:
+    """float32 [P, d]: final hidden state at the last token of each sequence (left padded)."""
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def forward(state, ids, mask):
+        hidden = nnx.merge(graphdef, state)(ids, attention_mask=mask, return_hidden=True)
+        return (hidden[:, -1].astype(jnp.float32),)
+
+    return llm.batched(lambda ids, mask: forward(state, ids, mask), seqs, batch_size, pad_id)[0]
+
+
+def embed_texts(model, tokenizer, texts: list[str], batch_size: int) -> np.ndarray:
+    """BIGRec's grounding embedding of each text: [BOS] + text, last token's final hidden state."""
+    return last_token_states(model, llm.prompt_ids(tokenizer, model, texts), batch_size, tokenizer.pad_token_id)
+
+
+def ground_ranks(queries: np.ndarray, items: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """1-based full-catalog ranks [Q] of ``targets`` by L2 distance (closest first)."""
+    return np.asarray(target_ranks(queries, items, targets, metric="l2"))
+
+
+def popularity(split: TemporalSplit, num_items: int) -> np.ndarray:
+    """BIGRec's popularity C: each item's count as a training target, min-max normalised [N]."""
+    return minmax(np.bincount(split.train.target, minlength=num_items).astype(np.float32))
+
+
+def fusion_metrics(valid: tuple, test: tuple, weights: np.ndarray, ks: list[int]) -> dict:
+    """Popularity fusion: per metric the gamma best on validation and its valid/test values.
+
+    ``valid``/``test``: (queries [Q,d], items [N,d], targets [Q])."""
+    metrics = {}
+    for k in ks:
+        metrics[f"HR@{k}"] = lambda r, k=k: float(np.mean(r <= k))
+        metrics[f"NDCG@{k}"] = lambda r, k=k: float(np.mean(np.where(r <= k, 1.0 / np.log2(r + 1.0), 0.0)))
+    valid_ranks = np.asarray(fused_target_ranks(*valid, weights, POPULARITY_GAMMAS, metric="l2"))
+    test_ranks = np.asarray(fused_target_ranks(*test, weights, POPULARITY_GAMMAS, metric="l2"))
+    best = choose_gamma(valid_ranks, POPULARITY_GAMMAS, metrics)
+    out = {}
+    for name, (gamma, value) in best.items():
+        row = int(np.flatnonzero(POPULARITY_GAMMAS == gamma)[0])
+        out[name] = {"gamma": gamma, "valid": value, "test": metrics[name](test_ranks[row])}
+    return out
+
+
+def random_metrics(num_items: int, ks: list[int]) -> dict:
+    """Expected HR/NDCG@K of a uniformly random ranking of ``num_items`` items."""
+    gains = 1.0 / np.log2(np.arange(2, num_items + 2))
+    return {**{f"HR@{k}": min(k, num_items) / num_items for k in ks},
+            **{f"NDCG@{k}": float(gains[:k].sum() / num_items) for k in ks}}
+
+
+def list_metrics(item_ids: np.ndarray, targets: np.ndarray, ks: list[int]) -> dict:
+    """Metrics of ranked item lists [Q,R] (-1 = empty); a target outside the list is a miss at every K."""
+    hit = item_ids == targets[:, None]
+    ranks = np.where(hit.any(1), np.argmax(hit, 1) + 1.0, np.inf)
+    return metrics_from_ranks(ranks, ks)
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def evaluate(config: Config) -> dict:
+    """Free generation + grounding and constrained generation on valid and test; writes results.json."""
+    start = time.perf_counter()
+    ds = load_dataset(config.data)
+    split = split_of(config, ds)
+    p, g, ks = config.prompts, config.generation, config.eval.ks
+    parts = {part: bigrec_eval_examples(ds, split, part, p.domain, config.split.history, p.eval_sample, p.seed)
+             for part in ("valid", "test")}
+    model, tokenizer = llm.load_run(config.out_dir, "fine_tuned", config.model.dtype)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    raw_titles = item_titles(ds)
+    trie = ItemTrie.from_sequences(llm.encode(tokenizer, [quoted(t) for t in raw_titles]), eos_id=eos,
+                                   vocab_size=model.config.vocab_size)
+    prompts = {part: llm.prompt_ids(tokenizer, model, [e.prompt for e in ex]) for part, ex in parts.items()}
+    targets = {part: np.asarray([e.target for e in ex], np.int32) for part, ex in parts.items()}
+    beams = dict(num_beams=g.num_beams, eos_id=eos, pad_id=pad, length_penalty=g.length_penalty,
+                 batch_size=g.batch_size)
+    result = {"method": "bigrec", "data": config.data.describe(), "model": config.model.describe(),
+              "catalog_items": ds.num_items, "examples": {k: len(v) for k, v in parts.items()},
+              "num_beams": g.num_beams, "random": random_metrics(ds.num_items, ks)}
+    samples = [{"target": raw_titles[t]} for t in targets["test"][:3]]
+    seconds = {}
+
+    if config.eval.constrained:
+        t0 = time.perf_counter()
+        out = {"list_length": g.num_beams}
+        for part in ("valid", "test"):
+            seqs, _, items = llm.generate(model, prompts[part], constraint=trie, max_new_tokens=trie.max_length + 1,
+                                          **beams)
+            out[part] = list_metrics(items, targets[part], ks)
+            if part == "test":
+                for s, text in zip(samples, llm.decode_texts(tokenizer, seqs[:3, 0], eos)):
+                    s["constrained"] = text
+        result["constrained"] = out
+        seconds["constrained"] = round(time.perf_counter() - t0, 2)
+
+    if config.eval.free:
+        t0 = time.perf_counter()
+        max_new = g.max_new_tokens or trie.max_length + 1
+        texts, exact = {}, {}
+        for part in ("valid", "test") if config.ground.fusion else ("test",):
+            seqs, _, items = llm.generate(model, prompts[part], constraint=trie, mode="none", max_new_tokens=max_new,
+                                          num_return_sequences=1, **beams)
+            texts[part] = llm.decode_texts(tokenizer, seqs[:, 0], eos)
+            exact[part] = float(np.mean(items[:, 0] >= 0))
+        for s, text in zip(samples, texts["test"]):
+            s["free"] = text
+        seconds["free_generation"] = round(time.perf_counter() - t0, 2)
+        t0 = time.perf_counter()
+        if config.ground.model == "base":
+            model, _ = llm.load_run(config.out_dir, "base", config.model.dtype)
+        items_emb = embed_texts(model, tokenizer, raw_titles, config.ground.batch_size)
+        queries = {part: embed_texts(model, tokenizer, [t.strip().strip('"') for t in tx], config.ground.batch_size)
+                   for part, tx in texts.items()}
+        free = {"ground_model": config.ground.model, "exact_title_rate": exact}
+        for part, q in queries.items():
+            free[part] = metrics_from_ranks(ground_ranks(q, items_emb, targets[part]), ks)
+        if config.ground.fusion:
+            free["popularity_fusion"] = fusion_metrics((queries["valid"], items_emb, targets["valid"]),
+                                                       (queries["test"], items_emb, targets["test"]),
+                                                       popularity(split, ds.num_items), ks)
+        result["free"] = free
+        seconds["grounding"] = round(time.perf_counter() - t0, 2)
+
+    result["samples"] = samples
+    result["seconds"] = {**seconds, "total": round(time.perf_counter() - start, 2)}
+    with atomic_file(Path(config.out_dir) / "results.json") as f:
+        json.dump(result, f, indent=2)
+    return result

@@ -1,0 +1,289 @@
+"""Shared plumbing of the LLM recipes (BIGRec, LC-Rec, aligned T5, RSLLM): a few composable functions.
+
+* :class:`ModelSection` — the ``model:`` config section: a local Hugging Face directory
+  (``pretrained``) or a tiny model trained from scratch (``arch``/sizes) with a byte-level BPE
+  tokenizer trained on the dataset's text.
+* :func:`make_tokenizer`, :func:`build_model` — build them; :func:`encode` — text → token ids
+  (never special tokens; the pipeline and :func:`prompt_ids` add BOS/EOS explicitly).
+* :func:`finetune` — train a model on a list of :class:`~jaxrec.data.tasks.Example` through the
+  training engine (LoRA or full fine-tuning, as ``train.lora.mode`` says).
+* :func:`save_run` / :func:`load_run` — a run directory that evaluation reloads::
+
+      run.json          {"base_model": dir, "mode": "lora"|"full", "config": {...}}
+      tokenizer/        HF tokenizer files (pad token set)
+      base_model/       from-scratch runs only: the initial weights (HF safetensors)
+      adapter/          mode lora: PEFT adapter (adapter_config.json + adapter_model.safetensors)
+      model/            mode full: the fine-tuned weights (HF safetensors)
+
+* :func:`generate` — batched beam search over many prompts with one compilation (prompts
+  left-padded to one length, the last batch padded with copies).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Literal, Sequence
+
+import numpy as np
+from flax import nnx
+
+from jaxrec.atomic import atomic_file
+from jaxrec.config import to_dict
+from jaxrec.data.tasks import Example
+from jaxrec.errors import ConfigError
+from jaxrec.train.config import TrainConfig
+
+RUN_FILE = "run.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    """The LLM: ``pretrained`` (a local HF model directory, never downloaded) or, when it is null,
+    a small ``arch`` model trained from scratch with a ``vocab_size`` BPE tokenizer trained on the
+    dataset's prompts and item titles. The size fields apply to from-scratch models only."""
+
+    pretrained: str | None = None
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    arch: Literal["llama", "t5"] = "llama"
+    vocab_size: int = 2048
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_position_embeddings: int = 1024
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} must be a multiple of num_heads={self.num_heads}")
+
+    def describe(self) -> str:
+        if self.pretrained:
+            return self.pretrained
+        return (f"{self.arch} from scratch (hidden {self.hidden_size}, {self.num_layers} layers, "
+                f"vocab {self.vocab_size})")
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def make_tokenizer(section: ModelSection, texts: Callable[[], Iterable[str]], run_dir: str | Path):
+    """The run's tokenizer, cached in ``run_dir/tokenizer``.
+
+    Pretrained: the model directory's tokenizer (a missing pad token is set to unk or eos).
+    From scratch: a byte-level BPE of ``section.vocab_size`` tokens trained on ``texts()``.
+    """
+    from jaxrec.models.tokenizer import load_tokenizer, save_tokenizer, train_bpe_tokenizer
+
+    cache = Path(run_dir) / "tokenizer"
+    if cache.is_dir():
+        return load_tokenizer(cache)
+    if section.pretrained:
+        tokenizer = load_tokenizer(section.pretrained)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        save_tokenizer(tokenizer, cache)
+        return tokenizer
+    return train_bpe_tokenizer(texts(), section.vocab_size, cache)
+
+
+def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text, without special tokens."""
+    if not texts:
+        return []
+    return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+
+def is_seq2seq(model) -> bool:
+    return hasattr(model, "encode")
+
+
+def prompt_ids(tokenizer, model, prompts: Sequence[str]) -> list[list[int]]:
+    """Model inputs: decoder-only ``[BOS] + prompt`` (when the tokenizer has a BOS); T5 ``prompt + EOS``."""
+    ids = encode(tokenizer, prompts)
+    if is_seq2seq(model):
+        return [x + [tokenizer.eos_token_id] for x in ids]
+    bos = tokenizer.bos_token_id
+    return [([bos] if bos is not None else []) + x for x in ids]
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def build_model(section: ModelSection, tokenizer):
+    """Load ``section.pretrained``, or initialise a from-scratch model sized to ``tokenizer``."""
+    from jaxrec.models import build_model as build, load_pretrained, tiny_llama_config, tiny_t5_config
+
+    if section.pretrained:
+        return load_pretrained(section.pretrained, dtype=section.dtype)
+    s, vocab = section, len(tokenizer)
+    if s.arch == "t5":
+        config = tiny_t5_config(vocab, d_model=s.hidden_size, d_ff=s.intermediate_size, d_kv=s.hidden_size // s.num_heads,
+                                num_layers=s.num_layers, num_decoder_layers=s.num_layers, num_heads=s.num_heads,
+                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                dtype=s.dtype, param_dtype=s.dtype)
+    else:
+        config = tiny_llama_config(vocab, hidden_size=s.hidden_size, intermediate_size=s.intermediate_size,
+                                   num_layers=s.num_layers, num_heads=s.num_heads, num_kv_heads=s.num_kv_heads,
+                                   head_dim=s.hidden_size // s.num_heads,
+                                   max_position_embeddings=s.max_position_embeddings,
+                                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                   pad_token_id=tokenizer.pad_token_id, dtype=s.dtype, param_dtype=s.dtype)
+    return build(config, seed=s.seed)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def finetune(model, tokenizer, examples: Sequence[Example], train: TrainConfig, *, loss_fn=None) -> tuple[nnx.Module, dict]:
+    """Train ``model`` on ``examples`` (loss on the response + EOS, or every token with
+    ``train.data.train_on_inputs``) with the engine; returns (trained model, fit summary).
+
+    ``train.epochs`` (if set) fixes the number of passes, else ``train.steps``. In LoRA mode the
+    returned model holds LoRA modules (see :func:`save_run`).
+    """
+    from jaxrec.data.pipeline import CausalFeatures, Seq2SeqFeatures, make_batches
+    from jaxrec.train.losses import causal_lm_loss, seq2seq_lm_loss
+    from jaxrec.train.trainer import Trainer
+
+    if not examples:
+        raise ConfigError("finetune: no training examples")
+    rows = [{"prompt_ids": p, "response_ids": r}
+            for p, r in zip(encode(tokenizer, [e.prompt for e in examples]), encode(tokenizer, [e.response for e in examples]))]
+    seq_len, eos = train.data.seq_len, tokenizer.eos_token_id
+    if is_seq2seq(model):
+        features = Seq2SeqFeatures(seq_len, seq_len, eos, model.config.decoder_start_token_id)
+        loss_fn = loss_fn or seq2seq_lm_loss
+    else:
+        features = CausalFeatures(seq_len, eos, tokenizer.bos_token_id, train.data.train_on_inputs)
+        loss_fn = loss_fn or causal_lm_loss
+    steps = train.epochs * (len(rows) // train.batch_size) if train.epochs else train.steps
+    if steps < 1:
+        raise ConfigError(f"train: {len(rows)} examples give no step of batch_size={train.batch_size}")
+    trainer = Trainer(model, train, loss_fn, total_steps=steps)
+    batches = make_batches(rows, features, train.data, trainer.mesh, global_batch=train.batch_size, seed=train.seed,
+                           pad_id=tokenizer.pad_token_id, target_len=seq_len if is_seq2seq(model) else None,
+                           num_epochs=train.epochs)
+    start = time.perf_counter()
+    summary = trainer.fit(batches, steps=steps)
+    summary["train_seconds"] = round(time.perf_counter() - start, 2)
+    trained = trainer.model()
+    trainer.close()
+    return trained, summary
+
+
+# ----------------------------------------------------------------------------- run directory
+
+
+def start_run(run_dir: str | Path, section: ModelSection, model, tokenizer) -> None:
+    """Before training: for a from-scratch model, keep its initial weights as the run's base model."""
+    from jaxrec.models import save_pretrained
+
+    if not section.pretrained:
+        save_pretrained(model, Path(run_dir) / "base_model")
+
+
+def save_run(run_dir: str | Path, section: ModelSection, model, train: TrainConfig, config) -> None:
+    """Write the trained weights (adapter or full model) and ``run.json`` (last, so a run dir with
+    ``run.json`` is complete)."""
+    from jaxrec.models import save_pretrained
+    from jaxrec.models.peft_io import save_adapter
+
+    run_dir = Path(run_dir)
+    base = section.pretrained or str(run_dir / "base_model")
+    if train.lora.mode == "lora":
+        save_adapter(model, run_dir / "adapter", train.lora, base_model=base)
+    else:
+        save_pretrained(model, run_dir / "model")
+    with atomic_file(run_dir / RUN_FILE) as f:
+        json.dump({"base_model": base, "mode": train.lora.mode, "config": to_dict(config)}, f, indent=2)
+
+
+def load_run(run_dir: str | Path, which: Literal["fine_tuned", "base"] = "fine_tuned", dtype: str = "float32"):
+    """(model, tokenizer) of a saved run: the fine-tuned model (LoRA merged into plain weights) or its base."""
+    from jaxrec.models import load_pretrained
+    from jaxrec.models.lora import remove_lora
+    from jaxrec.models.peft_io import load_adapter
+    from jaxrec.models.tokenizer import load_tokenizer
+
+    run_dir = Path(run_dir)
+    meta_file = run_dir / RUN_FILE
+    if not meta_file.is_file():
+        raise ConfigError(f"{run_dir}: no {RUN_FILE}; train this config first (jaxrec train --config ...)")
+    meta = json.loads(meta_file.read_text())
+    tokenizer = load_tokenizer(run_dir / "tokenizer")
+    if which == "base":
+        return load_pretrained(meta["base_model"], dtype=dtype), tokenizer
+    if meta["mode"] == "full":
+        return load_pretrained(run_dir / "model", dtype=dtype), tokenizer
+    model = load_pretrained(meta["base_model"], dtype=dtype)
+    load_adapter(model, run_dir / "adapter")
+    remove_lora(model, merge=True)
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------- batched inference
+
+
+def left_pad(seqs: Sequence[Sequence[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids [B,length] int32, mask [B,length] int32): each sequence right-aligned (left padding);
+    longer sequences keep their last ``length`` tokens."""
+    ids = np.full((len(seqs), length), pad_id, np.int32)
+    mask = np.zeros((len(seqs), length), np.int32)
+    for row, seq in enumerate(seqs):
+        tail = list(seq)[-length:]
+        if tail:
+            ids[row, length - len(tail):] = tail
+            mask[row, length - len(tail):] = 1
+    return ids, mask
+
+
+def padded_length(seqs: Sequence[Sequence[int]], multiple: int = 16) -> int:
+    """The longest sequence rounded up to ``multiple`` (one compiled shape for a whole set)."""
+    longest = max((len(s) for s in seqs), default=1)
+    return -(-longest // multiple) * multiple
+
+
+def batched(fn: Callable[[np.ndarray, np.ndarray], tuple], seqs: Sequence[Sequence[int]], batch_size: int,
+            pad_id: int, length: int | None = None) -> tuple[np.ndarray, ...]:
+    """Apply ``fn(ids [batch_size,L], mask)`` → tuple of arrays [batch_size,...] over all ``seqs``;
+    the last batch is filled with copies of its last row; results concatenated (numpy)."""
+    length = length or padded_length(seqs)
+    parts = []
+    for start in range(0, len(seqs), batch_size):
+        chunk = list(seqs[start:start + batch_size])
+        real = len(chunk)
+        chunk += [chunk[-1]] * (batch_size - real)
+        ids, mask = left_pad(chunk, length, pad_id)
+        parts.append(tuple(np.asarray(x)[:real] for x in fn(ids, mask)))
+    return tuple(np.concatenate(cols) for cols in zip(*parts))
+
+
+def generate(model, prompts: Sequence[Sequence[int]], *, num_beams: int, max_new_tokens: int, eos_id: int, pad_id: int,
+             constraint=None, mode: str | None = None, num_return_sequences: int | None = None,
+             length_penalty: float = 1.0, batch_size: int = 32):
+    """Beam search over every prompt (token ids); returns numpy ``(sequences [P,R,S], scores [P,R],
+    item_ids [P,R])`` as :func:`jaxrec.decode.beam_search` (``constraint`` with ``mode="none"``:
+    free generation that still reports which generations are exactly an item)."""
+    from jaxrec.decode import beam_search
+
+    def run(ids, mask):
+        out = beam_search(model, ids, mask, constraint, mode=mode, num_beams=num_beams,
+                          num_return_sequences=num_return_sequences or num_beams, max_new_tokens=max_new_tokens,
+                          length_penalty=length_penalty, eos_token_id=eos_id, pad_token_id=pad_id)
+        return out.sequences, out.scores, out.item_ids
+
+    return batched(run, prompts, batch_size, pad_id)
+
+
+def decode_texts(tokenizer, sequences: np.ndarray, eos_id: int) -> list[str]:
+    """Generated token rows [P,S] → text, cut at the first EOS."""
+    texts = []
+    for row in np.asarray(sequences):
+        end = np.flatnonzero(row == eos_id)
+        texts.append(tokenizer.decode(row[: end[0] if end.size else len(row)].tolist(), skip_special_tokens=True))
+    return texts
