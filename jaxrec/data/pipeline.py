@@ -3,8 +3,8 @@
 ``examples`` is any random-access sequence of dicts with ``prompt`` and ``response`` (text, encoded by
 the tokenizer) — or ``prompt_ids`` / ``response_ids`` (already token ids). Steps:
 
-1. global shuffle (seeded; reshuffled every epoch), then this process's slice
-   ``[process_index::process_count]`` — every host reads a disjoint part of each global batch;
+1. global shuffle (seeded; reshuffled every epoch), then this process's rows of each global batch
+   (:class:`HostRows`) — every host reads its own contiguous block of each global batch;
 2. tokenization to features (decoder-only: ``input_ids``/``targets``/``loss_mask`` shifted by one;
    T5: encoder ``input_ids`` + ``decoder_input_ids``/``targets``/``loss_mask``), truncated to
    ``seq_len`` (the end of the response is cut first);
@@ -127,6 +127,28 @@ def _packed_attention(row_batch: dict) -> dict:
     return row_batch
 
 
+class HostRows(grain.MapDataset):
+    """This process's rows of each global batch: for batch s, global rows
+    ``[s*B + p*b, s*B + (p+1)*b)`` (B global, b = B / processes, p = process index). Global batch s is
+    then exactly the rows a single process would read, in the same order."""
+
+    def __init__(self, parent: grain.MapDataset, local: int, processes: int, index: int):
+        super().__init__(parent)
+        self.local, self.processes, self.index = local, processes, index
+
+    def __len__(self) -> int:
+        return (len(self._parent) // (self.local * self.processes)) * self.local
+
+    def __getitem__(self, j):
+        if isinstance(j, slice):
+            return self.slice(j)
+        block, row = divmod(j, self.local)
+        return self._parent[(block * self.processes + self.index) * self.local + row]
+
+    def __str__(self) -> str:
+        return f"HostRows(local={self.local}, processes={self.processes}, index={self.index})"
+
+
 def host_batches(examples: Sequence[dict], features: grain.transforms.Map, config: DataConfig, *,
                  global_batch: int, seed: int = 0, pad_id: int = 0, target_len: int | None = None,
                  num_epochs: int | None = None) -> grain.IterDataset:
@@ -140,7 +162,7 @@ def host_batches(examples: Sequence[dict], features: grain.transforms.Map, confi
     ds = grain.MapDataset.source(examples)
     if config.shuffle:
         ds = ds.shuffle(seed=seed)
-    ds = ds.repeat(num_epochs)[jax.process_index()::processes].map(features)
+    ds = HostRows(ds.repeat(num_epochs), local, processes, jax.process_index()).map(features)
     if config.packing:
         if isinstance(features, Seq2SeqFeatures):
             raise ConfigError("data.packing is supported for decoder-only models only")

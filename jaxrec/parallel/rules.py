@@ -94,3 +94,18 @@ def batch_sharding(mesh: Mesh, ndim: int, rules: Mapping[str, Sequence[str]] = D
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def place(tree: Any, shardings: Any) -> Any:
+    """Put host values (identical on every process) onto global ``shardings``.
+
+    Single process: ``jax.device_put``. Several processes: each builds only its addressable shards
+    (``jax.make_array_from_callback``), since ``device_put`` cannot target other hosts' devices.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def one(x, sharding):
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(one, tree, shardings)

@@ -100,6 +100,7 @@ class TrainConfig:
     log_every: int = 10
     log_dir: str | None = None
     progress: bool = True
+    peak_flops: float | None = None  # for MFU; None: datasheet figure, or a measured matmul on CPU
     mesh: MeshConfig = MeshConfig()
     lora: LoraConfig = LoraConfig()
     optim: OptimConfig = OptimConfig()

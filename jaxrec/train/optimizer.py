@@ -3,10 +3,7 @@ optional per-row update mask (train only the rows of newly added tokens)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
-import jax.numpy as jnp
 import optax
 
 from jaxrec.train.config import OptimConfig
@@ -57,7 +54,3 @@ def make_optimizer(config: OptimConfig, total_steps: int, row_masks: list | None
     if row_masks is not None:
         chain.append(mask_rows(row_masks))  # ... and no weight decay either
     return optax.chain(*chain)
-
-
-def global_norm(tree: Any) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))

@@ -93,7 +93,7 @@ def make_step_fn(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.Gradi
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         out = {k: v / denom for k, v in metrics.items()}
-        out.update(loss=wsum / denom, tokens=weight, grad_norm=optax.global_norm(grads))
+        out.update(loss=wsum / denom, tokens=weight, grad_norm=optax.tree.norm(grads))
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rngs=rngs), out
 
     return step

@@ -27,7 +27,7 @@ from jaxrec.data.pipeline import DeviceIterator, batch_spec
 from jaxrec.errors import ConfigError
 from jaxrec.models.lora import apply_lora, check_trainable, row_masks, trainable_filter
 from jaxrec.parallel.mesh import batch_divisor, check_batch_size, make_mesh
-from jaxrec.parallel.rules import state_shardings
+from jaxrec.parallel.rules import place, state_shardings
 from jaxrec.train import mfu
 from jaxrec.train.checkpoint import Checkpointer, abstract_like, fingerprint
 from jaxrec.train.config import TrainConfig
@@ -70,11 +70,11 @@ class Trainer:
         abstract_opt = jax.eval_shape(self.optimizer.init, params)
         self.state_sh = train_state_shardings(state.replace(opt_state=abstract_opt), self.mesh)
         self.frozen_sh = state_shardings(frozen, self.mesh)
-        params = jax.device_put(params, self.state_sh.params)
+        params = place(params, self.state_sh.params)
         opt_init = jax.jit(self.optimizer.init, out_shardings=self.state_sh.opt_state)
-        self.state = TrainState(step=jax.device_put(state.step, self.state_sh.step), params=params,
-                                opt_state=opt_init(params), rngs=jax.device_put(rngs, self.state_sh.rngs))
-        self.frozen = jax.device_put(frozen, self.frozen_sh)
+        self.state = TrainState(step=place(state.step, self.state_sh.step), params=params,
+                                opt_state=opt_init(params), rngs=place(rngs, self.state_sh.rngs))
+        self.frozen = place(frozen, self.frozen_sh)
         self.step_fn = make_step_fn(graphdef, loss_fn, self.optimizer, grad_accum=config.grad_accum,
                                     compute_dtype=self.compute_dtype)
         self._compiled: dict[tuple, Callable] = {}
@@ -130,7 +130,7 @@ class Trainer:
         start = self.restore(batches)
         seq_len = spec["input_ids"].shape[1]
         flops_tok = mfu.flops_per_token(self.n_matmul, self.n_trained, *self._dims, seq_len)
-        peak, _ = mfu.device_peak() if cfg.progress or cfg.log_dir else (0.0, "")
+        peak = cfg.peak_flops or mfu.device_peak()[0]
         logger = MetricsLogger(cfg.log_dir)
         bar = tqdm(total=steps, initial=start, disable=not cfg.progress or jax.process_index() != 0,
                    desc="train", dynamic_ncols=True)
