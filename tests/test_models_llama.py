@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 
 from jaxrec.errors import JaxrecError
-from jaxrec.models import load_pretrained, save_pretrained
+from jaxrec.models import (build_model, load_pretrained, save_pretrained, tiny_llama_config,
+                           tiny_t5_config)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -237,9 +238,32 @@ def test_sharded_checkpoint_and_placement(checkpoints, tmp_path):
     kernel = model.layers[0].mlp.up_proj.kernel
     assert kernel.get_metadata("out_sharding") == ("embed", "mlp")
     assert kernel[...].sharding.spec == jax.sharding.PartitionSpec(None, "tensor")
+    # a pytree of shardings shaped like nnx.state(model, nnx.Param) works too
+    tree = jax.tree.map(lambda x: x.sharding, nnx.state(model, nnx.Param))
+    again = load_pretrained(tmp_path, sharding=tree)
+    assert again.lm_head.kernel[...].sharding.spec == jax.sharding.PartitionSpec(None, "tensor")
     ids, mask = _batch()
     np.testing.assert_allclose(np.asarray(forward(model, ids, mask)) * mask[..., None],
                                _hf_logits(hf_model, ids, mask) * mask[..., None], atol=1e-4)
+
+
+def test_every_parameter_has_logical_axes():
+    for config in (tiny_llama_config(VOCAB, qkv_bias=True), tiny_t5_config(VOCAB)):
+        model = nnx.eval_shape(lambda: build_model(config))
+        for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+            axes = variable.get_metadata("out_sharding")
+            assert axes and len(axes) == len(variable.shape), path
+            assert set(axes) <= {"vocab", "embed", "mlp", "heads", "kv_heads", "rel_buckets"}
+
+
+def test_bf16_checkpoint_round_trip(llama, tmp_path):
+    save_pretrained(llama, tmp_path, dtype="bfloat16")
+    assert json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    reloaded = load_pretrained(tmp_path)
+    assert reloaded.norm.scale[...].dtype == jnp.float32
+    ids, mask = _batch()
+    np.testing.assert_allclose(np.asarray(forward(reloaded, ids, mask)) * mask[..., None],
+                               np.asarray(forward(llama, ids, mask)) * mask[..., None], atol=0.05)
 
 
 def test_bf16_compute_keeps_fp32_params(checkpoints, llama):

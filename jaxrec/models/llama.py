@@ -22,7 +22,7 @@ from jaxrec.models.attention import attend, attend_prefix_and_generated, causal_
 from jaxrec.models.decoding import (DecodeState, empty_generated_cache, reorder_beams,
                                     write_generated)
 from jaxrec.models.layers import Embed, Linear, RMSNorm, activation, as_dtype
-from jaxrec.models.rope import apply_rope, inverse_frequencies
+from jaxrec.models.rope import ROPE_TYPES, apply_rope, inverse_frequencies
 
 MODEL_TYPES = ("llama", "qwen2", "mistral")
 HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
@@ -66,6 +66,11 @@ class LlamaConfig:
         if self.model_type not in MODEL_TYPES:
             raise JaxrecError(f"unsupported Llama-family model_type {self.model_type!r}: "
                               f"expected one of {MODEL_TYPES}")
+        if self.rope_type not in ROPE_TYPES:
+            raise JaxrecError(f"unsupported rope type {self.rope_type!r}: expected one of "
+                              f"{ROPE_TYPES}")
+        if self.model_type == "qwen2" and self.sliding_window is not None:
+            raise JaxrecError("sliding_window is supported for llama/mistral, not qwen2")
         if self.num_heads % self.num_kv_heads:
             raise JaxrecError(f"num_heads={self.num_heads} is not a multiple of "
                               f"num_kv_heads={self.num_kv_heads}")
@@ -77,7 +82,10 @@ class LlamaConfig:
         rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
         heads = hf["num_attention_heads"]
         sliding = hf.get("sliding_window")
-        if model_type == "qwen2" and not hf.get("use_sliding_window", False):
+        if model_type == "qwen2":
+            if hf.get("use_sliding_window", False):
+                raise JaxrecError("qwen2 with use_sliding_window=true (per-layer windows) is not "
+                                  "supported")
             sliding = None
         eos = hf.get("eos_token_id", 2)
         fields = dict(
@@ -132,8 +140,7 @@ class LlamaConfig:
         if self.model_type == "llama":
             hf.update(attention_bias=self.qkv_bias, mlp_bias=self.mlp_bias)
         if self.model_type == "qwen2":
-            hf.update(use_sliding_window=self.sliding_window is not None,
-                      sliding_window=self.sliding_window)
+            hf.update(use_sliding_window=False, sliding_window=None)
         if self.model_type == "mistral":
             hf["sliding_window"] = self.sliding_window
         return hf
@@ -275,7 +282,8 @@ class LlamaForCausalLM(nnx.Module):
         return out.astype(jnp.float32)
 
     def _run(self, input_ids, attention_mask, positions, segment_ids, inputs_embeds):
-        """Full forward. Returns (all hidden states list of L+1 [B,T,d] (last normed), kv list)."""
+        """Full forward. Returns (L+1 hidden states [B,T,d] (last one final-normed),
+        per-layer (k, v) [B,T,Nkv,H], positions [B,T])."""
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds.astype(
             as_dtype(self.config.dtype))
         batch, length = x.shape[:2]
