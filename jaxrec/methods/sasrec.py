@@ -112,10 +112,37 @@ def left_pad(sequences: list[np.ndarray], length: int) -> np.ndarray:
 def training_pairs(train: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Next-item pairs per user: inputs = seq[:-1], labels = seq[1:], each [U', max_len] left-padded (-1).
 
-    Only users with at least 2 training items contribute; sequences keep their last ``max_len + 1`` items.
+    Only users with at least 2 training items contribute; sequences keep their last ``max_len + 1``
+    items. A last all-padding row (index U') is appended to fill incomplete batches (it carries no loss).
     """
-    usable = [s[-(max_len + 1):] for s in train if len(s) >= 2]
+    usable = [s[-(max_len + 1):] for s in train if len(s) >= 2] + [np.zeros(0, np.int32)]
     return left_pad([s[:-1] for s in usable], max_len), left_pad([s[1:] for s in usable], max_len)
+
+
+def length_buckets(max_len: int) -> np.ndarray:
+    """Static training lengths: powers of two from 8, capped by (and always including) ``max_len``."""
+    return np.array(sorted({min(2 ** i, max_len) for i in range(3, max_len.bit_length() + 1)} | {max_len}))
+
+
+def epoch_batches(labels: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[tuple[np.ndarray, int]]:
+    """One epoch of ``(row indices [batch_size], length T)`` batches, bucketed by sequence length.
+
+    Rows (all but the final padding row of :func:`training_pairs`) are grouped by the smallest bucket
+    of :func:`length_buckets` that holds their items, shuffled within buckets, cut into batches (the
+    last one of a bucket filled with the padding row) and the batches shuffled. A batch of bucket T
+    only needs the last T positions: short sequences do not pay for ``max_len`` (one compilation per bucket).
+    """
+    max_len = labels.shape[1]
+    buckets = length_buckets(max_len)
+    lengths = (labels[:-1] >= 0).sum(axis=1)
+    which = np.searchsorted(buckets, lengths)
+    pad_row = labels.shape[0] - 1
+    batches = []
+    for b, length in enumerate(buckets):
+        rows = rng.permutation(np.flatnonzero(which == b))
+        rows = np.concatenate([rows, np.full(-rows.size % batch_size, pad_row)])
+        batches += [(chunk, int(length)) for chunk in rows.reshape(-1, batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def eval_arrays(split: LeaveOneOut, which: str, max_len: int, exclude_history: bool) -> dict[str, np.ndarray]:
@@ -208,10 +235,10 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     opt_state = tx.init(params)
     train_step, rank_batch = make_steps(graphdef, tx, tc.loss, ds.num_items)
     inputs, labels = training_pairs(split.train, config.model.max_len)
-    if inputs.shape[0] == 0:
+    if inputs.shape[0] == 1:
         raise DataError(f"{config.data.describe()}: no user has 2 or more training items; SASRec has nothing to learn")
     valid = eval_arrays(split, "valid", config.model.max_len, config.eval.exclude_history)
-    steps_per_epoch = -(-inputs.shape[0] // tc.batch_size)
+    steps_per_epoch = len(epoch_batches(labels, tc.batch_size, np.random.default_rng(0)))
 
     rng = np.random.default_rng(tc.seed)
     key = jax.random.key(tc.seed)
@@ -220,12 +247,9 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     bar = tqdm(total=tc.epochs * steps_per_epoch, desc="sasrec", disable=not tc.progress, leave=False)
     with MetricsLogger(out_dir / "logs") as log:
         for epoch in range(1, tc.epochs + 1):
-            order = rng.permutation(inputs.shape[0])
-            order = np.concatenate([order, order[: steps_per_epoch * tc.batch_size - order.size]])  # static batch
             losses = []
-            for b in range(steps_per_epoch):
-                idx = order[b * tc.batch_size:(b + 1) * tc.batch_size]
-                params, opt_state, loss = train_step(params, opt_state, inputs[idx], labels[idx],
+            for idx, length in epoch_batches(labels, tc.batch_size, rng):
+                params, opt_state, loss = train_step(params, opt_state, inputs[idx, -length:], labels[idx, -length:],
                                                      jax.random.fold_in(key, step))
                 losses.append(loss)
                 step += 1

@@ -1,0 +1,99 @@
+"""Full-catalog metrics against hand-computed values, including the canonical tie rule."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxrec.errors import JaxrecError
+from jaxrec.eval.metrics import (metrics_from_ranks, metrics_from_topk, ranks_from_scores, ranks_from_topk,
+                                 recall_at_k)
+from jaxrec.eval.ranking import batched_ranks
+
+
+def test_metrics_from_ranks_hand_computed():
+    m = metrics_from_ranks(np.array([1, 3, 12]), ks=(1, 5, 10))
+    assert m["users"] == 3
+    assert m["HR@1"] == pytest.approx(1 / 3)
+    assert m["HR@5"] == pytest.approx(2 / 3)
+    assert m["HR@10"] == pytest.approx(2 / 3)
+    assert m["NDCG@1"] == pytest.approx(1 / 3)
+    assert m["NDCG@5"] == pytest.approx((1.0 + 1.0 / math.log2(4)) / 3)  # rank 3 -> 1/log2(4) = 0.5
+    assert m["NDCG@10"] == pytest.approx(0.5)
+    assert m["MRR"] == pytest.approx((1 + 1 / 3 + 1 / 12) / 3)
+
+
+def test_ties_go_to_the_lower_item_id():
+    scores = jnp.array([[0.5, 0.9, 0.5, 0.5, 0.1]] * 3)
+    # item 1 beats everyone; items 0, 2, 3 tie: 0 first, then 2, then 3; item 4 last.
+    ranks = ranks_from_scores(scores, jnp.array([0, 2, 3]))
+    np.testing.assert_array_equal(ranks, [2, 3, 4])
+    np.testing.assert_array_equal(ranks_from_scores(scores[:2], jnp.array([1, 4])), [1, 5])
+
+
+def test_all_equal_scores_rank_equals_item_id_plus_one():
+    scores = jnp.zeros((4, 6))
+    np.testing.assert_array_equal(ranks_from_scores(scores, jnp.array([0, 1, 4, 5])), [1, 2, 5, 6])
+
+
+def test_exclude_removes_items_but_never_the_target():
+    scores = jnp.array([[5.0, 4.0, 3.0, 2.0, 1.0]] * 2)
+    exclude = jnp.array([[0, 1, -1], [3, 0, 3]])  # -1 is padding; row 1 lists its own target (3)
+    ranks = ranks_from_scores(scores, jnp.array([2, 3]), exclude)
+    np.testing.assert_array_equal(ranks, [1, 3])  # row 1: items 0 removed, 1 and 2 still ahead
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 6), st.integers(2, 9), st.integers(0, 10_000))
+def test_ranks_equal_stable_sort_position(batch, num_items, seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 3, (batch, num_items)).astype(np.float32)  # many ties
+    targets = rng.integers(0, num_items, batch)
+    ranks = np.asarray(ranks_from_scores(jnp.asarray(scores), jnp.asarray(targets)))
+    for b in range(batch):
+        order = sorted(range(num_items), key=lambda i: (-scores[b, i], i))
+        assert ranks[b] == order.index(targets[b]) + 1
+
+
+def test_topk_lists():
+    topk = np.array([[3, 1, 2], [0, 4, 5], [7, 8, 9]])
+    targets = np.array([1, 0, 6])
+    np.testing.assert_array_equal(ranks_from_topk(topk, targets), [2, 1, 4])
+    m = metrics_from_topk(topk, targets, ks=(1, 3))
+    assert m["HR@1"] == pytest.approx(1 / 3) and m["HR@3"] == pytest.approx(2 / 3)
+    assert m["NDCG@3"] == pytest.approx((1 / math.log2(3) + 1) / 3)
+    assert m["Recall@3"] == pytest.approx(m["HR@3"])
+    assert m["MRR@3"] == pytest.approx((1 / 2 + 1) / 3)  # the miss counts 0, not 1/4
+    assert "MRR" not in m
+
+
+def test_recall_with_several_targets():
+    topk = np.array([[1, 2, 3, 4], [9, 8, 7, 6]])
+    m = recall_at_k(topk, [[2, 4, 5], [6]], ks=(1, 2, 4))
+    assert m["Recall@1"] == pytest.approx(0.0)
+    assert m["Recall@2"] == pytest.approx((1 / 3 + 0) / 2)
+    assert m["Recall@4"] == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(JaxrecError, match="1-based"):
+        metrics_from_ranks(np.array([0, 2]))
+    with pytest.raises(JaxrecError, match="top-20"):
+        metrics_from_topk(np.zeros((2, 10), int), np.zeros(2, int))
+    with pytest.raises(JaxrecError, match="no relevant item"):
+        recall_at_k(np.zeros((1, 20), int), [[]])
+
+
+def test_batched_ranks_pads_the_last_batch():
+    seen = []
+
+    def rank_batch(x):
+        seen.append(x.shape)
+        return x * 10
+
+    out = batched_ranks(rank_batch, {"x": np.arange(5)}, batch_size=2)
+    np.testing.assert_array_equal(out, [0, 10, 20, 30, 40])
+    assert seen == [(2,)] * 3
