@@ -65,14 +65,19 @@ class FusionScorer:
             return stats
         return lax.pmin(stats[0], axes), lax.pmax(stats[1], axes)
 
-    def distance(self, raw):
+    def distance(self, scores):
+        """Metric scores → BIGRec distance D (+inf stays +inf for invalid items)."""
         if self.base.metric == "l2":
-            return jnp.sqrt(jnp.maximum(-raw, 0.0))
-        return 1.0 - raw if self.base.metric == "cosine" else -raw
+            return jnp.sqrt(jnp.maximum(-scores, 0.0))
+        return 1.0 - scores if self.base.metric == "cosine" else -scores
+
+    def finalize(self, prepared, scores):
+        return scores
 
     def tile(self, prepared, stats, parts, valid):
-        """``parts`` = (items [T,d], C [T] or [T,Q]) → ((min D, max D) so far, scores [G,Q,T])."""
-        dist = self.distance(self.base.raw_scores(prepared, parts[0]))
+        """``parts`` = (items [T,d], C [T] or [T,Q]) → ((min D, max D) so far, scores -F [G,Q,T])."""
+        base_scores = self.base.rank_scores(prepared, parts[0], None, valid)
+        dist = self.distance(self.base.true_scores(prepared, base_scores))
         d_min, d_max = stats
         tile_stats = (jnp.minimum(d_min, jnp.min(jnp.where(valid, dist, jnp.inf), -1)),
                       jnp.maximum(d_max, jnp.max(jnp.where(valid, dist, -jnp.inf), -1)))

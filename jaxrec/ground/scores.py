@@ -5,7 +5,8 @@ Score of query ``q`` and item ``x`` per metric (``b`` the optional per-item bias
 * ``"dot"``:    ``q·x + b``
 * ``"cosine"``: ``(q/|q|)·(x/|x|) + b``  (norms floored at 1e-12, as ``torch.nn.functional.normalize``)
 * ``"l2"``:     ``-|q - x|² + b``  — the *negative squared* Euclidean distance, computed as
-  ``2 q·x - |x|² - |q|²`` so a tile costs one matmul. Its ranking equals ranking by distance.
+  ``2 q·x - |x|² - |q|²`` so a tile costs one matmul. Its ranking equals ranking by distance
+  (BIGRec's ``torch.cdist`` distance is ``sqrt(-score)`` without bias).
 
 The matmul runs in ``compute_dtype`` (e.g. bfloat16) and always accumulates in float32
 (``preferred_element_type``); float32 inputs use full precision (``Precision.HIGHEST``), so TPUs do
@@ -30,9 +31,17 @@ NORM_FLOOR = 1e-12
 class MetricScorer:
     """Scores a tile by ``metric`` plus an optional per-item bias (static under jit).
 
+    A tile is scored in a *ranking scale* s' with ``score = scale·s' + offset[q]`` (l2: scale 2,
+    offset -|q|², s' = q·x - |x|²/2 + b/2; cosine and dot: s' = score). The per-item term is an
+    extra column of the matmul in float32 (queries get a column of ones), so one matmul yields the
+    ranking scores of a tile with no [Q,T] elementwise pass; invalid items (padding, rows of a
+    shifted last tile) get -inf in that column. With a lower-precision ``compute_dtype`` the term is
+    added after the matmul in float32 instead.
+
     The scorer protocol shared with :class:`jaxrec.ground.fusion.FusionScorer`: ``stat_phases``
     passes collect per-query statistics (none here) before the ranking pass; ``tile`` returns the
-    statistics of one tile and the scores [G,Q,T] (G score variants; G = 1 here).
+    statistics of one tile and ranking scores [G,Q,T] (G score variants; G = 1 here);
+    ``finalize`` turns selected ranking scores into reported scores.
     """
 
     metric: str
@@ -40,33 +49,48 @@ class MetricScorer:
     has_bias: bool = False
     stat_phases = 0
 
+    @property
+    def fused_column(self) -> bool:
+        return jnp.dtype(self.compute_dtype) == jnp.float32
+
     def prepare(self, replicated):
-        """``(queries [Q,d],)`` → (matmul operand [Q,d] in compute_dtype, |q|² [Q] float32)."""
+        """``(queries [Q,d],)`` → prepared queries (see :meth:`prepare_queries`)."""
         (queries,) = replicated
         return self.prepare_queries(queries)
 
     def prepare_queries(self, queries):
+        """Queries [Q,d] → (matmul operand [Q,d(+1)] in compute_dtype, |q|² [Q] float32)."""
         q = queries.astype(jnp.float32)
         if self.metric == "cosine":
             q = q / jnp.maximum(jnp.linalg.norm(q, axis=1, keepdims=True), NORM_FLOOR)
-        q = q.astype(self.compute_dtype)
-        q32 = q.astype(jnp.float32)
-        return q, jnp.sum(q32 * q32, axis=1)
+        q = q.astype(self.compute_dtype).astype(jnp.float32)
+        q_sq = jnp.sum(q * q, axis=1)
+        if self.fused_column:
+            q = jnp.concatenate([q, jnp.ones((q.shape[0], 1), q.dtype)], axis=1)
+        return q.astype(self.compute_dtype), q_sq
 
-    def raw_scores(self, prepared, items):
-        """Metric scores [Q,T] float32 of prepared queries against an item tile [T,d]."""
-        q, q_sq = prepared[0], prepared[1]
-        x = items.astype(self.compute_dtype)
-        precision = lax.Precision.HIGHEST if x.dtype == jnp.float32 else lax.Precision.DEFAULT
-        dot = lax.dot_general(q, x, (((1,), (1,)), ((), ())), precision=precision,
-                              preferred_element_type=jnp.float32)
-        if self.metric == "dot":
-            return dot
-        x32 = x.astype(jnp.float32)
-        x_sq = jnp.sum(x32 * x32, axis=1)
+    def rank_scores(self, prepared, items, bias, valid):
+        """Ranking scores s' [Q,T] float32 of an item tile [T,d] (bias [T] or None; -inf where not valid)."""
+        x = items.astype(jnp.float32)
         if self.metric == "cosine":
-            return dot / jnp.maximum(jnp.sqrt(x_sq), NORM_FLOOR)[None, :]
-        return 2.0 * dot - x_sq[None, :] - q_sq[:, None]
+            x = x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), NORM_FLOOR)
+        x = x.astype(self.compute_dtype)
+        column = jnp.zeros(x.shape[0], jnp.float32) if bias is None else bias.astype(jnp.float32)
+        if self.metric == "l2":
+            x32 = x.astype(jnp.float32)
+            column = (column - jnp.sum(x32 * x32, axis=1)) / 2
+        column = jnp.where(valid, column, -jnp.inf)
+        q = prepared[0]
+        if self.fused_column:
+            x = jnp.concatenate([x, column[:, None]], axis=1)
+        precision = lax.Precision.HIGHEST if x.dtype == jnp.float32 else lax.Precision.DEFAULT
+        scores = lax.dot_general(q, x, (((1,), (1,)), ((), ())), precision=precision,
+                                 preferred_element_type=jnp.float32)
+        return scores if self.fused_column else scores + column[None, :]
+
+    def true_scores(self, prepared, scores):
+        """Ranking scores [..., Q, n] → metric scores (+ bias) [..., Q, n]."""
+        return 2 * scores - prepared[1][:, None] if self.metric == "l2" else scores
 
     def num_variants(self, prepared) -> int:
         return 1
@@ -78,11 +102,11 @@ class MetricScorer:
         return stats
 
     def tile(self, prepared, stats, parts, valid):
-        """``parts`` = (items [T,d], bias [T] if has_bias) → ((), scores [1,Q,T])."""
-        scores = self.raw_scores(prepared, parts[0])
-        if self.has_bias:
-            scores = scores + parts[1][None, :]
-        return (), scores[None]
+        """``parts`` = (items [T,d], bias [T] if has_bias) → ((), ranking scores [1,Q,T])."""
+        return (), self.rank_scores(prepared, parts[0], parts[1] if self.has_bias else None, valid)[None]
+
+    def finalize(self, prepared, scores):
+        return self.true_scores(prepared, scores)
 
 
 def make_scorer(metric: str, queries, items, compute_dtype=None, has_bias: bool = False) -> MetricScorer:

@@ -129,11 +129,9 @@ def topk_fold(scorer, k: int, tile: int, mesh, item_arrays, replicated, exclude,
 
         def step(carry, phase, parts, ids, valid):
             stats, best_s, best_i = carry
-            tile_stats, scores = scorer.tile(prepared, stats, parts, valid)
-            keep = jnp.broadcast_to(valid[None, :], (q, ids.shape[0]))
+            tile_stats, scores = scorer.tile(prepared, stats, parts, valid)  # -inf where not valid
             if excl is not None:
-                keep = keep & ~exclusion_mask(excl, ids)
-            scores = jnp.where(keep[None], scores, -jnp.inf)
+                scores = jnp.where(exclusion_mask(excl, ids)[None], -jnp.inf, scores)
 
             def merge(_):
                 return (stats,) + merge_tile(best_s, best_i, scores, ids, k)
@@ -155,6 +153,6 @@ def topk_fold(scorer, k: int, tile: int, mesh, item_arrays, replicated, exclude,
         if axes is not None:
             best_s, best_i = select_topk(lax.all_gather(best_s, axes, axis=2, tiled=True),
                                          lax.all_gather(best_i, axes, axis=2, tiled=True), k)
-        return best_s, best_i, finite
+        return scorer.finalize(prepared, best_s), best_i, finite
 
     return over_item_shards(local, mesh, item_arrays, (replicated, exclude), id_base, n_valid)
