@@ -213,14 +213,19 @@ def test_decode_step_inside_jit_while_loop(llama):
 
 
 def test_save_then_hf_loads_same_logits(checkpoints, tmp_path):
-    for name in ("llama3_tied", "qwen2"):
+    for name, shard_bytes in (("llama3_tied", 5 * 2**30), ("qwen2", 50_000)):
         model = load_pretrained(checkpoints[name][0])
-        save_pretrained(model, tmp_path / name)
+        save_pretrained(model, tmp_path / name, max_shard_bytes=shard_bytes)
+        sharded = (tmp_path / name / "model.safetensors.index.json").is_file()
+        assert sharded == (name == "qwen2")
+        assert (tmp_path / name / "model.safetensors").is_file() != sharded
         reloaded = getattr(transformers, VARIANTS[name][1]).from_pretrained(tmp_path / name)
         ids, mask = _batch()
         ref = _hf_logits(reloaded.eval(), ids, mask)
         np.testing.assert_allclose(np.asarray(forward(model, ids, mask)) * mask[..., None],
                                    ref * mask[..., None], atol=1e-4)
+    save_pretrained(model, tmp_path / "qwen2")  # unsharded over sharded: stale shards removed
+    assert [p.name for p in (tmp_path / "qwen2").glob("model*")] == ["model.safetensors"]
 
 
 def test_sharded_checkpoint_and_placement(checkpoints, tmp_path):

@@ -91,15 +91,26 @@ def weight_files(path: Path) -> dict[str, Path]:
         return {name: single for name in f.keys()}
 
 
-def _place(value: jax.Array, variable: nnx.Variable, path: tuple, sharding) -> jax.Array:
+def _target_sharding(sharding, flat_sharding, var_path: tuple, variable: nnx.Variable):
+    """The jax.sharding.Sharding for one parameter, or None (default device)."""
     if sharding is None:
-        return value
+        return None
     if callable(sharding):
-        target = sharding(tuple(variable.get_metadata().get("out_sharding") or ()), value.shape)
-    else:
-        target = sharding[path]
-        target = target.get_value() if isinstance(target, nnx.Variable) else target
-    return jax.device_put(value, target)
+        return sharding(tuple(variable.get_metadata().get("out_sharding") or ()), variable.shape)
+    target = flat_sharding[var_path]
+    return target.get_value() if isinstance(target, nnx.Variable) else target
+
+
+def _read(tensor_slice, transpose: bool, dtype, shape: tuple, target) -> jax.Array:
+    """Read one tensor (our layout ``shape``); with a sharding, each device's part only."""
+    def part(index: tuple) -> np.ndarray:
+        value = tensor_slice[index[::-1] if transpose else index]
+        return np.asarray((value.T if transpose else value).astype(dtype))
+
+    full = tuple(slice(None) for _ in shape)
+    if target is None:
+        return jnp.asarray(part(full))
+    return jax.make_array_from_callback(shape, target, lambda index: part(index or full))
 
 
 def load_pretrained(path: str | Path, dtype: str = "float32", param_dtype: str | None = None,
@@ -108,7 +119,8 @@ def load_pretrained(path: str | Path, dtype: str = "float32", param_dtype: str |
 
     dtype: compute dtype; param_dtype: storage dtype (default: dtype).
     sharding: None (default device), a callable ``(logical_axes, shape) -> jax.sharding.Sharding``,
-    or a pytree of shardings shaped like ``nnx.state(model, nnx.Param)``.
+    or a pytree of shardings shaped like ``nnx.state(model, nnx.Param)``. With a sharding, every
+    process reads only the slices its devices hold (``jax.make_array_from_callback``).
     """
     path = Path(path)
     hf = read_hf_config(path)
@@ -116,40 +128,54 @@ def load_pretrained(path: str | Path, dtype: str = "float32", param_dtype: str |
     config = config_from_hf(hf, set(files), source=str(path / "config.json"), dtype=dtype,
                             param_dtype=param_dtype or dtype)
     target_dtype = as_dtype(config.param_dtype)
-    abstract = nnx.eval_shape(lambda: build_model(config))
+    abstract = nnx.eval_shape(lambda: build_model(config))  # shapes only, no random init
     graphdef, state = nnx.split(abstract, nnx.Param)
     flat_sharding = (None if sharding is None or callable(sharding)
                      else dict(nnx.to_flat_state(sharding)))
     handles: dict[Path, Any] = {}
     loaded = []
-    try:
-        for var_path, variable in nnx.to_flat_state(state):
-            name = type(abstract).hf_name(var_path)
-            if name not in files:
-                raise JaxrecError(f"{path}: tensor {name!r} missing from the checkpoint "
-                                  f"(needed by {config.model_type})")
-            file = files[name]
-            if file not in handles:
-                handles[file] = safe_open(str(file), framework="flax")
-            value = handles[file].get_tensor(name)
-            if var_path[-1] == "kernel":
-                value = value.T
-            if value.shape != variable.shape:
-                raise JaxrecError(f"{file}: tensor {name!r} has shape "
-                                  f"{tuple(value.shape)}, expected {tuple(variable.shape)} from "
-                                  f"config.json")
-            value = _place(value.astype(target_dtype), variable,
-                           var_path, sharding if flat_sharding is None else flat_sharding)
-            loaded.append((var_path, variable.replace(value)))
-    finally:
-        handles.clear()
+    for var_path, variable in nnx.to_flat_state(state):
+        name = type(abstract).hf_name(var_path)
+        if name not in files:
+            raise JaxrecError(f"{path}: tensor {name!r} missing from the checkpoint "
+                              f"(needed by {config.model_type})")
+        file = files[name]
+        if file not in handles:
+            handles[file] = safe_open(str(file), framework="flax")
+        tensor_slice = handles[file].get_slice(name)
+        transpose = var_path[-1] == "kernel"
+        shape = tuple(tensor_slice.get_shape())[::-1 if transpose else 1]
+        if shape != tuple(variable.shape):
+            raise JaxrecError(f"{file}: tensor {name!r} has shape {shape} (as our "
+                              f"{'transposed ' if transpose else ''}layout), expected "
+                              f"{tuple(variable.shape)} from config.json")
+        target = _target_sharding(sharding, flat_sharding, var_path, variable)
+        value = _read(tensor_slice, transpose, target_dtype, shape, target)
+        loaded.append((var_path, variable.replace(value)))
     return nnx.merge(graphdef, nnx.from_flat_state(loaded))
 
 
-def save_pretrained(model, path: str | Path, dtype: str | None = None) -> Path:
-    """Write ``model`` into HF directory ``path`` (config.json + model.safetensors, each atomic).
+def _shards(tensors: dict[str, np.ndarray], max_shard_bytes: int) -> list[dict[str, np.ndarray]]:
+    """Split tensors (in name order) into groups of at most max_shard_bytes (a bigger tensor alone)."""
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for name in sorted(tensors):
+        nbytes = tensors[name].nbytes
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensors[name]
+        size += nbytes
+    return shards
 
-    dtype: storage dtype of the tensors (default: the parameter dtype).
+
+def save_pretrained(model, path: str | Path, dtype: str | None = None,
+                    max_shard_bytes: int = 5 * 2**30) -> Path:
+    """Write ``model`` into HF directory ``path``: config.json + model.safetensors, or
+    model-0000i-of-0000n.safetensors + model.safetensors.index.json above ``max_shard_bytes``.
+
+    dtype: storage dtype of the tensors (default: the parameter dtype). Each file is written
+    atomically; other files in ``path`` (a tokenizer) are kept, stale weight files removed.
     """
     config = model.config
     hf = config.to_hf()
@@ -163,9 +189,23 @@ def save_pretrained(model, path: str | Path, dtype: str | None = None) -> Path:
             value = value.T
         tensors[type(model).hf_name(var_path)] = np.ascontiguousarray(jax.device_get(value))
     path = Path(path)
-    with atomic_file(path / SINGLE_FILE, "wb") as f:
-        save_file(tensors, f.name, metadata={"format": "pt"})
+    path.mkdir(parents=True, exist_ok=True)
+    old_files = [path / INDEX_FILE, path / SINGLE_FILE, *path.glob("model-*-of-*.safetensors")]
+    shards = _shards(tensors, max_shard_bytes)
+    names = ([SINGLE_FILE] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    for name, shard in zip(names, shards):
+        with atomic_file(path / name, "wb") as f:
+            save_file(shard, f.name, metadata={"format": "pt"})
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
+                 "weight_map": {t: name for name, shard in zip(names, shards) for t in shard}}
+        with atomic_file(path / INDEX_FILE) as f:
+            f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
     with atomic_file(path / "config.json") as f:
         f.write(json.dumps(hf, indent=2, sort_keys=True) + "\n")
-    (path / INDEX_FILE).unlink(missing_ok=True)  # a stale shard index would shadow the new file
+    kept = set(names) | ({INDEX_FILE} if len(shards) > 1 else set())
+    for stale in old_files:
+        if stale.name not in kept:
+            stale.unlink(missing_ok=True)
     return path
