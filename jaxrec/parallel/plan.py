@@ -10,12 +10,13 @@ these keys and ignores the other top-level sections)::
       arch: {vocab_size: 152064}  # LlamaConfig / T5Config fields set over the preset / HF config
     train: {...}                  # jaxrec.train.config.TrainConfig: batch_size, grad_accum, data.seq_len,
                                   # lora, mesh, remat, compute_dtype
-    target_len: 64                # T5 only: decoder (target) tokens per training row
     decode: {batch_size: 8, prompt_len: 256, num_beams: 20, max_new_tokens: 5}   # optional
-    accelerator: v5p-8            # optional: devices (chips) and memory per chip from ACCELERATORS
-    devices: 4                    # devices the mesh is laid over (else accelerator, else this host's)
-    device_memory_gib: 95         # else the accelerator's, else the local accelerator's limit
-    usable_fraction: 0.9          # share of device memory a plan may fill (XLA runtime, fragmentation)
+    plan:                         # optional: the target (command-line --devices / --device-memory win)
+      accelerator: v5p-8          # devices (chips) and memory per chip from ACCELERATORS
+      devices: 4                  # devices the mesh is laid over (else accelerator, else this host's)
+      device_memory_gib: 95       # else the accelerator's, else the local accelerator's limit
+      usable_fraction: 0.9        # share of device memory a plan may fill (XLA runtime, fragmentation)
+      target_len: 64              # T5 only: decoder (target) tokens per training row
 
 Estimate (bytes per device; p = bytes of ``train.compute_dtype``, t = mesh.tensor; a dimension is
 divided by t only when it divides, as the sharding rules do):
@@ -46,8 +47,7 @@ divided by t only when it divides, as the sharding rules do):
 * logits: per predicted token, V/t fp32 logits and their fp32 gradient (+ the compute-dtype matmul
   output when p < 4).
 * decode (optional): parameters in the compute dtype; the prompt KV cache stored once per user
-  (Llama: L*2*P*kv*p per user; T5: the encoder output and every decoder layer's cross-attention K/V,
-  L*2*Te*q*p) and the per-beam cache of generated tokens (L*2*K*G*kv*p per user); plus the larger of
+  (Llama: L*2*P*kv*p per user; T5: every decoder layer's cross-attention K/V, L*2*Te*q*p) and the per-beam cache of generated tokens (L*2*K*G*kv*p per user); plus the larger of
   the prefill's attention scores (P*P*h*8 per user) and a step's logits (K*V*4*3 per user).
 
 Validated against XLA (tests/test_plan_memory.py): for tiny float32 configs on 8 CPU devices (data and
@@ -129,23 +129,30 @@ class DecodeSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class PlanConfig:
-    """The planner's input (see the module docstring)."""
+class TargetSpec:
+    """Where the run goes (the ``plan:`` section) and T5's decoder length of a training row."""
 
-    model: ModelSpec
-    train: TrainConfig = TrainConfig()
-    target_len: int = 64
-    decode: DecodeSpec | None = None
     accelerator: str | None = None
     devices: int | None = None
     device_memory_gib: float | None = None
     usable_fraction: float = 0.9
+    target_len: int = 64
 
     def __post_init__(self):
         if not 0.0 < self.usable_fraction <= 1.0:
             raise ValueError(f"usable_fraction must be in (0, 1], got {self.usable_fraction}")
         if self.accelerator is not None:
             accelerator_spec(self.accelerator)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanConfig:
+    """The planner's input (see the module docstring)."""
+
+    model: ModelSpec
+    train: TrainConfig = TrainConfig()
+    decode: DecodeSpec | None = None
+    plan: TargetSpec = TargetSpec()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,8 +236,8 @@ class MemoryPlan:
 
 
 # --------------------------------------------------------------------------------------- inputs
-def load_plan_config(path: str | Path, overrides=()) -> PlanConfig:
-    """Read the planner's keys from a YAML file (other top-level sections are ignored), then ``--set``."""
+def load_plan_config(path: str | Path, overrides=()) -> tuple[PlanConfig, list[str]]:
+    """Read the planner's sections from a YAML file, then ``--set``; returns (config, ignored sections)."""
     from jaxrec.config import apply_overrides, from_dict, read_yaml
 
     data = apply_overrides(read_yaml(path), overrides)
@@ -238,7 +245,8 @@ def load_plan_config(path: str | Path, overrides=()) -> PlanConfig:
     if "model" not in data:
         raise ConfigError(f"{path}: missing 'model' section (e.g. model: {{preset: llama3-8b}}; presets: "
                           f"{', '.join(sorted(PRESETS))})")
-    return from_dict(PlanConfig, {k: v for k, v in data.items() if k in keys}, where=str(path))
+    config = from_dict(PlanConfig, {k: v for k, v in data.items() if k in keys}, where=str(path))
+    return config, sorted(set(data) - keys)
 
 
 def accelerator_spec(name: str) -> tuple[float, int | None]:
@@ -388,9 +396,9 @@ def _activation_remedy(remat: str) -> str:
 
 def estimate(config: PlanConfig, *, devices: int | None = None, device_memory_gib: float | None = None) -> MemoryPlan:
     """The per-device memory plan of ``config`` (``devices`` / ``device_memory_gib`` override it)."""
-    acc_gib, acc_devices = accelerator_spec(config.accelerator) if config.accelerator else (None, None)
-    devices = devices or config.devices or acc_devices or _local_device_count()
-    gib = device_memory_gib or config.device_memory_gib or acc_gib
+    acc_gib, acc_devices = accelerator_spec(config.plan.accelerator) if config.plan.accelerator else (None, None)
+    devices = devices or config.plan.devices or acc_devices or _local_device_count()
+    gib = device_memory_gib or config.plan.device_memory_gib or acc_gib
     memory = int(gib * GIB) if gib else _local_device_memory()
     train = config.train
     data, fsdp, tensor = train.mesh.shape(devices)
@@ -399,7 +407,6 @@ def estimate(config: PlanConfig, *, devices: int | None = None, device_memory_gi
     is_t5 = type(arch).__name__ == "T5Config"
     inventory = parameter_inventory(arch, train.lora)
     p = 2 if train.compute_dtype == "bfloat16" else 4
-    frozen_dtype = train.compute_dtype if train.lora.mode == "lora" else "float32"
     frozen = sum(shard_elements(i, mesh) for i in inventory if not i.trained) * (p if train.lora.mode == "lora" else 4)
     trained = sum(shard_elements(i, mesh) for i in inventory if i.trained)
 
@@ -411,10 +418,10 @@ def estimate(config: PlanConfig, *, devices: int | None = None, device_memory_gi
     rows = train.batch_size // (shards * train.grad_accum)
     seq = train.data.seq_len
     if is_t5:
-        acts = _t5_activations(arch, rows * seq, rows * config.target_len, seq, config.target_len, p, tensor,
+        acts = _t5_activations(arch, rows * seq, rows * config.plan.target_len, seq, config.plan.target_len, p, tensor,
                                train.remat, trained_names)
-        lm_tokens = rows * config.target_len
-        shape = f"{train.batch_size} rows x {seq} input + {config.target_len} target tokens"
+        lm_tokens = rows * config.plan.target_len
+        shape = f"{train.batch_size} rows x {seq} input + {config.plan.target_len} target tokens"
     else:
         acts = _llama_activations(arch, rows * seq, seq, p, tensor, train.remat, trained_names)
         lm_tokens = rows * seq
@@ -422,8 +429,8 @@ def estimate(config: PlanConfig, *, devices: int | None = None, device_memory_gi
     shape += (f", micro-batch {rows} rows per device, grad_accum {train.grad_accum}, remat {train.remat}, "
               f"{train.compute_dtype}")
     logits = lm_tokens * _split(arch.vocab_size, tensor) * (8 + (p if p < 4 else 0))
-    parts = [Component(f"params (frozen, {frozen_dtype})", frozen, REMEDY_PARAMS),
-             Component("params (trained, fp32 master)", trained * 4, REMEDY_TRAINED)]
+    parts = [Component(f"params (frozen, {train.compute_dtype})", frozen, REMEDY_PARAMS)] if frozen else []
+    parts.append(Component("params (trained, fp32 master)", trained * 4, REMEDY_TRAINED))
     if p < 4:
         parts.append(Component(f"params (trained, {train.compute_dtype} copy)", trained * p, REMEDY_TRAINED))
     parts += [Component("optimizer (AdamW mu+nu, fp32)", trained * 8, REMEDY_TRAINED),
@@ -448,7 +455,7 @@ def estimate(config: PlanConfig, *, devices: int | None = None, device_memory_gi
     return MemoryPlan(model=f"{name} ({kind})", devices=devices, mesh=mesh,
                       params=sum(math.prod(i.shape) for i in inventory),
                       trained_params=sum(math.prod(i.shape) for i in inventory if i.trained),
-                      device_memory=memory, usable_fraction=config.usable_fraction, phases=tuple(phases))
+                      device_memory=memory, usable_fraction=config.plan.usable_fraction, phases=tuple(phases))
 
 
 def _decode_phase(arch, is_t5: bool, dec: DecodeSpec, params: int, p: int, shards: int, t: int, dtype: str) -> Phase:
@@ -457,8 +464,8 @@ def _decode_phase(arch, is_t5: bool, dec: DecodeSpec, params: int, p: int, shard
     if is_t5:
         layers, h = arch.num_decoder_layers, _split(arch.num_heads, t)
         kv = h * arch.d_kv
-        prefix = users * prompt * (layers * 2 * kv + arch.d_model) * p  # cross K/V + encoder output
-        prefix_name = "encoder output + cross-attn K/V (per user)"
+        prefix = users * prompt * layers * 2 * kv * p
+        prefix_name = "cross-attention K/V (per user, shared by beams)"
     else:
         layers, h = arch.num_layers, _split(arch.num_heads, t)
         kv = _split(arch.num_kv_heads, t) * arch.head_dim

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from jaxrec.atomic import atomic_file
 
@@ -28,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from jaxrec.parallel.plan import estimate, load_plan_config
 
-    config = load_plan_config(args.config, args.overrides)
+    config, ignored = load_plan_config(args.config, args.overrides)
+    if ignored:
+        print(f"jaxrec plan: not planner sections, ignored: {', '.join(ignored)}", file=sys.stderr)
     plan = estimate(config, devices=args.devices, device_memory_gib=args.device_memory)
     report = plan.to_json()
     print(plan.table())
