@@ -94,7 +94,6 @@ class TrainConfig:
     epochs: int | None = None  # if set, the number of passes over the data (overrides steps)
     seed: int = 0
     compute_dtype: Literal["float32", "bfloat16"] = "float32"  # master weights and optimizer stay fp32
-    remat: Literal["none", "full", "dots"] = "none"
     eval_every: int = 0  # 0: no periodic validation
     patience: int | None = None  # early stopping after this many validations without improvement
     log_every: int = 10
