@@ -33,10 +33,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from jaxrec.atomic import atomic_file
 from jaxrec.data.splits import TemporalSplit, temporal_split
@@ -45,6 +42,7 @@ from jaxrec.data.tasks.domains import DomainName
 from jaxrec.data.tasks.item_text import quoted, titles as item_titles
 from jaxrec.decode import ItemTrie
 from jaxrec.eval.metrics import metrics_from_ranks
+from jaxrec.ground.embed import Embedder
 from jaxrec.ground.fusion import POPULARITY_GAMMAS, choose_gamma, fused_target_ranks, minmax
 from jaxrec.ground.rank import target_ranks
 from jaxrec.methods import llm
@@ -142,21 +140,12 @@ def train(config: Config) -> dict:
 # ----------------------------------------------------------------------------- grounding
 
 
-def last_token_states(model, seqs, batch_size: int, pad_id: int) -> np.ndarray:
-    """float32 [P, d]: final hidden state at the last token of each sequence (left padded)."""
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def forward(state, ids, mask):
-        hidden = nnx.merge(graphdef, state)(ids, attention_mask=mask, return_hidden=True)
-        return (hidden[:, -1].astype(jnp.float32),)
-
-    return llm.batched(lambda ids, mask: forward(state, ids, mask), seqs, batch_size, pad_id)[0]
-
-
 def embed_texts(model, tokenizer, texts: list[str], batch_size: int) -> np.ndarray:
-    """BIGRec's grounding embedding of each text: [BOS] + text, last token's final hidden state."""
-    return last_token_states(model, llm.prompt_ids(tokenizer, model, texts), batch_size, tokenizer.pad_token_id)
+    """float32 [P,d]: BIGRec's grounding embedding of each text, the final hidden state at the last
+    token of ``[BOS] + text`` (an empty text embeds its BOS, or EOS when the tokenizer has no BOS)."""
+    embedder = Embedder(model, pooling="last")
+    seqs = [ids or [tokenizer.eos_token_id] for ids in llm.prompt_ids(tokenizer, model, texts)]
+    return llm.batched(lambda ids, mask: (embedder(ids, mask),), seqs, batch_size, tokenizer.pad_token_id)[0]
 
 
 def ground_ranks(queries: np.ndarray, items: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@
 * :class:`ModelSection` — the ``model:`` config section: a local Hugging Face directory
   (``pretrained``) or a tiny model trained from scratch (``arch``/sizes) with a byte-level BPE
   tokenizer trained on the dataset's text.
-* :func:`make_tokenizer`, :func:`build_model` — build them; :func:`encode` — text → token ids
+* :func:`make_tokenizer`, :func:`build_model` — build them (the tokenizer is saved in the run dir); :func:`encode` — text → token ids
   (never special tokens; the pipeline and :func:`prompt_ids` add BOS/EOS explicitly).
 * :func:`finetune` — train a model on a list of :class:`~jaxrec.data.tasks.Example` through the
   training engine (LoRA or full fine-tuning, as ``train.lora.mode`` says).
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Literal, Sequence
@@ -37,6 +38,7 @@ from jaxrec.errors import ConfigError
 from jaxrec.train.config import TrainConfig
 
 RUN_FILE = "run.json"
+log = logging.getLogger("jaxrec.methods.llm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,23 +74,21 @@ class ModelSection:
 
 
 def make_tokenizer(section: ModelSection, texts: Callable[[], Iterable[str]], run_dir: str | Path):
-    """The run's tokenizer, cached in ``run_dir/tokenizer``.
+    """Build the run's tokenizer and save it to ``run_dir/tokenizer`` (where :func:`load_run` reads it).
 
     Pretrained: the model directory's tokenizer (a missing pad token is set to unk or eos).
     From scratch: a byte-level BPE of ``section.vocab_size`` tokens trained on ``texts()``.
     """
     from jaxrec.models.tokenizer import load_tokenizer, save_tokenizer, train_bpe_tokenizer
 
-    cache = Path(run_dir) / "tokenizer"
-    if cache.is_dir():
-        return load_tokenizer(cache)
-    if section.pretrained:
-        tokenizer = load_tokenizer(section.pretrained)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-        save_tokenizer(tokenizer, cache)
-        return tokenizer
-    return train_bpe_tokenizer(texts(), section.vocab_size, cache)
+    path = Path(run_dir) / "tokenizer"
+    if not section.pretrained:
+        return train_bpe_tokenizer(texts(), section.vocab_size, path)
+    tokenizer = load_tokenizer(section.pretrained)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    save_tokenizer(tokenizer, path)
+    return tokenizer
 
 
 def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
@@ -155,6 +155,10 @@ def finetune(model, tokenizer, examples: Sequence[Example], train: TrainConfig, 
     rows = [{"prompt_ids": p, "response_ids": r}
             for p, r in zip(encode(tokenizer, [e.prompt for e in examples]), encode(tokenizer, [e.response for e in examples]))]
     seq_len, eos = train.data.seq_len, tokenizer.eos_token_id
+    truncated = sum(len(r["prompt_ids"]) + len(r["response_ids"]) + 2 > seq_len for r in rows)
+    if truncated:
+        log.warning("%d of %d training examples exceed train.data.seq_len=%d and are truncated (the response "
+                    "end first)", truncated, len(rows), seq_len)
     if is_seq2seq(model):
         features = Seq2SeqFeatures(seq_len, seq_len, eos, model.config.decoder_start_token_id)
         loss_fn = loss_fn or seq2seq_lm_loss
@@ -170,7 +174,7 @@ def finetune(model, tokenizer, examples: Sequence[Example], train: TrainConfig, 
                            num_epochs=train.epochs)
     start = time.perf_counter()
     summary = trainer.fit(batches, steps=steps)
-    summary["train_seconds"] = round(time.perf_counter() - start, 2)
+    summary.update(train_seconds=round(time.perf_counter() - start, 2), truncated_examples=truncated)
     trained = trainer.model()
     trainer.close()
     return trained, summary
