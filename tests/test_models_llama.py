@@ -95,7 +95,10 @@ def test_logits_match_hf_with_and_without_padding(checkpoints, name):
 
 
 def test_config_mapping(checkpoints):
-    assert load_pretrained(checkpoints["llama3_tied"][0]).lm_head is None
+    llama3 = load_pretrained(checkpoints["llama3_tied"][0])
+    assert llama3.lm_head is None
+    assert (llama3.config.rope_type, llama3.config.rope_factor) == ("llama3", 8.0)
+    assert llama3.config.rms_norm_eps == 1e-5
     qwen = load_pretrained(checkpoints["qwen2"][0])
     assert qwen.config.qkv_bias and not qwen.config.o_bias
     assert load_pretrained(checkpoints["mistral_window"][0]).config.sliding_window == 5

@@ -31,7 +31,8 @@ SUPPORTED_MODEL_TYPES = (*LLAMA_TYPES, "t5")
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
-Sharding = Callable[[tuple, tuple], jax.sharding.Sharding] | Any
+# a callable (logical_axes, shape) -> jax.sharding.Sharding, or a pytree of shardings
+Sharding = Callable[[tuple, tuple], jax.sharding.Sharding] | nnx.State
 
 
 def build_model(config: LlamaConfig | T5Config, seed: int = 0):
