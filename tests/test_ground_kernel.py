@@ -152,6 +152,8 @@ def test_clear_errors(data):
         topk(queries, items, 5, "manhattan")
     with pytest.raises(JaxrecError, match="item_bias must have shape"):
         topk(queries, items, 5, item_bias=np.zeros(3))
+    with pytest.raises(JaxrecError, match="tile must be a positive"):
+        topk(queries, items, 5, tile=0)
     with pytest.raises(JaxrecError, match="targets must be item ids"):
         target_ranks(queries, items, np.full(Q, N))
     bad = items.copy()

@@ -11,7 +11,9 @@ runs (the count is restarted after the inputs are in place and, for jaxrec, afte
 ``working_mb`` that peak minus the resident set at the restart, i.e. the memory the ranking itself
 needed. On accelerators ``device_peak_mb`` is JAX's ``peak_bytes_in_use``, and
 ``matmul_peak_fraction`` compares the kernel's matmul FLOP rate (2·Q·N·d per run) with a large
-plain matmul of the same dtype measured on the same device in the same run.
+plain matmul of the same dtype measured on the same device in the same run
+(``plain_matmul_tflops``; ``peer_plain_matmul_tflops`` is torch's own matmul rate, which bounds
+what the peer can reach: both sides are matmul-bound on CPU).
 """
 
 from __future__ import annotations
@@ -198,5 +200,13 @@ def _torch_side(config: dict) -> dict:
             start = time.perf_counter()
             indices = once()
             times.append(time.perf_counter() - start)
+    size = 2048
+    a = torch.ones(size, size)
+    a @ a
+    start = time.perf_counter()
+    for _ in range(3):
+        a @ a
+    plain = 2 * size**3 * 3 / (time.perf_counter() - start) / 1e12
     return {"torch_threads": torch.get_num_threads(), "chunks": -(-n // chunk),
+            "plain_matmul_tflops": round(plain, 4),
             **_figures(times, config, rss_inputs), "indices": indices.numpy()}

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from jaxrec.errors import JaxrecError
+
 # step(carry, phase, tile_arrays, ids[T], valid[T]) -> carry
 Step = Callable
 # end_phase(carry, phase, axes) -> carry; runs the collectives (axes=None on one device)
@@ -34,6 +36,8 @@ def fold_item_tiles(step: Step, carry, item_arrays: tuple, *, tile: int, id_offs
     says whether every valid embedding row was finite (checked per row sum: O(N·d), cheap).
     Item ids are ``id_offset + row``; ids >= ``id_end`` are padding.
     """
+    if not isinstance(tile, int) or tile < 1:
+        raise JaxrecError(f"tile must be a positive number of items, got {tile!r}")
     n = item_arrays[0].shape[0]
     tile = min(tile, n)
     num_tiles = -(-n // tile)
