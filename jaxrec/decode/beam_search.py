@@ -127,12 +127,16 @@ def _select(beams: Beams, log_probs: jax.Array, t, depth: int | None, constraint
     k = spec.num_beams
     node = beams.node[:, :live]
     tokens, nxt, valid = constraint.children(node, depth)  # [B,K',C]
-    width = tokens.shape[-1]
     cand_lp = log_probs if constraint.is_full(depth) else jnp.take_along_axis(log_probs, tokens, -1)
-    acc = jnp.where(valid, beams.score[:, :live, None] + cand_lp, NEG_INF).reshape(batch, -1)
+    acc = jnp.where(valid, beams.score[:, :live, None] + cand_lp, NEG_INF)  # [B,K',C]
+    if acc.shape[-1] > 2 * k:  # per-beam top-2K first: same winners and tie order, less to sort
+        acc, keep = jax.lax.top_k(acc, 2 * k)
+        tokens, nxt = (jnp.take_along_axis(x, keep, -1) for x in (tokens, nxt))
+    width = acc.shape[-1]
+    acc = acc.reshape(batch, -1)
     if acc.shape[1] < 2 * k:
         acc = jnp.pad(acc, ((0, 0), (0, 2 * k - acc.shape[1])), constant_values=NEG_INF)
-    top_score, top_index = jax.lax.top_k(acc, 2 * k)  # [B,2K]
+    top_score, top_index = jax.lax.top_k(acc, 2 * k)  # [B,2K], ties: lower beam, then lower token
     alive = top_score > NEG_INF
     parent = jnp.minimum(top_index // width, live - 1)
     flat = jnp.minimum(top_index, live * width - 1)
@@ -225,13 +229,15 @@ def _search(graphdef, params, input_ids, attention_mask, constraint: Constraint,
 _search_jit = jax.jit(_search, static_argnames=("graphdef", "spec"))
 
 
-@functools.lru_cache(maxsize=4)
-def _trie_constraint(trie: ItemTrie, vocab_size: int, dense_depths: int | None) -> Constraint:
-    """Device index of a trie, built once per (trie object, vocabulary, dense depths)."""
-    return trie_constraint(trie, vocab_size, dense_depths)
+@functools.lru_cache(maxsize=8)
+def _automata(trie: ItemTrie | None, mode: str, vocab_size: int, dense_depths: int | None):
+    """(constraint, item trie or None, item_of_node), built once per trie object and settings."""
+    items = trie_constraint(trie, vocab_size, dense_depths) if trie is not None else None
+    constraint = {"trie": lambda: items, "none": lambda: unconstrained(vocab_size),
+                  "per_level": lambda: per_level_constraint(trie, vocab_size)}[mode]()
+    return constraint, items, _item_of_node(trie, (constraint if items is None else items).dead + 1)
 
 
-@functools.lru_cache(maxsize=4)
 def _item_of_node(trie: ItemTrie | None, size: int) -> jax.Array:
     """[size] int32 item id of each (padded) node, -1 beyond the trie's leaves."""
     known = trie.item_of_node if trie is not None else np.zeros(0, np.int32)
@@ -301,10 +307,7 @@ def beam_search(model, input_ids, attention_mask, constraint: ItemTrie | None = 
     _check(constraint, mode, vocab_size, input_ids, attention_mask, num_beams, num_return_sequences,
            max_new_tokens, eos_token_id, early_stopping, config)
 
-    items = _trie_constraint(constraint, vocab_size, dense_depths) if constraint is not None else None
-    automaton = {"trie": items, "per_level": per_level_constraint(constraint, vocab_size)
-                 if mode == "per_level" else None, "none": unconstrained(vocab_size)}[mode]
-    item_of_node = _item_of_node(constraint, (items or automaton).dead + 1)
+    automaton, items, item_of_node = _automata(constraint, mode, vocab_size, dense_depths)
     scoring = Scoring(jnp.float32(length_penalty), jnp.bool_(early_stopping is True),
                       jnp.bool_(early_stopping == "never"))
     spec = SearchSpec(num_beams, num_return_sequences, max_new_tokens, int(eos_token_id),
