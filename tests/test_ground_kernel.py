@@ -163,3 +163,22 @@ def test_clear_errors(data):
     nan_query = np.where(np.arange(Q)[:, None] == 2, np.nan, queries).astype(np.float32)
     with pytest.raises(JaxrecError, match="NaN"):
         target_ranks(nan_query, items, RANK_TARGETS, "l2", np.zeros(N, np.float32), exclude=RANK_EXCLUDE, tile=300)
+
+
+def test_sparse_hot_block_merge_equals_full_merge():
+    """merge_tile's sparse path (few hot blocks) and full path agree, ties included."""
+    from jaxrec.ground.topk import merge_tile
+
+    best_s = np.array([[10.0, 9.0, 8.0, 7.0]] * 3, np.float32)
+    best_i = np.array([[0, 1, 2, 3]] * 3, np.int32)
+    scores = np.zeros((3, 64), np.float32)
+    scores[0, [5, 6, 40]] = [8.0, 9.5, 8.0]  # two hot blocks (1 and 10); 8.0 ties go to the running id 2
+    scores[1, 17] = 7.0  # equal to the k-th score: loses the tie, no hot block
+    scores[2, [1, 20, 50]] = 11.0  # three hot blocks > budget 2: this row needs the full merge
+    ids = np.arange(100, 164, dtype=np.int32)
+    full = merge_tile(best_s, best_i, scores, ids, 4, block=4, budget=16)  # 16 blocks <= budget: full merge
+    np.testing.assert_array_equal(full[1], [[0, 106, 1, 2], [0, 1, 2, 3], [101, 120, 150, 0]])
+    for rows in (slice(0, 2), slice(0, 3)):  # rows 0-1: sparse path; with row 2: falls back to full
+        sparse = merge_tile(best_s[rows], best_i[rows], scores[rows], ids, 4, block=4, budget=2)
+        np.testing.assert_array_equal(sparse[0], full[0][rows])
+        np.testing.assert_array_equal(sparse[1], full[1][rows])

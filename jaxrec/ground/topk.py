@@ -99,18 +99,17 @@ def merge_tile(best_s, best_i, scores, ids, k: int, block: int = HOT_BLOCK, budg
     slot = jnp.cumsum(hot, axis=-1, dtype=jnp.int32) - 1
 
     def merge_hot(_):
-        lead = hot.shape[:-1]
-        slot_or_drop = jnp.where(hot, slot, budget)
-        index = tuple(jnp.broadcast_to(jnp.arange(n).reshape((n,) + (1,) * (hot.ndim - 1 - i)), hot.shape)
-                      for i, n in enumerate(lead)) + (slot_or_drop,)
-        chosen = jnp.zeros(lead + (budget,), jnp.int32).at[index].set(
-            jnp.broadcast_to(jnp.arange(tile // block, dtype=jnp.int32), hot.shape), mode="drop")
-        used = jnp.arange(budget) < slot[..., -1:] + 1
+        lead, num_blocks = hot.shape[:-1], hot.shape[-1]
+        flat_hot, flat_slot = hot.reshape(-1, num_blocks), slot.reshape(-1, num_blocks)
+        rows = jnp.arange(flat_hot.shape[0])[:, None]
+        block_ids = jnp.broadcast_to(jnp.arange(num_blocks, dtype=jnp.int32), flat_hot.shape)
+        chosen = jnp.zeros((flat_hot.shape[0], budget), jnp.int32).at[  # hot block ids, in id order
+            rows, jnp.where(flat_hot, flat_slot, budget)].set(block_ids, mode="drop").reshape(lead + (budget,))
+        used = jnp.arange(budget) <= slot[..., -1:]
         cand = jnp.take_along_axis(blocks, chosen[..., None], axis=-2)
         cand = jnp.where(used[..., None], cand, -jnp.inf).reshape(lead + (budget * block,))
-        cand_ids = (ids[0] + chosen[..., None] * block + jnp.arange(block, dtype=jnp.int32))
-        return select_topk(jnp.concatenate([best_s, cand], -1),
-                           jnp.concatenate([best_i, cand_ids.reshape(cand.shape)], -1), k)
+        cand_ids = (ids[0] + chosen[..., None] * block + jnp.arange(block, dtype=jnp.int32)).reshape(cand.shape)
+        return select_topk(jnp.concatenate([best_s, cand], -1), jnp.concatenate([best_i, cand_ids], -1), k)
 
     return lax.cond(jnp.max(slot[..., -1]) < budget, merge_hot, merge_all, None)
 
