@@ -17,11 +17,11 @@ from jaxrec.train.config import DataConfig, LoraConfig, MeshConfig, TrainConfig
 SCALE = Path(__file__).resolve().parents[1] / "configs" / "scale"
 
 
-def tiny(preset="tiny-llama", arch=None, **train):
+def tiny(preset="tiny-llama", arch=None, remat="none", **train):
     fields = dict(batch_size=16, mesh=MeshConfig(8, 1, 1), data=DataConfig(seq_len=64))
     fields.update(train)
     return PlanConfig(model=ModelSpec(preset=preset, arch=arch or {}), train=TrainConfig(**fields),
-                      plan=TargetSpec(target_len=16))
+                      plan=TargetSpec(target_len=16, remat=remat))
 
 
 def parts(plan, phase=0):
@@ -97,7 +97,7 @@ def test_scale_configs_are_valid_plans():
 
 def test_cli_prints_table_and_json_and_refuses_what_does_not_fit(tmp_path, capsys):
     config = tmp_path / "tiny.yaml"
-    config.write_text("model: {preset: tiny-llama}\ntrain: {batch_size: 16, data: {seq_len: 64}, remat: none}\n"
+    config.write_text("model: {preset: tiny-llama}\ntrain: {batch_size: 16, data: {seq_len: 64}}\n"
                       "decode: {batch_size: 8, prompt_len: 32, num_beams: 4, max_new_tokens: 3}\nmethod: {x: 1}\n")
     assert main(["plan", str(config), "--devices", "8", "--device-memory", "1", "--json", str(tmp_path / "p.json")]) == 0
     out, err = capsys.readouterr()
@@ -109,7 +109,7 @@ def test_cli_prints_table_and_json_and_refuses_what_does_not_fit(tmp_path, capsy
                  "--set", "train.data.seq_len=1024"]) == 2
     out, err = capsys.readouterr()
     assert "DOES NOT FIT" in out
-    assert "train needs" in err and "the biggest part is activations (remat=none)" in err and "train.remat=full" in err
+    assert "train needs" in err and "the biggest part is activations (remat=none)" in err and "train.grad_accum" in err
 
 
 def test_check_names_the_kv_cache_for_decoding():

@@ -9,7 +9,7 @@ these keys and ignores the other top-level sections)::
       type: llama                 # llama | qwen2 | mistral | t5, with every architecture field in arch
       arch: {vocab_size: 152064}  # LlamaConfig / T5Config fields set over the preset / HF config
     train: {...}                  # jaxrec.train.config.TrainConfig: batch_size, grad_accum, data.seq_len,
-                                  # lora, mesh, remat, compute_dtype
+                                  # lora, mesh, compute_dtype
     decode: {batch_size: 8, prompt_len: 256, num_beams: 20, max_new_tokens: 5}   # optional
     plan:                         # optional: the target (command-line --devices / --device-memory win)
       accelerator: v5p-8          # devices (chips) and memory per chip from ACCELERATORS
@@ -17,6 +17,8 @@ these keys and ignores the other top-level sections)::
       device_memory_gib: 95       # else the accelerator's, else the local accelerator's limit
       usable_fraction: 0.9        # share of device memory a plan may fill (XLA runtime, fragmentation)
       target_len: 64              # T5 only: decoder (target) tokens per training row
+      remat: none                 # activation recompute to plan for: none (what the engine does today) |
+                                  # dots | full (per-layer jax.checkpoint policies, estimates only)
 
 Estimate (bytes per device; p = bytes of ``train.compute_dtype``, t = mesh.tensor; a dimension is
 divided by t only when it divides, as the sharding rules do):
@@ -137,6 +139,7 @@ class TargetSpec:
     device_memory_gib: float | None = None
     usable_fraction: float = 0.9
     target_len: int = 64
+    remat: Literal["none", "full", "dots"] = "none"
 
     def __post_init__(self):
         if not 0.0 < self.usable_fraction <= 1.0:
@@ -390,8 +393,9 @@ REMEDY_CACHE = "a smaller decode.batch_size or fewer decode.num_beams, or more d
 
 
 def _activation_remedy(remat: str) -> str:
-    recompute = "" if remat == "full" else "train.remat=full (recompute each layer in the backward pass), "
-    return recompute + "a smaller micro-batch (raise train.grad_accum / lower train.batch_size) or a shorter train.data.seq_len"
+    return ("a smaller micro-batch (raise train.grad_accum / lower train.batch_size), a shorter train.data.seq_len"
+            + (", or recomputing layers in the backward pass (plan.remat=full, once the engine supports it)"
+               if remat != "full" else ""))
 
 
 def estimate(config: PlanConfig, *, devices: int | None = None, device_memory_gib: float | None = None) -> MemoryPlan:
@@ -410,6 +414,7 @@ def estimate(config: PlanConfig, *, devices: int | None = None, device_memory_gi
     frozen = sum(shard_elements(i, mesh) for i in inventory if not i.trained) * (p if train.lora.mode == "lora" else 4)
     trained = sum(shard_elements(i, mesh) for i in inventory if i.trained)
 
+    remat = config.plan.remat
     trained_names = {str(part) for i in inventory if i.trained for part in i.path}
     shards = data * fsdp
     if train.batch_size % (shards * train.grad_accum):
@@ -419,14 +424,14 @@ def estimate(config: PlanConfig, *, devices: int | None = None, device_memory_gi
     seq = train.data.seq_len
     if is_t5:
         acts = _t5_activations(arch, rows * seq, rows * config.plan.target_len, seq, config.plan.target_len, p, tensor,
-                               train.remat, trained_names)
+                               remat, trained_names)
         lm_tokens = rows * config.plan.target_len
         shape = f"{train.batch_size} rows x {seq} input + {config.plan.target_len} target tokens"
     else:
-        acts = _llama_activations(arch, rows * seq, seq, p, tensor, train.remat, trained_names)
+        acts = _llama_activations(arch, rows * seq, seq, p, tensor, remat, trained_names)
         lm_tokens = rows * seq
         shape = f"{train.batch_size} rows x {seq} tokens"
-    shape += (f", micro-batch {rows} rows per device, grad_accum {train.grad_accum}, remat {train.remat}, "
+    shape += (f", micro-batch {rows} rows per device, grad_accum {train.grad_accum}, remat {remat}, "
               f"{train.compute_dtype}")
     logits = lm_tokens * _split(arch.vocab_size, tensor) * (8 + (p if p < 4 else 0))
     parts = [Component(f"params (frozen, {train.compute_dtype})", frozen, REMEDY_PARAMS)] if frozen else []
@@ -444,7 +449,7 @@ def estimate(config: PlanConfig, *, devices: int | None = None, device_memory_gi
             blocks[key] = blocks.get(key, 0) + shard_elements(info, unsharded) * p
         parts.append(Component("fsdp all-gather (2 layers)", 2 * max(blocks.values()),
                                "more tensor parallelism (train.mesh.tensor) for very large layers"))
-    parts += [Component(f"activations (remat={train.remat})", int(acts), _activation_remedy(train.remat)),
+    parts += [Component(f"activations (remat={remat})", int(acts), _activation_remedy(remat)),
               Component("logits + grad (fp32)", int(logits), REMEDY_LOGITS)]
     phases = [Phase("train", shape, tuple(parts))]
     if config.decode is not None:
