@@ -7,18 +7,16 @@ level, then resolve collisions (:mod:`jaxrec.index.collisions`) — LC-Rec's ind
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from jaxrec.errors import DataError
 from jaxrec.index.collisions import ResolveConfig, code_usage, resolve_collisions
-from jaxrec.index.train_rqvae import TrainConfig, train_rqvae
-from jaxrec.models.rqvae import RQVAEConfig, level_residuals
+from jaxrec.index.train_rqvae import TrainConfig, nearest_codes, train_rqvae
+from jaxrec.models.rqvae import RQVAEConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,15 +31,6 @@ class IndexConfig:
         if len(self.train.sinkhorn_epsilons) not in (0, self.model.levels):
             raise ValueError(f"train.sinkhorn_epsilons has {len(self.train.sinkhorn_epsilons)} values, "
                              f"expected one per level ({self.model.levels}) or none")
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def nearest_codes(graphdef, params, data):
-    """(codes int32 [N, L] by nearest code, each item's last-level residual float [N, e_dim])."""
-    model = nnx.merge(graphdef, params)
-    z = model.encode(data)
-    codes = model.codes(data)
-    return codes, level_residuals(z, model.codebooks[...], codes)[:, -1]
 
 
 def build_semantic_index(embeddings: np.ndarray, config: IndexConfig = IndexConfig(), seed: int = 0,
@@ -64,7 +53,7 @@ def build_semantic_index(embeddings: np.ndarray, config: IndexConfig = IndexConf
     start = time.perf_counter()
     model, history = train_rqvae(embeddings, config.model, config.train, seed, progress)
     graphdef, params = nnx.split(model)
-    codes, residuals = nearest_codes(graphdef, params, jnp.asarray(embeddings))
+    codes, residuals, _ = nearest_codes(graphdef, params, jnp.asarray(embeddings))
     codes, collisions = resolve_collisions(np.asarray(codes), residuals, model.codebooks[-1], config.resolve)
     report = {
         "items": int(embeddings.shape[0]),

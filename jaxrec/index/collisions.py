@@ -5,10 +5,11 @@ re-assign the last-level code with Sinkhorn-Knopp over the group's last-level re
 to [-1, 1] per group, as LC-Rec does per colliding group). Two refinements over LC-Rec make rounds
 converge where LC-Rec's plain per-row argmax can loop forever (e.g. on duplicate embeddings):
 codes already held by other items with the same prefix are forbidden, and a group's members take
-distinct codes, greedily by plan value. Rounds stop when no collision is left or after ``rounds``.
-What still collides then (a prefix holding more than K items) is, with ``on_remaining: extra_level``,
-told apart by one extra level appended to every item — TIGER's fix: the item's rank among the
-items sharing its code (0 for items without a collision); with ``keep`` it is left and reported.
+distinct codes, greedily by plan value. Rounds stop when no collision is left, when a round
+changes nothing, or after ``rounds``. What still collides then (a prefix holding more than K
+items) is, with ``on_remaining: extra_level``, told apart by one extra level appended to every
+item — TIGER's fix: the item's rank among the items sharing its code (0 for items without a
+collision); with ``keep`` it is left and reported.
 """
 
 from __future__ import annotations
@@ -67,40 +68,42 @@ def _next_power_of_two(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-@functools.partial(jax.jit, static_argnames=("epsilon", "iters"))
-def reassign_groups(members: jax.Array, allowed: jax.Array, residuals: jax.Array, codebook: jax.Array,
-                    *, epsilon: float, iters: int) -> jax.Array:
-    """New last-level codes for colliding groups: distinct within a group, allowed codes only.
+@functools.partial(jax.jit, static_argnames=("epsilon", "iters", "max_group_size"))
+def reassign_groups(items: jax.Array, groups: jax.Array, allowed: jax.Array, residuals: jax.Array,
+                    codebook: jax.Array, *, epsilon: float, iters: int, max_group_size: int) -> jax.Array:
+    """New last-level codes for the members of colliding groups: distinct within a group, allowed only.
 
     Args:
-      members: int32 [G, M] item ids of each group, -1 = padding.
-      allowed: bool [G, K] codes a group may take.
+      items: int32 [C] item id of each colliding row, -1 = padding.
+      groups: int32 [C] group of each row in 0..G-1 (padding rows: any group).
+      allowed: bool [G, K] codes each group may take.
       residuals: float [N, D] each item's last-level residual.
       codebook: float [K, D] the last level's codebook.
+      max_group_size: static bound on rows per group (the number of greedy steps).
     Returns:
-      int32 [G, M] new codes; -1 where no allowed code was left (padding rows included).
+      int32 [C] new codes; -1 where no allowed code was left (and for padding rows).
     """
-    rows = members >= 0
-    x = residuals[jnp.maximum(members, 0)]
-    mask = rows[:, :, None] & allowed[:, None, :]
-    costs = center_costs(squared_distances(x, codebook[None]), mask)
-    log_plan = sinkhorn_log_plan(costs, epsilon, iters, rows, allowed)
-    g_index = jnp.arange(members.shape[0])
-    m, k = log_plan.shape[1:]
+    num_groups, k = allowed.shape
+    rows = items >= 0
+    mask = rows[:, None] & allowed[groups]
+    costs = center_costs(squared_distances(residuals[jnp.maximum(items, 0)], codebook), mask, groups, num_groups)
+    log_plan = sinkhorn_log_plan(costs, epsilon, iters, rows, allowed, groups, num_groups)
+    row_ids = jnp.arange(items.shape[0])
 
-    def take_best(_, carry):
+    def take_best(_, carry):  # in every group, the free (row, code) pair of highest plan value
         new, row_free, code_free = carry
-        score = jnp.where(mask & row_free[:, :, None] & code_free[:, None, :], log_plan, -jnp.inf)
-        flat = jnp.argmax(score.reshape(-1, m * k), -1)
-        row, code = flat // k, flat % k
-        found = jnp.isfinite(jnp.max(score, axis=(1, 2)))
-        new = new.at[g_index, row].set(jnp.where(found, code, new[g_index, row]))
-        row_free = row_free.at[g_index, row].set(row_free[g_index, row] & ~found)
-        code_free = code_free.at[g_index, code].set(code_free[g_index, code] & ~found)
-        return new, row_free, code_free
+        score = jnp.where(mask & row_free[:, None] & code_free[groups], log_plan, -jnp.inf)
+        row_code, row_score = jnp.argmax(score, -1), jnp.max(score, -1)
+        group_score = jax.ops.segment_max(row_score, groups, num_segments=num_groups)
+        wins = jnp.isfinite(row_score) & (row_score == group_score[groups])
+        winner = jax.ops.segment_min(jnp.where(wins, row_ids, items.shape[0]), groups, num_segments=num_groups)
+        chosen = wins & (winner[groups] == row_ids)  # ties: the lowest row
+        new = jnp.where(chosen, row_code, new)
+        code_free = code_free.at[groups, row_code].min(~chosen)
+        return new, row_free & ~chosen, code_free
 
-    init = (jnp.full(members.shape, -1, jnp.int32), rows, allowed)
-    return jax.lax.fori_loop(0, m, take_best, init)[0]
+    init = (jnp.full(items.shape, -1, jnp.int32), rows, allowed)
+    return jax.lax.fori_loop(0, min(max_group_size, k), take_best, init)[0]
 
 
 def _colliding_groups(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -114,36 +117,39 @@ def _colliding_groups(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def resolution_round(codes: np.ndarray, residuals: jax.Array, codebook: jax.Array, config: ResolveConfig,
-                     min_padding: tuple[int, int] = (1, 1)) -> tuple[np.ndarray, tuple[int, int]]:
+                     min_padding: tuple[int, int, int] = (1, 1, 1)) -> tuple[np.ndarray, tuple[int, int, int]]:
     """One round: codes int [N, L] with the last level of colliding items re-assigned.
 
-    Groups are padded to powers of two, at least ``min_padding`` (groups, group size), so that later
-    rounds reuse the first round's compiled step; returns (new codes, the padding used).
+    Rows, groups and the largest group size are padded to powers of two, at least ``min_padding``,
+    so that later rounds reuse the first round's compiled step; returns (new codes, padding used).
     """
     items, group = _colliding_groups(codes)
     num_groups = int(group[-1]) + 1
-    starts = np.searchsorted(group, np.arange(num_groups))
-    slot = np.arange(len(items)) - starts[group]
-    g_pad = max(_next_power_of_two(num_groups), min_padding[0])
-    m_pad = max(_next_power_of_two(int(slot.max()) + 1), min_padding[1])
-    members = np.full((g_pad, m_pad), -1, np.int32)
-    members[group, slot] = items
+    sizes = np.bincount(group)
+    padding = tuple(max(_next_power_of_two(v), m) for v, m in
+                    zip((len(items), num_groups, int(sizes.max())), min_padding))
+    rows_pad, groups_pad, size_pad = padding
 
     k = codebook.shape[0]
     prefix = np.zeros(codes.shape[0], np.int64)  # one level: every item shares the empty prefix
     if codes.shape[1] > 1:
         prefix = np.unique(codes[:, :-1], axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
     taken = prefix * k + codes[:, -1]
-    leaders = items[starts]
+    leaders = items[np.searchsorted(group, np.arange(num_groups))]
     candidates = prefix[leaders, None] * k + np.arange(k)
-    allowed = np.zeros((g_pad, k), bool)
+    allowed = np.zeros((groups_pad, k), bool)
     allowed[:num_groups] = ~np.isin(candidates, taken) | (np.arange(k) == codes[leaders, -1:])
 
-    new = np.asarray(reassign_groups(jnp.asarray(members), jnp.asarray(allowed), residuals, codebook,
-                                     epsilon=config.epsilon, iters=config.iters))[group, slot]
+    padded_items = np.full(rows_pad, -1, np.int32)
+    padded_items[:len(items)] = items
+    padded_groups = np.full(rows_pad, groups_pad - 1, np.int32)
+    padded_groups[:len(items)] = group
+    new = np.asarray(reassign_groups(jnp.asarray(padded_items), jnp.asarray(padded_groups), jnp.asarray(allowed),
+                                     residuals, codebook, epsilon=config.epsilon, iters=config.iters,
+                                     max_group_size=size_pad))[:len(items)]
     codes = codes.copy()
     codes[items[new >= 0], -1] = new[new >= 0]
-    return codes, (g_pad, m_pad)
+    return codes, padding
 
 
 def append_disambiguation_level(codes: np.ndarray) -> np.ndarray:
@@ -168,10 +174,13 @@ def resolve_collisions(codes: np.ndarray, residuals: jax.Array, codebook: jax.Ar
     """
     codes = np.asarray(codes, np.int32)
     report = {"collision_rate_before": float(collision_rate(codes)), "rounds_run": 0}
-    padding = (1, 1)
+    padding = (1, 1, 1)
     while report["rounds_run"] < config.rounds and float(collision_rate(codes)) > 0:
+        previous = codes
         codes, padding = resolution_round(codes, residuals, codebook, config, padding)
         report["rounds_run"] += 1
+        if np.array_equal(codes, previous):  # stuck: only prefixes holding more than K items collide
+            break
     report["collision_rate_after_rounds"] = float(collision_rate(codes))
     report["extra_level"] = config.on_remaining == "extra_level" and report["collision_rate_after_rounds"] > 0
     if report["extra_level"]:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from jaxrec.index.collisions import collision_rate
 from jaxrec.index.kmeans import kmeans, squared_distances
-from jaxrec.models.rqvae import RQVAE, RQVAEConfig
+from jaxrec.models.rqvae import RQVAE, RQVAEConfig, level_residuals
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,10 +129,13 @@ def train_epochs(graphdef, params, opt_state, data, key, *, config: TrainConfig,
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def all_codes(graphdef, params, data):
-    """(codes int32 [N, L] by nearest code, their collision rate) for every row of ``data``."""
-    codes = nnx.merge(graphdef, params).codes(data)
-    return codes, collision_rate(codes)
+def nearest_codes(graphdef, params, data):
+    """For every row of ``data``: (codes int32 [N, L] by nearest code, last-level residuals [N, e_dim],
+    the codes' collision rate)."""
+    model = nnx.merge(graphdef, params)
+    z = model.encode(data)
+    codes = model.codes(data)
+    return codes, level_residuals(z, model.codebooks[...], codes)[:, -1], collision_rate(codes)
 
 
 def train_rqvae(embeddings: np.ndarray, model_config: RQVAEConfig, config: TrainConfig, seed: int,
@@ -169,7 +172,7 @@ def train_rqvae(embeddings: np.ndarray, model_config: RQVAEConfig, config: Train
             raise FloatingPointError(f"RQ-VAE loss is not finite by epoch {done}")
         for name, column in zip(("loss", "recon_loss", "quant_loss"), metrics.T):
             history[name].extend(column.tolist())
-        rate = float(all_codes(graphdef, params, data)[1])
+        rate = float(nearest_codes(graphdef, params, data)[2])
         history["eval_epoch"].append(done)
         history["collision_rate"].append(rate)
         recon = history["recon_loss"][-1]
