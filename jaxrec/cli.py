@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _join_multi_process_run()
         result = args.func(args)
     except JaxrecError as e:
         print(f"jaxrec: error: {e}", file=sys.stderr)
@@ -59,6 +60,21 @@ def main(argv: list[str] | None = None) -> int:
         print("jaxrec: interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
+
+
+def _join_multi_process_run() -> None:
+    """Join a multi-host run when the launch scripts ask for it (see tpu_scripts/).
+
+    ``JAXREC_DISTRIBUTED=auto``: JAX discovers the cluster (TPU pod slices, SLURM);
+    ``JAXREC_COORDINATOR`` / ``JAXREC_NUM_PROCESSES`` / ``JAXREC_PROCESS_ID``: explicit.
+    """
+    import os
+
+    if os.environ.get("JAXREC_DISTRIBUTED") != "auto" and not os.environ.get("JAXREC_COORDINATOR"):
+        return
+    from jaxrec.parallel.distributed import DistributedConfig, initialize
+
+    initialize(DistributedConfig(auto=True) if os.environ.get("JAXREC_DISTRIBUTED") == "auto" else None)
 
 
 if __name__ == "__main__":

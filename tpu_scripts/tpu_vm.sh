@@ -74,7 +74,7 @@ do_run() {
   [[ ${#JAXREC_ARGS[@]} -gt 0 ]] || die "run needs jaxrec arguments after --, e.g. -- train --config CONFIG"
   local args; args="$(printf ' %q' "${JAXREC_ARGS[@]}")"
   # every worker runs the same command; jax.distributed.initialize() discovers the slice on TPU VMs
-  on_all_workers "cd ~/jaxrec && JAXREC_DISTRIBUTED=1 nohup jaxrec${args} > ~/jaxrec-run.log 2>&1; echo exit=\$? >> ~/jaxrec-run.log"
+  on_all_workers "cd ~/jaxrec && JAXREC_DISTRIBUTED=auto nohup jaxrec${args} > ~/jaxrec-run.log 2>&1; echo exit=\$? >> ~/jaxrec-run.log"
 }
 do_logs() { run "${GCLOUD[@]}" ssh "$NAME" "${LOC[@]}" --worker=0 --command "tail -n +1 -f ~/jaxrec-run.log"; }
 do_copy() {

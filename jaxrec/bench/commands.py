@@ -14,6 +14,7 @@ BENCHMARKS = {
     "decode": "jaxrec.bench.decode",
     "ground": "jaxrec.bench.ground",
     "tiger": "jaxrec.bench.tiger",
+    "all": "jaxrec.bench.all",
 }
 
 
@@ -29,3 +30,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                 continue  # not built yet
             raise
         module.register(bench_sub)
+    for bench_parser in bench_sub.choices.values():
+        add_profile_arg(bench_parser)
+
+
+def add_profile_arg(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` a ``--profile DIR`` flag that traces its command with ``jax.profiler``."""
+    parser.add_argument("--profile", metavar="DIR", default=None,
+                        help="write a jax.profiler trace (TensorBoard / Perfetto) of the run to DIR")
+    func = parser.get_default("func")
+    if func is None:
+        return
+
+    def profiled(args: argparse.Namespace):
+        from jaxrec.profiling import profile
+
+        with profile(args.profile):
+            return func(args)
+
+    parser.set_defaults(func=profiled)

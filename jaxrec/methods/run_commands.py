@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from jaxrec.bench.commands import add_profile_arg
 from jaxrec.config import load_config, read_yaml
 from jaxrec.errors import ConfigError
 from jaxrec.methods import get_method
@@ -46,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train a method (sasrec, bigrec, lcrec, tiger, aligned_t5, rsllm) from a YAML config.")
     add_config_args(p)
     p.set_defaults(func=_train)
+    add_profile_arg(p)
     p = sub.add_parser("eval", help="evaluate a trained run over the full catalog",
                        description="Evaluate a trained run over the full catalog; prints JSON metrics.")
     add_config_args(p)
     p.set_defaults(func=_eval)
+    add_profile_arg(p)
