@@ -27,7 +27,7 @@ def run(data: str, config_path: str | Path = REPO_CONFIG, overrides: list[str] =
     from jaxrec.config import load_config
     from jaxrec.methods import sasrec
 
-    sets = [f"data.path={data}", *overrides] + ([f"out_dir={out_dir}"] if out_dir else [])
+    sets = [f"data.path={data}", "data.synthetic=null", *overrides] + ([f"out_dir={out_dir}"] if out_dir else [])
     config = load_config(sasrec.Config, config_path, sets)
     start = time.time()
     result = sasrec.train(config)

@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxrec.data.splits import LeaveOneOut, leave_one_out
 from jaxrec.eval.metrics import DEFAULT_KS, metrics_from_ranks
-from jaxrec.methods.data_source import DataConfig, load_dataset
+from jaxrec.methods.data_source import DataConfig, SyntheticData, load_dataset
 
 
 @dataclasses.dataclass
@@ -28,7 +28,7 @@ class EvalConfig:
 @dataclasses.dataclass
 class Config:
     method: str = "popularity"
-    data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(path="data/beauty"))
+    data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(synthetic=SyntheticData()))
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
