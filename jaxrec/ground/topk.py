@@ -1,8 +1,10 @@
 """Exact top-k items per query over the full catalog, tiled and optionally sharded along items.
 
-Memory is O(Q·(tile + k)): each item tile's scores [Q,tile] are concatenated after the running
-top-k [Q,k] and reduced with one ``lax.top_k``. Sharded, each device keeps the top-k of its own
-slice of the catalog; the k candidates of every device are all-gathered and reduced once more.
+Memory is O(Q·(tile + k)): each item tile's scores [Q,tile] (one matmul, see
+:mod:`jaxrec.ground.scores`) are merged into the running top-k [Q,k] with ``lax.top_k`` — over the
+whole tile, or, once the running top-k is good, only over the few blocks of the tile that can still
+enter it (:func:`merge_tile`). Sharded, each device keeps the top-k of its own slice of the
+catalog; the k candidates of every device are all-gathered and reduced once more.
 
 Ties follow the canonical jaxrec rule (lower item id first) exactly, across tiles and shards:
 ``lax.top_k`` is stable (equal values keep their input order), the running top-k always holds lower
