@@ -43,6 +43,8 @@ def test_fusion_matches_numpy(data, weights_kind, sharded):
     for g, gamma in enumerate(GAMMAS):
         rank_of = np.argsort(numpy_order(numpy_fused(queries, items, weights, gamma)), axis=1) + 1
         np.testing.assert_array_equal(ranks[g], rank_of[np.arange(Q), targets])
+    if sharded:
+        return  # one fused top-k compilation is enough
     scores, ids = fused_topk(queries, items, weights, 3.0, 7, tile=64, mesh=mesh)
     fused = numpy_fused(queries, items, weights, 3.0)
     order = numpy_order(fused)[:, :7]
