@@ -99,7 +99,7 @@ def test_embeddings_ignore_left_padding_and_run_io_round_trips(tmp_path):
     texts = ["Classic Yoga Mat", "Pro Dog Leash with a much longer title", "Pen"]
     tokenizer = llm.make_tokenizer(section, lambda: texts * 20, tmp_path)
     model = llm.build_model(section, tokenizer)
-    batch = bigrec.embed_texts(model, tokenizer, texts, batch_size=4)
+    batch = bigrec.embed_texts(model, tokenizer, {"texts": texts}, batch_size=4)["texts"]
     ids = llm.prompt_ids(tokenizer, model, texts)
     for row, seq in zip(batch, ids):
         alone = model(np.asarray([seq]), return_hidden=True)[0, -1]

@@ -140,12 +140,16 @@ def train(config: Config) -> dict:
 # ----------------------------------------------------------------------------- grounding
 
 
-def embed_texts(model, tokenizer, texts: list[str], batch_size: int) -> np.ndarray:
-    """float32 [P,d]: BIGRec's grounding embedding of each text, the final hidden state at the last
-    token of ``[BOS] + text`` (an empty text embeds its BOS, or EOS when the tokenizer has no BOS)."""
+def embed_texts(model, tokenizer, texts: dict[str, list[str]], batch_size: int) -> dict[str, np.ndarray]:
+    """float32 [P,d] per group of texts: BIGRec's grounding embedding, the final hidden state at the
+    last token of ``[BOS] + text`` (an empty text embeds its BOS, or EOS when the tokenizer has none).
+    All groups share one padded length (one compilation)."""
     embedder = Embedder(model, pooling="last")
-    seqs = [ids or [tokenizer.eos_token_id] for ids in llm.prompt_ids(tokenizer, model, texts)]
-    return llm.batched(lambda ids, mask: (embedder(ids, mask),), seqs, batch_size, tokenizer.pad_token_id)[0]
+    seqs = {name: [ids or [tokenizer.eos_token_id] for ids in llm.prompt_ids(tokenizer, model, group)]
+            for name, group in texts.items()}
+    length = llm.padded_length([s for group in seqs.values() for s in group])
+    return {name: llm.batched(lambda ids, mask: (embedder(ids, mask),), group, batch_size, tokenizer.pad_token_id,
+                              length)[0] for name, group in seqs.items()}
 
 
 def ground_ranks(queries: np.ndarray, items: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -209,7 +213,7 @@ def evaluate(config: Config) -> dict:
     prompts = {part: llm.prompt_ids(tokenizer, model, [e.prompt for e in ex]) for part, ex in parts.items()}
     targets = {part: np.asarray([e.target for e in ex], np.int32) for part, ex in parts.items()}
     beams = dict(num_beams=g.num_beams, eos_id=eos, pad_id=pad, length_penalty=g.length_penalty,
-                 batch_size=g.batch_size)
+                 batch_size=g.batch_size, length=llm.padded_length(prompts["valid"] + prompts["test"]))
     result = {"method": "bigrec", "data": config.data.describe(), "model": config.model.describe(),
               "catalog_items": ds.num_items, "examples": {k: len(v) for k, v in parts.items()},
               "num_beams": g.num_beams, "random": random_metrics(ds.num_items, ks)}
@@ -244,9 +248,10 @@ def evaluate(config: Config) -> dict:
         t0 = time.perf_counter()
         if config.ground.model == "base":
             model, _ = llm.load_run(config.out_dir, "base", config.model.dtype)
-        items_emb = embed_texts(model, tokenizer, raw_titles, config.ground.batch_size)
-        queries = {part: embed_texts(model, tokenizer, [t.strip().strip('"') for t in tx], config.ground.batch_size)
-                   for part, tx in texts.items()}
+        queries = embed_texts(model, tokenizer, {"items": raw_titles, **{part: [t.strip().strip('"') for t in tx]
+                                                                        for part, tx in texts.items()}},
+                              config.ground.batch_size)
+        items_emb = queries.pop("items")
         free = {"ground_model": config.ground.model, "exact_title_rate": exact}
         for part, q in queries.items():
             free[part] = metrics_from_ranks(ground_ranks(q, items_emb, targets[part]), ks)

@@ -139,11 +139,13 @@ def build_model(section: ModelSection, tokenizer):
 # ----------------------------------------------------------------------------- training
 
 
-def finetune(model, tokenizer, examples: Sequence[Example], train: TrainConfig, *, loss_fn=None) -> tuple[nnx.Module, dict]:
+def finetune(model, tokenizer, examples: Sequence[Example], train: TrainConfig, *, loss_fn=None,
+             target_len: int | None = None) -> tuple[nnx.Module, dict]:
     """Train ``model`` on ``examples`` (loss on the response + EOS, or every token with
     ``train.data.train_on_inputs``) with the engine; returns (trained model, fit summary).
 
-    ``train.epochs`` (if set) fixes the number of passes, else ``train.steps``. In LoRA mode the
+    ``train.epochs`` (if set) fixes the number of passes, else ``train.steps``. T5: prompts are cut
+    to ``train.data.seq_len`` and responses to ``target_len`` (default the same). In LoRA mode the
     returned model holds LoRA modules (see :func:`save_run`).
     """
     from jaxrec.data.pipeline import CausalFeatures, Seq2SeqFeatures, make_batches
@@ -152,25 +154,27 @@ def finetune(model, tokenizer, examples: Sequence[Example], train: TrainConfig, 
 
     if not examples:
         raise ConfigError("finetune: no training examples")
-    rows = [{"prompt_ids": p, "response_ids": r}
-            for p, r in zip(encode(tokenizer, [e.prompt for e in examples]), encode(tokenizer, [e.response for e in examples]))]
-    seq_len, eos = train.data.seq_len, tokenizer.eos_token_id
-    truncated = sum(len(r["prompt_ids"]) + len(r["response_ids"]) + 2 > seq_len for r in rows)
-    if truncated:
-        log.warning("%d of %d training examples exceed train.data.seq_len=%d and are truncated (the response "
-                    "end first)", truncated, len(rows), seq_len)
-    if is_seq2seq(model):
-        features = Seq2SeqFeatures(seq_len, seq_len, eos, model.config.decoder_start_token_id)
+    prompts, responses = encode(tokenizer, [e.prompt for e in examples]), encode(tokenizer, [e.response for e in examples])
+    rows = [{"prompt_ids": p, "response_ids": r} for p, r in zip(prompts, responses)]
+    seq_len, eos, seq2seq = train.data.seq_len, tokenizer.eos_token_id, is_seq2seq(model)
+    target_len = target_len or seq_len
+    if seq2seq:
+        features = Seq2SeqFeatures(seq_len, target_len, eos, model.config.decoder_start_token_id)
         loss_fn = loss_fn or seq2seq_lm_loss
+        truncated = sum(len(p) + 1 > seq_len or len(r) + 1 > target_len for p, r in zip(prompts, responses))
     else:
         features = CausalFeatures(seq_len, eos, tokenizer.bos_token_id, train.data.train_on_inputs)
         loss_fn = loss_fn or causal_lm_loss
+        truncated = sum(len(p) + len(r) + 2 > seq_len for p, r in zip(prompts, responses))
+    if truncated:
+        log.warning("%d of %d training examples are longer than train.data.seq_len=%d%s and are cut", truncated,
+                    len(rows), seq_len, f" / target_len={target_len}" if seq2seq else "")
     steps = train.epochs * (len(rows) // train.batch_size) if train.epochs else train.steps
     if steps < 1:
         raise ConfigError(f"train: {len(rows)} examples give no step of batch_size={train.batch_size}")
     trainer = Trainer(model, train, loss_fn, total_steps=steps)
     batches = make_batches(rows, features, train.data, trainer.mesh, global_batch=train.batch_size, seed=train.seed,
-                           pad_id=tokenizer.pad_token_id, target_len=seq_len if is_seq2seq(model) else None,
+                           pad_id=tokenizer.pad_token_id, target_len=target_len if seq2seq else None,
                            num_epochs=train.epochs)
     start = time.perf_counter()
     summary = trainer.fit(batches, steps=steps)
@@ -269,10 +273,11 @@ def batched(fn: Callable[[np.ndarray, np.ndarray], tuple], seqs: Sequence[Sequen
 
 def generate(model, prompts: Sequence[Sequence[int]], *, num_beams: int, max_new_tokens: int, eos_id: int, pad_id: int,
              constraint=None, mode: str | None = None, num_return_sequences: int | None = None,
-             length_penalty: float = 1.0, batch_size: int = 32):
+             length_penalty: float = 1.0, batch_size: int = 32, length: int | None = None):
     """Beam search over every prompt (token ids); returns numpy ``(sequences [P,R,S], scores [P,R],
     item_ids [P,R])`` as :func:`jaxrec.decode.beam_search` (``constraint`` with ``mode="none"``:
-    free generation that still reports which generations are exactly an item)."""
+    free generation that still reports which generations are exactly an item). ``length``: the
+    padded prompt length (default :func:`padded_length` of ``prompts``)."""
     from jaxrec.decode import beam_search
 
     def run(ids, mask):
@@ -281,7 +286,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, num_beams: int, max_new
                           length_penalty=length_penalty, eos_token_id=eos_id, pad_token_id=pad_id)
         return out.sequences, out.scores, out.item_ids
 
-    return batched(run, prompts, batch_size, pad_id)
+    return batched(run, prompts, batch_size, pad_id, length)
 
 
 def decode_texts(tokenizer, sequences: np.ndarray, eos_id: int) -> list[str]:
