@@ -26,6 +26,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
+from jaxrec.errors import ConfigError, JaxrecError
 from jaxrec.index.collisions import collision_rate
 from jaxrec.index.kmeans import kmeans, squared_distances
 from jaxrec.models.rqvae import RQVAE, RQVAEConfig, level_residuals
@@ -146,8 +147,8 @@ def train_rqvae(embeddings: np.ndarray, model_config: RQVAEConfig, config: Train
     nearest-code ``collision_rate`` at each ``eval_epoch``, the ``selected_epoch``, ``wall_s``.
     """
     if len(config.sinkhorn_epsilons) not in (0, model_config.levels):
-        raise ValueError(f"train.sinkhorn_epsilons has {len(config.sinkhorn_epsilons)} values for "
-                         f"{model_config.levels} levels")
+        raise ConfigError(f"train.sinkhorn_epsilons has {len(config.sinkhorn_epsilons)} values for "
+                          f"{model_config.levels} levels")
     start = time.perf_counter()
     data = jnp.asarray(embeddings, jnp.float32)
     key_model, key_init, key_train = jax.random.split(jax.random.key(seed), 3)
@@ -169,7 +170,8 @@ def train_rqvae(embeddings: np.ndarray, model_config: RQVAEConfig, config: Train
         done += chunk
         metrics = np.asarray(metrics)
         if not np.all(np.isfinite(metrics)):
-            raise FloatingPointError(f"RQ-VAE loss is not finite by epoch {done}")
+            raise JaxrecError(f"RQ-VAE loss is not finite by epoch {done}: try a lower train.lr, or check "
+                              f"the embeddings' scale")
         for name, column in zip(("loss", "recon_loss", "quant_loss"), metrics.T):
             history[name].extend(column.tolist())
         rate = float(nearest_codes(graphdef, params, data)[2])
