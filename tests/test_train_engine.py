@@ -46,8 +46,12 @@ def run(cfg, steps=STEPS, evaluate=None):
     result = trainer.fit(batches, evaluate=evaluate, steps=steps)
     trainer.close()
     import jax
+    from flax import nnx
+
+    from jaxrec.models.lora import LoraWeight
+    # LoRA weights of the trained model, in the layer-list layout whatever layout was trained
     params = {".".join(map(str, p)): np.asarray(jax.device_get(v[...]))
-              for p, v in __import__("flax").nnx.to_flat_state(trainer.state.params)}
+              for p, v in nnx.to_flat_state(nnx.state(trainer.model(), LoraWeight))}
     rows = [json.loads(line) for line in (Path(cfg.log_dir) / "metrics.jsonl").read_text().splitlines()]
     losses = {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
     return losses, params, result
@@ -90,6 +94,12 @@ def test_meshes_and_grad_accumulation_give_the_same_losses(reference, tmp_path):
     plain = run(config((8, 1, 1), log_dir=str(tmp_path / "b"), dropout=0.0))
     accumulated = run(config((1, 1, 8), log_dir=str(tmp_path / "c"), dropout=0.0, grad_accum=2))
     assert_same_run(accumulated, plain, what="mesh (1,1,8) with grad_accum=2")
+
+
+def test_scanned_rematerialised_layers_train_like_the_layer_loop(reference, tmp_path):
+    """Stacked layers under one lax.scan with full remat: same LoRA-dropout masks, losses and weights."""
+    assert_same_run(run(config(log_dir=str(tmp_path), scan_layers=True, remat="full")), reference,
+                    what="scan_layers + remat=full")
 
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(reference, tmp_path):

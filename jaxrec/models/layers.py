@@ -96,6 +96,20 @@ class RMSNorm(nnx.Module):
         return normed.astype(self.dtype) * self.scale[...].astype(self.dtype)
 
 
+class ResidualDropout(nnx.Module):
+    """Base of a transformer block whose residual branches may be dropped out while training.
+
+    ``drop`` is the identity until :func:`jaxrec.models.layer_stack.set_dropout` gives the block an
+    ``nnx.Dropout`` (its own RNG stream; ``model.eval()`` turns it off).
+    """
+
+    def __init__(self):
+        self.dropout = nnx.data(None)
+
+    def drop(self, x: jax.Array) -> jax.Array:
+        return x if self.dropout is None else self.dropout(x)
+
+
 ACTIVATIONS = {
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,

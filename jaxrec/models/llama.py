@@ -21,7 +21,8 @@ from jaxrec.errors import JaxrecError
 from jaxrec.models.attention import attend, attend_prefix_and_generated, causal_mask
 from jaxrec.models.decoding import (DecodeState, empty_generated_cache, reorder_beams,
                                     write_generated)
-from jaxrec.models.layers import Embed, Linear, RMSNorm, activation, as_dtype
+from jaxrec.models.layer_stack import hidden_states, run_layers
+from jaxrec.models.layers import Embed, Linear, RMSNorm, ResidualDropout, activation, as_dtype
 from jaxrec.models.rope import ROPE_TYPES, apply_rope, inverse_frequencies
 
 MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -221,8 +222,8 @@ class LlamaMLP(nnx.Module):
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
-class LlamaDecoderLayer(nnx.Module):
-    """Pre-norm block: x + attn(norm(x)); x + mlp(norm(x))."""
+class LlamaDecoderLayer(ResidualDropout):
+    """Pre-norm block: x + drop(attn(norm(x))); x + drop(mlp(norm(x))) (dropout: training only)."""
 
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         norm = dict(eps=config.rms_norm_eps, dtype=as_dtype(config.dtype),
@@ -231,11 +232,12 @@ class LlamaDecoderLayer(nnx.Module):
         self.self_attn = LlamaAttention(config, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, **norm)
         self.mlp = LlamaMLP(config, rngs=rngs)
+        super().__init__()
 
     def __call__(self, x, positions, mask):
         attn, kv = self.self_attn(self.input_layernorm(x), positions, mask)
-        x = x + attn
-        return x + self.mlp(self.post_attention_layernorm(x)), kv
+        x = x + self.drop(attn)
+        return x + self.drop(self.mlp(self.post_attention_layernorm(x))), kv
 
     def decode(self, x, positions, state, layer, step, window_mask):
         attn, gen_k, gen_v = self.self_attn.decode(self.input_layernorm(x), positions, state,
@@ -258,10 +260,17 @@ def default_positions(attention_mask: jax.Array | None, segment_ids: jax.Array |
 
 
 class LlamaForCausalLM(nnx.Module):
-    """Llama-family causal LM. ``model(input_ids, attention_mask)`` -> float32 logits [B,T,V]."""
+    """Llama-family causal LM. ``model(input_ids, attention_mask)`` -> float32 logits [B,T,V].
+
+    ``layers`` is an ``nnx.List`` (or, for training with ``train.scan_layers``, one stacked layer: see
+    :mod:`jaxrec.models.layer_stack`); ``remat`` names the per-layer rematerialisation policy.
+    """
+
+    LAYER_LISTS = (("layers",),)
 
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         self.config = config
+        self.remat = "none"
         dtype, param_dtype = as_dtype(config.dtype), as_dtype(config.param_dtype)
         self.embed_tokens = Embed(config.vocab_size, config.hidden_size,
                                   std=config.initializer_range, dtype=dtype,
@@ -281,9 +290,11 @@ class LlamaForCausalLM(nnx.Module):
         out = self.embed_tokens.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
         return out.astype(jnp.float32)
 
-    def _run(self, input_ids, attention_mask, positions, segment_ids, inputs_embeds):
-        """Full forward. Returns (L+1 hidden states [B,T,d] (last one final-normed),
-        per-layer (k, v) [B,T,Nkv,H], positions [B,T])."""
+    def _run(self, input_ids, attention_mask, positions, segment_ids, inputs_embeds,
+             collect: str | None = None):
+        """Full forward. Returns (embeddings [B,T,d], final-normed hidden [B,T,d], per-layer outputs,
+        positions [B,T]); per-layer outputs (see :func:`run_layers`): each layer's output [B,T,d]
+        (``collect="hidden"``), its (k, v) [B,T,Nkv,H] (``"kv"``) or None."""
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds.astype(
             as_dtype(self.config.dtype))
         batch, length = x.shape[:2]
@@ -302,13 +313,13 @@ class LlamaForCausalLM(nnx.Module):
             mask = mask & ((positions[:, :, None] - positions[:, None, :])
                            < self.config.sliding_window)
         mask = mask[:, None]
-        hidden, kvs = [x], []
-        for layer in self.layers:
-            x, kv = layer(x, positions, mask)
-            hidden.append(x)
-            kvs.append(kv)
-        hidden[-1] = self.norm(x)
-        return hidden, kvs, positions
+
+        def layer_fn(layer, h):
+            h, kv = layer(h, positions, mask)
+            return h, {"hidden": h, "kv": kv}.get(collect)
+
+        out, per_layer = run_layers(self.layers, x, layer_fn, self.remat)
+        return x, self.norm(out), per_layer, positions
 
     def __call__(self, input_ids=None, attention_mask=None, *, positions=None, segment_ids=None,
                  inputs_embeds=None, return_hidden: bool | str = False):
@@ -323,12 +334,14 @@ class LlamaForCausalLM(nnx.Module):
         """
         if input_ids is not None:
             input_ids = jnp.asarray(input_ids)
-        hidden, _, _ = self._run(input_ids, attention_mask, positions, segment_ids, inputs_embeds)
-        if return_hidden == "all":
-            return jnp.stack(hidden)
+        every = return_hidden == "all"
+        embedded, final, per_layer, _ = self._run(input_ids, attention_mask, positions, segment_ids,
+                                                  inputs_embeds, "hidden" if every else None)
+        if every:
+            return hidden_states(embedded, final, per_layer)
         if return_hidden:
-            return hidden[-1]
-        return self.logits(hidden[-1])
+            return final
+        return self.logits(final)
 
     # ---------------------------------------------------------------------------- decoding
     def prefill(self, input_ids, attention_mask, num_beams: int, max_new_tokens: int):
@@ -336,8 +349,9 @@ class LlamaForCausalLM(nnx.Module):
 
         Returns (state, logits0 [B,V] float32 for the first generated token).
         """
+        self._check_list_layout()
         input_ids, attention_mask = jnp.asarray(input_ids), jnp.asarray(attention_mask)
-        hidden, kvs, positions = self._run(input_ids, attention_mask, None, None, None)
+        _, final, kvs, positions = self._run(input_ids, attention_mask, None, None, None, "kv")
         c = self.config
         gen_k, gen_v = empty_generated_cache(
             input_ids.shape[0], num_beams, max_new_tokens, c.num_kv_heads, c.head_dim,
@@ -347,13 +361,19 @@ class LlamaForCausalLM(nnx.Module):
             prefix_mask=attention_mask.astype(bool), prefix_positions=positions,
             next_position=jnp.sum(attention_mask.astype(jnp.int32), axis=1),
             gen_k=gen_k, gen_v=gen_v)
-        return state, self.logits(hidden[-1][:, -1])
+        return state, self.logits(final[:, -1])
+
+    def _check_list_layout(self) -> None:
+        if not isinstance(self.layers, nnx.List):
+            raise JaxrecError("decoding needs the layer-list layout; convert a scanned model with "
+                              "jaxrec.models.layer_stack.unstack_layers(model)")
 
     def decode_step(self, tokens: jax.Array, state: DecodeState, step):
         """Feed generated token number ``step`` (0-based) of each beam: tokens [B,K].
 
         Returns (logits [B,K,V] float32 for the next token, the updated state).
         """
+        self._check_list_layout()
         positions = state.next_position[:, None] + step + jnp.zeros(tokens.shape, jnp.int32)
         gen_slots = jnp.arange(state.max_new_tokens)
         prefix_mask, gen_mask = state.prefix_mask, (gen_slots <= step)[None, None, :]

@@ -24,7 +24,9 @@ from jaxrec.errors import JaxrecError
 from jaxrec.models.attention import attend, attend_prefix_and_generated, causal_mask
 from jaxrec.models.decoding import (DecodeState, empty_generated_cache, reorder_beams,
                                     write_generated)
-from jaxrec.models.layers import Embed, Linear, RMSNorm, activation, as_dtype, param
+from jaxrec.models.layer_stack import hidden_states, run_layers
+from jaxrec.models.layers import (Embed, Linear, RMSNorm, ResidualDropout, activation, as_dtype,
+                                  param)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,8 +188,9 @@ class T5FeedForward(nnx.Module):
         return self.wo(self.act(self.wi(x)))
 
 
-class T5Block(nnx.Module):
-    """Self-attention (+ cross-attention in the decoder) + feed-forward, each pre-normed."""
+class T5Block(ResidualDropout):
+    """Self-attention (+ cross-attention in the decoder) + feed-forward, each pre-normed, each
+    added back through residual dropout (training only)."""
 
     def __init__(self, config: T5Config, is_decoder: bool, *, rngs: nnx.Rngs):
         norm = dict(eps=config.layer_norm_epsilon, dtype=as_dtype(config.dtype),
@@ -199,13 +202,31 @@ class T5Block(nnx.Module):
             self.cross_attn = T5Attention(config, rngs=rngs)
         self.ff_norm = RMSNorm(config.d_model, **norm)
         self.ff = T5FeedForward(config, rngs=rngs)
+        self.is_decoder = is_decoder
+        super().__init__()
+
+    def __call__(self, x, self_mask, bias, encoder_out=None, cross_mask=None):
+        """x [B,T,d] -> (x, self (k, v), cross (k, v) or None) (k, v [B,S,N,H])."""
+        h = self.self_attn_norm(x)
+        out, self_kv = self.self_attn(h, h, self_mask, bias)
+        x = x + self.drop(out)
+        cross_kv = None
+        if self.is_decoder:
+            out, cross_kv = self.cross_attn(self.cross_attn_norm(x), encoder_out, cross_mask)
+            x = x + self.drop(out)
+        return x + self.drop(self.ff(self.ff_norm(x))), self_kv, cross_kv
 
 
 class T5Stack(nnx.Module):
-    """Encoder or decoder: blocks, one relative-bias table, final norm (embedding passed in)."""
+    """Encoder or decoder: blocks, one relative-bias table, final norm (embedding passed in).
+
+    ``blocks`` is an ``nnx.List`` or one stacked block (see :mod:`jaxrec.models.layer_stack`);
+    ``remat`` names the per-block rematerialisation policy.
+    """
 
     def __init__(self, config: T5Config, is_decoder: bool, *, rngs: nnx.Rngs):
         self.config, self.is_decoder = config, is_decoder
+        self.remat = "none"
         self.rel_bias = param(rngs, (config.relative_attention_num_buckets, config.num_heads),
                               ("rel_buckets", "heads"), as_dtype(config.param_dtype),
                               config.initializer_factor * config.d_model ** -0.5)
@@ -225,27 +246,22 @@ class T5Stack(nnx.Module):
         bias = jnp.take(self.rel_bias[...], buckets, axis=0)  # [Tq,Tk,N]
         return jnp.moveaxis(bias, -1, 0).astype(as_dtype(c.dtype))
 
-    def __call__(self, x, self_mask, encoder_out=None, cross_mask=None):
+    def __call__(self, x, self_mask, encoder_out=None, cross_mask=None, collect: str | None = None):
         """Full-sequence stack. x [B,T,d]; masks bool [B,1,T,S].
 
-        Returns (hidden list L+1 [B,T,d] (last final-normed), self (k, v) list, cross (k, v) list).
+        Returns (final-normed hidden [B,T,d], per-layer outputs): with ``collect="hidden"`` each
+        block's output [B,T,d], with ``"kv"`` its (self (k, v), cross (k, v)), else None; a list
+        per block, or stacked [L, ...] in the stacked layout (:func:`run_layers`).
         """
         positions = jnp.arange(x.shape[1])
         bias = self.position_bias(positions, positions)[None]
-        hidden, self_kv, cross_kv = [x], [], []
-        for block in self.blocks:
-            h = block.self_attn_norm(x)
-            out, kv = block.self_attn(h, h, self_mask, bias)
-            x = x + out
-            self_kv.append(kv)
-            if self.is_decoder:
-                out, kv = block.cross_attn(block.cross_attn_norm(x), encoder_out, cross_mask)
-                x = x + out
-                cross_kv.append(kv)
-            x = x + block.ff(block.ff_norm(x))
-            hidden.append(x)
-        hidden[-1] = self.final_norm(x)
-        return hidden, self_kv, cross_kv
+
+        def block_fn(block, h):
+            h, self_kv, cross_kv = block(h, self_mask, bias, encoder_out, cross_mask)
+            return h, {"hidden": h, "kv": (self_kv, cross_kv)}.get(collect)
+
+        out, per_layer = run_layers(self.blocks, x, block_fn, self.remat)
+        return self.final_norm(out), per_layer
 
 
 def _key_mask(attention_mask, batch: int, length: int) -> jax.Array:
@@ -257,6 +273,8 @@ def _key_mask(attention_mask, batch: int, length: int) -> jax.Array:
 
 class T5ForConditionalGeneration(nnx.Module):
     """T5 seq2seq LM: ``model(input_ids, attention_mask, decoder_input_ids)`` -> logits [B,Td,V]."""
+
+    LAYER_LISTS = (("encoder", "blocks"), ("decoder", "blocks"))
 
     def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
         self.config = config
@@ -283,17 +301,21 @@ class T5ForConditionalGeneration(nnx.Module):
         """Encoder output [B,Te,d] (``return_all``: [L+1,B,Te,d])."""
         x = (self.shared(jnp.asarray(input_ids)) if inputs_embeds is None
              else inputs_embeds.astype(as_dtype(self.config.dtype)))
-        hidden, _, _ = self.encoder(x, _key_mask(attention_mask, *x.shape[:2]))
-        return jnp.stack(hidden) if return_all else hidden[-1]
+        final, per_layer = self.encoder(x, _key_mask(attention_mask, *x.shape[:2]),
+                                        collect="hidden" if return_all else None)
+        return hidden_states(x, final, per_layer) if return_all else final
 
     def _decode_full(self, decoder_input_ids, encoder_out, attention_mask,
-                     decoder_attention_mask):
+                     decoder_attention_mask, collect=None):
+        """Decoder over [B,Td] -> (embeddings [B,Td,d], final hidden [B,Td,d], per-layer outputs)."""
         y = self.shared(jnp.asarray(decoder_input_ids))
         batch, length = y.shape[:2]
         self_mask = causal_mask(length)[None, None] & _key_mask(decoder_attention_mask, batch,
                                                                 length)
-        return self.decoder(y, self_mask, encoder_out,
-                            _key_mask(attention_mask, batch, encoder_out.shape[1]))
+        final, per_layer = self.decoder(y, self_mask, encoder_out,
+                                        _key_mask(attention_mask, batch, encoder_out.shape[1]),
+                                        collect=collect)
+        return y, final, per_layer
 
     def __call__(self, input_ids=None, attention_mask=None, decoder_input_ids=None,
                  decoder_attention_mask=None, *, inputs_embeds=None,
@@ -305,13 +327,15 @@ class T5ForConditionalGeneration(nnx.Module):
         if decoder_input_ids is None:
             raise JaxrecError("T5 forward needs decoder_input_ids [B,Td] (an encoder-decoder model)")
         encoder_out = self.encode(input_ids, attention_mask, inputs_embeds=inputs_embeds)
-        hidden, _, _ = self._decode_full(decoder_input_ids, encoder_out, attention_mask,
-                                         decoder_attention_mask)
-        if return_hidden == "all":
-            return jnp.stack(hidden)
+        every = return_hidden == "all"
+        embedded, final, per_layer = self._decode_full(
+            decoder_input_ids, encoder_out, attention_mask, decoder_attention_mask,
+            "hidden" if every else None)
+        if every:
+            return hidden_states(embedded, final, per_layer)
         if return_hidden:
-            return hidden[-1]
-        return self.logits(hidden[-1])
+            return final
+        return self.logits(final)
 
     # ---------------------------------------------------------------------------- decoding
     def prefill(self, input_ids, attention_mask, num_beams: int, max_new_tokens: int):
@@ -319,11 +343,13 @@ class T5ForConditionalGeneration(nnx.Module):
 
         Returns (state, logits0 [B,V] float32 for the first generated token).
         """
+        self._check_list_layout()
         attention_mask = jnp.asarray(attention_mask)
         encoder_out = self.encode(input_ids, attention_mask)
         batch = encoder_out.shape[0]
         start = jnp.full((batch, 1), self.config.decoder_start_token_id, jnp.int32)
-        hidden, self_kv, cross_kv = self._decode_full(start, encoder_out, attention_mask, None)
+        _, final, kvs = self._decode_full(start, encoder_out, attention_mask, None, "kv")
+        self_kv, cross_kv = [s for s, _ in kvs], [c for _, c in kvs]
         c = self.config
         gen_k, gen_v = empty_generated_cache(batch, num_beams, max_new_tokens, c.num_heads,
                                              c.d_kv, c.num_decoder_layers, self_kv[0][0].dtype)
@@ -335,13 +361,19 @@ class T5ForConditionalGeneration(nnx.Module):
             gen_k=gen_k, gen_v=gen_v,
             cross_k=tuple(k for k, _ in cross_kv), cross_v=tuple(v for _, v in cross_kv),
             cross_mask=attention_mask.astype(bool))
-        return state, self.logits(hidden[-1][:, -1])
+        return state, self.logits(final[:, -1])
+
+    def _check_list_layout(self) -> None:
+        if not isinstance(self.decoder.blocks, nnx.List):
+            raise JaxrecError("decoding needs the layer-list layout; convert a scanned model with "
+                              "jaxrec.models.layer_stack.unstack_layers(model)")
 
     def decode_step(self, tokens: jax.Array, state: DecodeState, step):
         """Feed generated token number ``step`` of each beam: tokens [B,K].
 
         Returns (logits [B,K,V] float32 for the next token, the updated state).
         """
+        self._check_list_layout()
         query_pos = jnp.reshape(step + 1, (1,))
         slots = jnp.arange(state.max_new_tokens)
         prefix_bias = self.decoder.position_bias(query_pos, jnp.zeros((1,), jnp.int32))[:, 0]

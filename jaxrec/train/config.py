@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from jaxrec.errors import ConfigError
 from jaxrec.parallel.mesh import MeshConfig
 
 __all__ = ["MeshConfig", "LoraConfig", "OptimConfig", "CheckpointConfig", "DataConfig", "TrainConfig"]
@@ -91,9 +92,14 @@ class TrainConfig:
     batch_size: int = 8  # global, across all processes
     grad_accum: int = 1  # micro-batches per optimizer step (batch_size is split into these)
     steps: int = 1000
-    epochs: int | None = None  # if set, the number of passes over the data (overrides steps)
+    epochs: int | None = None  # if set, the number of passes over the data (overrides steps; see num_steps)
     seed: int = 0
     compute_dtype: Literal["float32", "bfloat16"] = "float32"  # master weights and optimizer stay fp32
+    # activation recompute per layer in the backward pass (jaxrec.models.layer_stack): none | full | dots |
+    # dots_with_no_batch_dims (named jax.checkpoint_policies)
+    remat: Literal["none", "full", "dots", "dots_with_no_batch_dims"] = "none"
+    scan_layers: bool = False  # train with layer weights stacked [L, ...] and one lax.scan over the layers
+    dropout: float = 0.0  # dropout on every layer's attention/MLP residual branches (training only)
     eval_every: int = 0  # 0: no periodic validation
     patience: int | None = None  # early stopping after this many validations without improvement
     log_every: int = 10
@@ -105,3 +111,25 @@ class TrainConfig:
     optim: OptimConfig = OptimConfig()
     data: DataConfig = DataConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+
+    def __post_init__(self):
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+
+    def num_steps(self, num_examples: int | None = None) -> int:
+        """Optimizer steps of the run: ``steps``, or with ``epochs`` the whole global batches in
+        ``epochs`` passes over ``num_examples`` (the pipeline repeats the shuffled data ``epochs``
+        times and cuts it into batches, so that is ``epochs * num_examples // batch_size``). With
+        packing a batch holds more examples, so this is an upper bound and the run ends when the data
+        does."""
+        if self.epochs is None:
+            return self.steps
+        if num_examples is None:
+            raise ConfigError("train.epochs is set: the number of steps needs the number of training examples")
+        steps = self.epochs * num_examples // self.batch_size
+        if steps < 1:
+            raise ConfigError(f"train: {num_examples} examples x {self.epochs} epochs give no batch of "
+                              f"batch_size={self.batch_size}")
+        return steps

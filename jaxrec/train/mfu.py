@@ -35,10 +35,12 @@ def matmul_params(state: nnx.State) -> int:
     """Number of parameters that take part in matmuls (see the module docstring)."""
     total = 0
     for _, v in nnx.to_flat_state(state):
-        if not isinstance(v, nnx.Param) or v.ndim < 2:
+        if not isinstance(v, nnx.Param):
             continue
-        axes = variable_axes(v)
-        if axes and axes[0] == "vocab":
+        axes, ndim = tuple(variable_axes(v) or ()), v.ndim
+        if axes[:1] == ("layers",):  # stacked over layers (scan): one leading [L] dimension more
+            axes, ndim = axes[1:], ndim - 1
+        if ndim < 2 or axes[:1] == ("vocab",):
             continue
         total += v.size
     return total

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from jaxrec.data.pipeline import DeviceIterator, batch_spec
 from jaxrec.errors import ConfigError
+from jaxrec.models.layer_stack import set_dropout, set_remat, stack_layers, stacked_filter, unstack_layers
 from jaxrec.models.lora import apply_lora, check_trainable, row_masks, trainable_filter
 from jaxrec.parallel.mesh import batch_divisor, check_batch_size, make_mesh
 from jaxrec.parallel.rules import place, state_shardings
@@ -44,7 +45,9 @@ class Trainer:
     """Owns the sharded train state of ``model`` (which it wraps with LoRA in place)."""
 
     def __init__(self, model: nnx.Module, config: TrainConfig, loss_fn: LossFn = causal_lm_loss, *,
-                 mesh=None, total_steps: int | None = None):
+                 mesh=None, total_steps: int | None = None, num_examples: int | None = None):
+        """``total_steps``: the schedule's length (default ``config.num_steps(num_examples)``: ``steps``,
+        or with ``epochs`` the batches in that many passes over ``num_examples`` training examples)."""
         self.config = config
         self.mesh = make_mesh(config.mesh) if mesh is None else mesh
         check_batch_size(config.batch_size, self.mesh)
@@ -52,11 +55,12 @@ class Trainer:
             raise ConfigError(
                 f"train.batch_size={config.batch_size} must split into grad_accum={config.grad_accum} micro-batches "
                 f"that each divide across the {batch_divisor(self.mesh)} data shards")
-        self.total_steps = total_steps or config.steps
+        self.total_steps = total_steps or config.num_steps(num_examples)
         self.lora_paths = apply_lora(model, config.lora, seed=config.seed)
         check_trainable(model, config.lora)
         self.compute_dtype = DTYPES[config.compute_dtype]
-        graphdef, params, rngs, frozen = split_model(model, trainable_filter(config.lora))
+        model, trainable = training_layout(model, config)
+        graphdef, params, rngs, frozen = split_model(model, trainable)
         if not jax.tree.leaves(params):
             raise ConfigError("nothing to train: lora settings select no parameter")
         self.graphdef = graphdef
@@ -80,7 +84,8 @@ class Trainer:
         self._compiled: dict[tuple, Callable] = {}
         model_config = getattr(model, "config", None)
         self.fingerprint = fingerprint(params, lora=config.lora, grad_accum=config.grad_accum,
-                                       model=repr(model_config) if model_config is not None else type(model).__name__)
+                                       model=repr(model_config) if model_config is not None else type(model).__name__,
+                                       scan_layers=config.scan_layers, dropout=config.dropout)
         self.checkpointer = Checkpointer(config.checkpoint, self.fingerprint) if config.checkpoint.dir else None
         self._dims = (getattr(model_config, "num_layers", 0) or getattr(model_config, "num_hidden_layers", 0),
                       getattr(model_config, "hidden_size", 0) or getattr(model_config, "d_model", 0))
@@ -88,9 +93,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def model(self) -> nnx.Module:
-        """The model with the current trained parameters (fp32 masters), in eval mode."""
+        """The model with the current trained parameters (fp32 masters), in eval mode and in the
+        layer-list layout (HF save, PEFT adapters and decoding expect it)."""
         model = nnx.merge(self.graphdef, self.state.params, self.state.rngs, self.frozen)
         model.eval()  # dropout off
+        if self.config.scan_layers:
+            unstack_layers(model)
         return model
 
     def train_step(self, batch: dict) -> dict:
@@ -116,12 +124,12 @@ class Trainer:
     # ------------------------------------------------------------------- loop
     def fit(self, batches: DeviceIterator, evaluate: Callable[[nnx.Module], dict] | None = None,
             steps: int | None = None) -> dict:
-        """Train until ``steps`` (default ``config.steps``), early stopping, data exhaustion or SIGTERM.
+        """Train until ``steps`` (default ``total_steps``), early stopping, data exhaustion or SIGTERM.
 
         Returns the last logged train metrics plus ``step``, ``best_metric`` and ``stopped`` (why).
         """
         cfg = self.config
-        steps = cfg.steps if steps is None else steps
+        steps = self.total_steps if steps is None else steps
         metric, mode = cfg.checkpoint.best_metric, cfg.checkpoint.best_mode
         if cfg.patience is not None and (metric is None or evaluate is None or not cfg.eval_every):
             raise ConfigError("train.patience needs checkpoint.best_metric, train.eval_every and an evaluate hook")
@@ -199,6 +207,25 @@ class Trainer:
     def close(self) -> None:
         if self.checkpointer is not None:
             self.checkpointer.close()
+
+
+def training_layout(model: nnx.Module, config: TrainConfig):
+    """The model as trained: a clone of ``model`` (so the caller's copy keeps no dropout) with the
+    configured residual dropout, remat policy and, with ``scan_layers``, stacked layers; plus the NNX
+    filter of its trainable parameters (for the stacked layout: those selected in the list layout,
+    which must be the same in every layer)."""
+    trainable = trainable_filter(config.lora)
+    if not (config.dropout or config.remat != "none" or config.scan_layers):
+        return model, trainable
+    model = nnx.clone(model)
+    if config.dropout:
+        set_dropout(model, config.dropout, seed=config.seed + 2)  # LoRA dropout streams use seed + 1
+    if config.remat != "none":
+        set_remat(model, config.remat)
+    if config.scan_layers:
+        trainable = stacked_filter(model, trainable)
+        stack_layers(model)
+    return model, trainable
 
 
 def _main_thread() -> bool:
