@@ -45,6 +45,18 @@ def _item_matrix(seqs: Sequence[Sequence[int]] | np.ndarray, eos_id: int) -> tup
     return matrix, lengths
 
 
+def _lexicographic_order(matrix: np.ndarray) -> np.ndarray:
+    """Stable lexicographic row order (identical rows keep item order). Rows are packed into one
+    int64 key when they fit (one argsort instead of a sort per column)."""
+    bits = int(matrix.max() + 2).bit_length()  # tokens + 1 (PAD -> 0)
+    if bits * matrix.shape[1] > 63:
+        return np.lexsort(matrix.T[::-1])
+    key = np.zeros(len(matrix), np.int64)
+    for column in matrix.T:
+        key = (key << bits) | (column + 1)
+    return np.argsort(key, kind="stable")
+
+
 class ItemTrie:
     """Prefix tree over items' token sequences, each terminated by ``eos_id``.
 
@@ -61,7 +73,7 @@ class ItemTrie:
         self.num_items = len(matrix)
         self.max_length = int(lengths.max())  # longest item, without EOS
         self.max_token = int(matrix.max())
-        order = np.lexsort(matrix.T[::-1])  # stable: identical rows keep item order
+        order = _lexicographic_order(matrix)
         rows = matrix[order]
         present = rows != PAD
         differs = np.ones(rows.shape, bool)
