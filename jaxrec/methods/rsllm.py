@@ -1,0 +1,482 @@
+"""RSLLM (Zheng et al., 2024): a sequential recommender's item ID embeddings, projected into an LLM's input
+space, next to the item titles of the prompt; two-stage tuning with LM + two contrastive losses.
+
+Recipe:
+
+1. **ID embeddings.** A SASRec (:mod:`jaxrec.methods.sasrec`) trained on the same leave-one-out split
+   supplies item embeddings [N, d_id] (``id_model.run_dir/item_embeddings.npy``; trained there first
+   when the file is missing). They are scaled to unit RMS and frozen unless ``id_model.trainable``.
+2. **Projector.** A two-layer MLP (:class:`jaxrec.models.projector.ItemProjector`) maps them to the
+   LLM's hidden size; its output starts at the RMS of the LLM's token embeddings.
+3. **Prompts** (:mod:`jaxrec.data.tasks.rsllm`): each quoted history title is followed by
+   ``<item_emb>`` (stage 2). The placeholder never reaches the vocabulary: it is encoded as the token
+   id ``-1 - item`` and the LLM's embedding layer (:class:`~jaxrec.models.projector.ItemInjectingEmbed`)
+   replaces exactly those positions by the projected ID embedding, on device, inside the jitted step.
+4. **Stage 1** (``stage1``): text-only prompts, LM loss on the response (the next item's title);
+   trains LoRA (or the whole LLM with ``lora.mode: full``). **Stage 2** (``stage2``): unified prompts
+   (text + ID), starting from the stage-1 model (stage-1 LoRA merged); trains LoRA (or the LLM) **and
+   the projector**; the SASRec table only with ``id_model.trainable``. Loss:
+
+       LM + lambda_seq * InfoNCE(h_user, z_target) + lambda_item * InfoNCE(z_item, t_item)
+
+   in-batch negatives, cosine similarity / ``contrastive.temperature`` (:mod:`jaxrec.train.contrastive`;
+   keys of the same item are excluded from the negatives).
+
+   **Our choices where the paper leaves details open:**
+
+   * ``h_user`` (pooled history representation): the LLM's final-normed hidden state at the last
+     prompt token (the state that predicts the first title token of the answer).
+   * ``z_target`` (target item representation): the target's projected ID embedding, the vector the
+     model reads for that item at a placeholder.
+   * ``z_item`` / ``t_item``: for every placeholder of the batch (up to ``prompts.max_history`` per
+     row), its projected ID embedding and the item's text representation, the final hidden state at
+     the token just before the placeholder (the end of the quoted title it follows).
+   * The contrastive terms belong to stage 2 (they align ID and text representations, which only
+     exist together in unified prompts); stage 1 is the LM loss alone.
+
+Evaluation (``evaluate``; the stage-2 model with unified prompts, leave-one-out valid/test users,
+optionally a seeded sample of ``eval.users``):
+
+* **full catalog**, constrained: beam search restricted by a trie over every tokenized title, the
+  ``num_beams`` returned items form the ranked list (HR/NDCG@K for K > num_beams count only those);
+* **full catalog**, free: top beam of free generation, grounded to every item by L2 distance between
+  last-token hidden states of the fine-tuned model (BIGRec's grounding);
+* **LLaRA's protocol** (sampled, labelled so): 20 seeded candidates (the target + negatives the user
+  never interacted with) listed in the prompt; greedy free generation; HR@1 = the answer is the
+  target's title, ValidRatio = it is one of the candidates' titles. LLaRA reports HR@1 0.4526 on
+  MovieLens 100K.
+
+Run directory ``out_dir``: ``stage1/`` (an :mod:`jaxrec.methods.llm` run), ``stage2/`` (``run.json``,
+``adapter/`` or ``model/`` on top of the merged stage-1 model, ``projector.safetensors``,
+``item_table.npy``), ``results.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Literal, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, traverse_util
+
+from jaxrec.atomic import atomic_file
+from jaxrec.config import to_dict
+from jaxrec.data.dataset import Dataset
+from jaxrec.data.pipeline import CausalFeatures, make_batches
+from jaxrec.data.splits import LeaveOneOut, leave_one_out
+from jaxrec.data.tasks import ITEM_PLACEHOLDER, Example, rsllm_eval_examples, rsllm_train_examples
+from jaxrec.data.tasks.domains import DomainName
+from jaxrec.data.tasks.item_text import titles as item_titles
+from jaxrec.decode import ItemTrie
+from jaxrec.errors import ConfigError, DataError
+from jaxrec.eval.metrics import metrics_from_ranks
+from jaxrec.methods import llm, sasrec
+from jaxrec.methods.bigrec import embed_texts, ground_ranks, list_metrics, random_metrics
+from jaxrec.methods.data_source import DataConfig, SyntheticData, load_dataset
+from jaxrec.models import projector as proj
+from jaxrec.train.config import LoraConfig, TrainConfig
+from jaxrec.train.contrastive import first_positions, gather_positions, info_nce
+from jaxrec.train.losses import token_cross_entropy
+
+LLARA_PUBLISHED_HR1 = 0.4526  # LLaRA (Liao et al., 2024), MovieLens 100K, 20 candidates
+
+
+@dataclasses.dataclass
+class PromptConfig:
+    domain: DomainName = "movies"
+    max_history: int = 10
+
+
+@dataclasses.dataclass
+class IdModelConfig:
+    """Where the item ID embeddings come from: a SASRec run directory (trained here when it has no
+    ``item_embeddings.npy``, with ``model``/``train``), frozen unless ``trainable``."""
+
+    run_dir: str = "runs/sasrec"
+    trainable: bool = False
+    model: sasrec.ModelConfig = dataclasses.field(default_factory=sasrec.ModelConfig)
+    train: sasrec.TrainConfig = dataclasses.field(default_factory=sasrec.TrainConfig)
+
+
+@dataclasses.dataclass
+class ProjectorConfig:
+    hidden_size: int | None = None  # None: the LLM's hidden size
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class ContrastiveConfig:
+    """Stage-2 loss weights and InfoNCE temperature."""
+
+    lambda_seq: float = 0.1  # InfoNCE(h_user, z_target)
+    lambda_item: float = 0.1  # InfoNCE(z_item, t_item)
+    temperature: float = 0.1
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+
+
+@dataclasses.dataclass
+class GenerationConfig:
+    num_beams: int = 10
+    length_penalty: float = 1.0
+    batch_size: int = 32
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    ks: list[int] = dataclasses.field(default_factory=lambda: [1, 5, 10])
+    users: int | None = None  # seeded sample of evaluated users per part (None: all)
+    seed: int = 0
+    constrained: bool = True
+    free: bool = True
+    llara: bool = True  # LLaRA's sampled candidate protocol (test users)
+    num_candidates: int = 20
+
+
+@dataclasses.dataclass
+class Config:
+    method: str = "rsllm"
+    out_dir: str = "runs/rsllm"
+    data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(synthetic=SyntheticData()))
+    prompts: PromptConfig = dataclasses.field(default_factory=PromptConfig)
+    id_model: IdModelConfig = dataclasses.field(default_factory=IdModelConfig)
+    projector: ProjectorConfig = dataclasses.field(default_factory=ProjectorConfig)
+    model: llm.ModelSection = dataclasses.field(default_factory=llm.ModelSection)
+    stage1: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    stage2: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    contrastive: ContrastiveConfig = dataclasses.field(default_factory=ContrastiveConfig)
+    generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        if self.stage2.data.packing:
+            raise ValueError("stage2.data.packing is not supported (the contrastive terms need one example per row)")
+        if self.stage1.lora.mode != self.stage2.lora.mode:
+            raise ValueError("stage1.lora.mode and stage2.lora.mode must agree")
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def encode_prompts(tokenizer, examples: Sequence[Example]) -> list[list[int]]:
+    """Prompt token ids (no BOS) with each ``<item_emb>`` encoded as ``-1 - item`` (in
+    ``meta["placeholder_items"]`` order); the text between placeholders is tokenized piecewise."""
+    pieces, counts = [], []
+    for e in examples:
+        parts = e.prompt.split(ITEM_PLACEHOLDER)
+        if len(parts) - 1 != len(e.meta.get("placeholder_items", [])):
+            raise DataError(f"prompt of user {e.user} has {len(parts) - 1} placeholders but "
+                            f"{len(e.meta.get('placeholder_items', []))} placeholder_items")
+        pieces.extend(parts)
+        counts.append(len(parts))
+    encoded = iter(llm.encode(tokenizer, pieces))
+    out = []
+    for e, n in zip(examples, counts):
+        ids = list(next(encoded))
+        for item in e.meta.get("placeholder_items", []):
+            ids += [proj.placeholder_id(item)] + list(next(encoded))
+        out.append(ids)
+    return out
+
+
+def model_inputs(tokenizer, examples: Sequence[Example]) -> list[list[int]]:
+    """Decoder-only model inputs: ``[BOS] +`` :func:`encode_prompts`."""
+    bos = tokenizer.bos_token_id
+    return [([bos] if bos is not None else []) + ids for ids in encode_prompts(tokenizer, examples)]
+
+
+@dataclasses.dataclass(frozen=True)
+class TaggedFeatures(CausalFeatures):
+    """:class:`CausalFeatures` plus ``target_tag`` [T] int32: ``1 + target item`` at the last prompt
+    position (where ``h_user`` is read), 0 elsewhere (and everywhere when truncation cut it off)."""
+
+    def map(self, example: dict) -> dict:
+        out = super().map(example)
+        tag = np.zeros(len(out["input_ids"]), np.int32)
+        last = len(example["prompt_ids"]) + (self.bos_id is not None) - 1
+        if last < len(tag):
+            tag[last] = example["target"] + 1
+        out["target_tag"] = tag
+        return out
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def stage2_loss(contrastive: ContrastiveConfig, max_placeholders: int):
+    """The stage-2 loss ``(model, batch) -> (loss, tokens, metrics)`` for a model whose
+    ``embed_tokens`` is an :class:`~jaxrec.models.projector.ItemInjectingEmbed`."""
+    c = contrastive
+
+    def loss_fn(model, batch):
+        ids, targets = batch["input_ids"], batch["targets"]
+        hidden = model(ids, attention_mask=batch["attention_mask"], return_hidden=True)  # [B,T,d]
+        mask = batch["loss_mask"] * (targets >= 0)  # a placeholder is never a prediction target
+        lm, count = token_cross_entropy(model.logits(hidden), jnp.maximum(targets, 0), mask)
+        loss, metrics = lm, {"lm_loss": lm}
+        embed = model.embed_tokens
+        if c.lambda_seq:
+            tag = batch["target_tag"]
+            position = jnp.argmax(tag > 0, axis=1)
+            target = jnp.maximum(tag.max(axis=1) - 1, 0)
+            h_user = gather_positions(hidden, position[:, None])[:, 0]
+            seq = info_nce(h_user, embed.project(target), tag.max(axis=1) > 0, c.temperature, target)
+            loss, metrics["seq_nce"] = loss + c.lambda_seq * seq, seq
+        if c.lambda_item:
+            positions, valid = first_positions(ids < 0, max_placeholders)  # [B,M]
+            items = jnp.maximum(-1 - jnp.take_along_axis(ids, positions, axis=1), 0)
+            text = gather_positions(hidden, positions - 1)
+            d = hidden.shape[-1]
+            item = info_nce(embed.project(items).reshape(-1, d), text.reshape(-1, d), valid.reshape(-1),
+                            c.temperature, items.reshape(-1))
+            loss, metrics["item_nce"] = loss + c.lambda_item * item, item
+        return loss, count, metrics
+
+    return loss_fn
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def stage_lora(lora: LoraConfig, stage: Literal[1, 2], table_trainable: bool) -> LoraConfig:
+    """What a stage trains in ``lora`` mode: stage 1 the adapters (+ the config's extras); stage 2 also
+    the projector, and the ID table when ``table_trainable``. (``full`` mode trains every
+    ``nnx.Param``: the LLM, in stage 2 the projector too; a frozen ID table is no Param.)"""
+    if lora.mode == "full" or stage == 1:
+        return lora
+    extra = ("projector",) + (("item_table",) if table_trainable else ())
+    return dataclasses.replace(lora, trainable=tuple(lora.trainable) + extra)
+
+
+def with_log_dir(train: TrainConfig, log_dir: Path) -> TrainConfig:
+    return train if train.log_dir else dataclasses.replace(train, log_dir=str(log_dir))
+
+
+def fit_stage2(model, tokenizer, examples: Sequence[Example], train: TrainConfig, loss_fn) -> tuple[nnx.Module, dict]:
+    """Train the injected model on unified-prompt examples; returns (trained model, fit summary)."""
+    from jaxrec.train.trainer import Trainer
+
+    rows = [{"prompt_ids": p, "response_ids": r, "target": e.target}
+            for e, p, r in zip(examples, encode_prompts(tokenizer, examples),
+                               llm.encode(tokenizer, [e.response for e in examples]))]
+    steps = train.epochs * (len(rows) // train.batch_size) if train.epochs else train.steps
+    if steps < 1:
+        raise ConfigError(f"stage2: {len(rows)} examples give no step of batch_size={train.batch_size}")
+    trainer = Trainer(model, train, loss_fn, total_steps=steps)
+    features = TaggedFeatures(train.data.seq_len, tokenizer.eos_token_id, tokenizer.bos_token_id,
+                              train.data.train_on_inputs)
+    batches = make_batches(rows, features, train.data, trainer.mesh, global_batch=train.batch_size, seed=train.seed,
+                           pad_id=tokenizer.pad_token_id, num_epochs=train.epochs)
+    start = time.perf_counter()
+    summary = trainer.fit(batches, steps=steps)
+    summary["train_seconds"] = round(time.perf_counter() - start, 2)
+    trained = trainer.model()
+    trainer.close()
+    return trained, summary
+
+
+def item_id_embeddings(config: Config, ds: Dataset, split: LeaveOneOut) -> np.ndarray:
+    """float32 [N, d_id] SASRec item embeddings at unit RMS (SASRec is trained first when needed)."""
+    path = Path(config.id_model.run_dir) / "item_embeddings.npy"
+    if not path.is_file():
+        m = config.id_model
+        sasrec.fit(sasrec.Config(out_dir=m.run_dir, data=config.data, model=m.model, train=m.train), ds, split)
+    table = np.load(path)
+    if table.ndim != 2 or table.shape[0] != ds.num_items:
+        raise DataError(f"{path}: item embeddings of shape {table.shape}, expected [{ds.num_items}, d] for "
+                        f"{config.data.describe()} (a SASRec run of another dataset?)")
+    return proj.unit_rms(table)
+
+
+def new_projector(config: Config, model, id_dim: int) -> proj.ItemProjector:
+    d = model.config.hidden_size
+    return proj.ItemProjector(id_dim, config.projector.hidden_size or d, d, out_rms=proj.token_embedding_rms(model),
+                              rngs=nnx.Rngs(params=config.projector.seed))
+
+
+def _projector_params(projector: proj.ItemProjector) -> dict:
+    return traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(projector, nnx.Param)), sep=".")
+
+
+def save_stage2(run_dir: Path, model, train: TrainConfig, config: Config) -> None:
+    """Detach the injecting layer and write stage 2 (weights, projector, ID table, ``run.json`` last)."""
+    import safetensors.numpy
+
+    from jaxrec.models import save_pretrained
+    from jaxrec.models.peft_io import save_adapter
+
+    layer = proj.detach(model)
+    if train.lora.mode == "lora":
+        save_adapter(model, run_dir / "adapter", train.lora, base_model=str(run_dir.parent / "stage1"))
+    else:
+        save_pretrained(model, run_dir / "model")
+    with atomic_file(run_dir / "projector.safetensors", "wb") as f:
+        f.write(safetensors.numpy.save({k: np.asarray(v) for k, v in _projector_params(layer.projector).items()}))
+    with atomic_file(run_dir / "item_table.npy", "wb") as f:
+        np.save(f, np.asarray(layer.item_table[...], np.float32))
+    with atomic_file(run_dir / llm.RUN_FILE) as f:
+        json.dump({"mode": train.lora.mode, "stage1": str(run_dir.parent / "stage1"), "config": to_dict(config)}, f,
+                  indent=2)
+
+
+def load_stage2(config: Config):
+    """(injected model, tokenizer) of a trained run: stage-1 model, stage-2 weights merged, projector."""
+    import safetensors.numpy
+
+    from jaxrec.models import load_pretrained
+    from jaxrec.models.lora import remove_lora
+    from jaxrec.models.peft_io import load_adapter
+
+    out = Path(config.out_dir)
+    if not (out / "stage2" / llm.RUN_FILE).is_file():
+        raise ConfigError(f"{out}: no stage2/{llm.RUN_FILE}; train this config first (jaxrec train --config ...)")
+    meta = json.loads((out / "stage2" / llm.RUN_FILE).read_text())
+    model, tokenizer = llm.load_run(out / "stage1", "fine_tuned", config.model.dtype)
+    if meta["mode"] == "lora":
+        load_adapter(model, out / "stage2" / "adapter")
+        remove_lora(model, merge=True)
+    else:
+        model = load_pretrained(out / "stage2" / "model", dtype=config.model.dtype)
+    table = np.load(out / "stage2" / "item_table.npy")
+    projector = new_projector(config, model, table.shape[1])
+    saved = safetensors.numpy.load_file(str(out / "stage2" / "projector.safetensors"))
+    params = _projector_params(projector)
+    if set(saved) != set(params) or any(saved[k].shape != params[k].shape for k in params):
+        raise ConfigError(f"{out}/stage2/projector.safetensors does not match projector.hidden_size of this config")
+    nnx.update(projector, nnx.State(traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in saved.items()},
+                                                                 sep=".")))
+    return proj.inject(model, projector, table), tokenizer
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def train(config: Config) -> dict:
+    """SASRec embeddings (loaded or trained), stage 1 (text), stage 2 (text + ID); writes the run dir."""
+    from jaxrec.models.lora import remove_lora
+
+    ds = load_dataset(config.data)
+    split = leave_one_out(ds)
+    p, out = config.prompts, Path(config.out_dir)
+    table = item_id_embeddings(config, ds, split)
+    text_examples = rsllm_train_examples(ds, split, 1, p.domain, p.max_history)
+    unified_examples = rsllm_train_examples(ds, split, 2, p.domain, p.max_history)
+
+    stage1_dir = out / "stage1"
+    stage1_dir.mkdir(parents=True, exist_ok=True)
+    titles = item_titles(ds)
+    tokenizer = llm.make_tokenizer(config.model, lambda: [e.prompt + e.response for e in text_examples] + titles,
+                                   stage1_dir)
+    model = llm.build_model(config.model, tokenizer)
+    llm.start_run(stage1_dir, config.model, model, tokenizer)
+    train1 = with_log_dir(config.stage1, out / "logs" / "stage1")
+    model, summary1 = llm.finetune(model, tokenizer, text_examples, train1)
+    llm.save_run(stage1_dir, config.model, model, train1, config)
+
+    remove_lora(model, merge=True)
+    proj.inject(model, new_projector(config, model, table.shape[1]), table, trainable_table=config.id_model.trainable)
+    train2 = with_log_dir(config.stage2, out / "logs" / "stage2")
+    train2 = dataclasses.replace(train2, lora=stage_lora(train2.lora, 2, config.id_model.trainable))
+    model, summary2 = fit_stage2(model, tokenizer, unified_examples, train2,
+                                 stage2_loss(config.contrastive, p.max_history))
+    stage2_dir = out / "stage2"
+    stage2_dir.mkdir(parents=True, exist_ok=True)
+    save_stage2(stage2_dir, model, dataclasses.replace(train2, lora=config.stage2.lora), config)
+    return {"method": "rsllm", "data": config.data.describe(), "model": config.model.describe(),
+            "train_examples": len(text_examples), "stage1": summary1, "stage2": summary2, "out_dir": str(out)}
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def sample_examples(examples: list[Example], n: int | None, seed: int) -> list[Example]:
+    if n is None or n < 0 or n >= len(examples):
+        return examples
+    keep = np.sort(np.random.default_rng(seed).choice(len(examples), n, replace=False))
+    return [examples[i] for i in keep]
+
+
+def clean(text: str) -> str:
+    return text.strip().strip('"').strip()
+
+
+def llara_metrics(answers: list[str], examples: list[Example], titles: list[str]) -> dict:
+    """LLaRA's HR@1 (answer = the target's title) and ValidRatio (answer = a candidate's title)."""
+    hits = [a == titles[e.target] for a, e in zip(answers, examples)]
+    valid = [a in {titles[c] for c in e.meta["candidates"]} for a, e in zip(answers, examples)]
+    return {"HR@1": float(np.mean(hits)), "ValidRatio": float(np.mean(valid)), "users": len(examples)}
+
+
+def evaluate(config: Config) -> dict:
+    """Full-catalog (constrained / free + grounding) and LLaRA-protocol metrics; writes results.json."""
+    start = time.perf_counter()
+    ds = load_dataset(config.data)
+    split = leave_one_out(ds)
+    p, g, e, ks = config.prompts, config.generation, config.eval, config.eval.ks
+    parts = {part: sample_examples(rsllm_eval_examples(ds, split, part, 2, p.domain, p.max_history), e.users, e.seed)
+             for part in ("valid", "test")}
+    model, tokenizer = load_stage2(config)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    titles = item_titles(ds)
+    trie = ItemTrie.from_sequences(llm.encode(tokenizer, titles), eos_id=eos, vocab_size=model.config.vocab_size)
+    prompts = {part: model_inputs(tokenizer, ex) for part, ex in parts.items()}
+    targets = {part: np.asarray([x.target for x in ex], np.int32) for part, ex in parts.items()}
+    beams = dict(eos_id=eos, pad_id=pad, length_penalty=g.length_penalty, batch_size=g.batch_size,
+                 max_new_tokens=trie.max_length + 1)
+    length = llm.padded_length(prompts["valid"] + prompts["test"])
+    result = {"method": "rsllm", "data": config.data.describe(), "model": config.model.describe(),
+              "catalog_items": ds.num_items, "examples": {k: len(v) for k, v in parts.items()},
+              "num_beams": g.num_beams, "random": random_metrics(ds.num_items, ks)}
+    seconds = {}
+
+    if e.constrained:
+        t0 = time.perf_counter()
+        out = {"list_length": g.num_beams}
+        for part in parts:
+            _, _, items = llm.generate(model, prompts[part], constraint=trie, num_beams=g.num_beams, length=length,
+                                       **beams)
+            out[part] = list_metrics(items, targets[part], ks)
+        result["constrained"] = out
+        seconds["constrained"] = round(time.perf_counter() - t0, 2)
+
+    if e.free:
+        t0 = time.perf_counter()
+        texts, exact = {}, {}
+        for part in parts:
+            seqs, _, items = llm.generate(model, prompts[part], constraint=trie, mode="none", num_beams=g.num_beams,
+                                          num_return_sequences=1, length=length, **beams)
+            texts[part] = [clean(t) for t in llm.decode_texts(tokenizer, seqs[:, 0], eos)]
+            exact[part] = float(np.mean(items[:, 0] >= 0))
+        embeddings = embed_texts(model, tokenizer, {"items": titles, **texts}, g.batch_size)
+        items_emb = embeddings.pop("items")
+        free = {"ground_model": "fine_tuned", "exact_title_rate": exact}
+        for part, q in embeddings.items():
+            free[part] = metrics_from_ranks(ground_ranks(q, items_emb, targets[part]), ks)
+        result["free"] = free
+        result["samples"] = [{"target": titles[t], "free": x} for t, x in zip(targets["test"][:3], texts["test"][:3])]
+        seconds["free_and_grounding"] = round(time.perf_counter() - t0, 2)
+
+    if e.llara:
+        t0 = time.perf_counter()
+        examples = sample_examples(rsllm_eval_examples(ds, split, "test", 2, p.domain, p.max_history,
+                                                       candidates=e.num_candidates, seed=e.seed), e.users, e.seed)
+        seqs, _, _ = llm.generate(model, model_inputs(tokenizer, examples), constraint=trie, mode="none", num_beams=1,
+                                  **beams)
+        answers = [clean(t) for t in llm.decode_texts(tokenizer, seqs[:, 0], eos)]
+        result["llara"] = {"protocol": examples[0].meta["protocol"] if examples else None,
+                           "test": llara_metrics(answers, examples, titles),
+                           "random_HR@1": 1.0 / e.num_candidates,
+                           "published_LLaRA_HR@1_ml100k": LLARA_PUBLISHED_HR1}
+        seconds["llara"] = round(time.perf_counter() - t0, 2)
+
+    result["seconds"] = {**seconds, "total": round(time.perf_counter() - start, 2)}
+    with atomic_file(Path(config.out_dir) / "results.json") as f:
+        json.dump(result, f, indent=2)
+    return result
