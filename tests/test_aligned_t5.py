@@ -1,0 +1,160 @@
+"""Aligned FLAN-T5 recipe: a tiny end-to-end run, valid retrieval items, task switching, candidate
+scoring vs a teacher-forced forward, ranking tie rule and rating metrics vs NumPy."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxrec.config import from_dict
+
+TINY = {
+    "method": "aligned_t5",
+    "data": {"synthetic": {"preset": "tiny", "num_users": 60, "num_items": 60}},
+    "tasks": {"tasks": ["retrieval", "ranking", "rating", "mim", "bpr"],  # mlm switched off
+              "max_history": 3, "train_negatives": 2, "eval_negatives": 9},
+    "model": {"arch": "t5", "vocab_size": 320, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1,
+              "num_heads": 2},
+    "target_len": 16,
+    "train": {"batch_size": 8, "steps": 2, "log_every": 1, "progress": False, "peak_flops": 1.0e12,
+              "lora": {"mode": "full"}, "data": {"seq_len": 128}},
+    "eval": {"ks": [1, 4], "num_beams": 4, "users": 6, "batch_size": 8, "progress": False},
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from jaxrec.methods import aligned_t5
+
+    config = from_dict(aligned_t5.Config, {**TINY, "out_dir": str(tmp_path_factory.mktemp("aligned_t5"))})
+    summary = aligned_t5.train(config)
+    return config, summary, aligned_t5.evaluate(config)
+
+
+def test_end_to_end_output_structure(run):
+    config, summary, result = run
+    assert summary["step"] == 2 and np.isfinite(summary["loss"])
+    assert set(summary["train_examples"]) == {"retrieval", "ranking", "rating", "mim", "bpr"}
+    test = result["test"]
+    assert test["users"] == 6 and result["catalog_items"] == 60
+    retrieval, ranking, rating = test["retrieval"], test["ranking"], test["rating"]
+    for metrics in (retrieval, retrieval["popularity"], ranking, ranking["popularity"]):
+        assert metrics["users"] == 6
+        assert all(0.0 <= metrics[f"{m}@{k}"] <= 1.0 for m in ("HR", "NDCG") for k in (1, 4))
+    assert "MRR@4" in retrieval and retrieval["item_rate"] == 1.0  # every beam is a catalog item
+    assert ranking["protocol"].startswith("sampled: 1 positive + 9 negatives")
+    for metrics in (rating, rating["argmax"], rating["train_mean_baseline"]):
+        assert 0.0 <= metrics["MAE"] <= metrics["RMSE"] <= 4.0 and metrics["users"] == 6
+    saved = json.loads((Path(config.out_dir) / "results.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    keys = json.loads((Path(config.out_dir) / "item_keys.json").read_text())
+    assert len(keys["keys"]) == 60 and len(set(keys["keys"])) == 60 and keys["id_mode"] == "random"
+
+
+def test_retrieval_beams_are_distinct_valid_items(run):
+    from jaxrec.data.splits import leave_one_out
+    from jaxrec.data.tasks import aligned_t5_eval_examples
+    from jaxrec.decode import ItemTrie
+    from jaxrec.methods import aligned_t5, llm
+    from jaxrec.methods.data_source import load_dataset
+
+    config, _, _ = run
+    ds = load_dataset(config.data)
+    keys, space = aligned_t5.load_item_keys(config.out_dir, ds)
+    model, tok = llm.load_run(config.out_dir)
+    examples = aligned_t5_eval_examples("retrieval", ds, leave_one_out(ds), keys, "test", config.tasks)[:8]
+    trie = ItemTrie.from_sequences(llm.encode(tok, [aligned_t5.answer_text(k, space) for k in keys]),
+                                   eos_id=tok.eos_token_id, vocab_size=model.config.vocab_size)
+    items = aligned_t5.retrieval_items(model, llm.prompt_ids(tok, model, [e.prompt for e in examples]), trie,
+                                       config.eval, tok.eos_token_id, tok.pad_token_id, "test")
+    assert items.shape == (8, 4) and ((items >= 0) & (items < 60)).all()
+    assert all(len(set(row)) == 4 for row in items.tolist())
+
+
+def test_switching_a_task_off_removes_only_its_samples():
+    from jaxrec.data.splits import leave_one_out
+    from jaxrec.data.synthetic import make_synthetic
+    from jaxrec.methods import aligned_t5
+
+    ds = make_synthetic(num_users=40, num_items=60, num_topics=4, seed=1)
+    split = leave_one_out(ds)
+    full = from_dict(aligned_t5.Config, {**TINY, "tasks": {**TINY["tasks"], "tasks": ["retrieval", "mim", "bpr",
+                                                                                        "mlm"]}})
+    ablated = from_dict(aligned_t5.Config, {**TINY, "tasks": {**TINY["tasks"], "tasks": ["retrieval", "bpr", "mlm"]}})
+    keys = aligned_t5.make_item_keys(full, ds)
+    every = aligned_t5.training_examples(full, ds, split, keys, space=True)
+    fewer = aligned_t5.training_examples(ablated, ds, split, keys, space=True)
+    sample = lambda e: (e.task, e.prompt, e.response)  # noqa: E731
+    assert Counter(e.task for e in every)["mim"] > 0 and all(e.task != "mim" for e in fewer)
+    assert Counter(map(sample, fewer)) == Counter(sample(e) for e in every if e.task != "mim")
+    answers = {e.task: e.response for e in every}
+    assert answers["retrieval"].startswith(" ") and answers["bpr"].startswith(" ")  # keys as read in prompts
+    assert answers["mim"].startswith("<extra_id_0>")
+
+
+def test_candidate_log_likelihoods_equal_teacher_forced_forward():
+    import jax
+    from flax import nnx
+
+    from jaxrec.methods.aligned_t5 import candidate_log_likelihoods, token_matrix
+    from jaxrec.models import build_model, tiny_t5_config
+
+    model = build_model(tiny_t5_config(40, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=2,
+                                       num_heads=2), seed=3)
+    eos, pad = 1, 0
+    prompts = [[5, 6, 7, eos], [9, 8, eos], [4, 4, 4, 4, 4, eos]]
+    answers = [[10], [11, 12, 13], [14, 15], [11, 12]]
+    tokens, lengths = token_matrix(answers, eos, pad)  # [4, 4]
+    picks = np.asarray([[0, 1, 2], [3, 2, 1], [1, 1, 0]])  # per prompt 3 candidates
+    scores = candidate_log_likelihoods(model, prompts, tokens[picks], lengths[picks], pad, batch_size=2)
+
+    # reference: one right-padded, teacher-forced full forward over every (prompt, candidate) pair
+    pairs = [(p, a) for p in range(3) for a in picks[p]]
+    enc = np.zeros((9, 6), np.int32)
+    enc_mask = np.zeros((9, 6), np.int32)
+    dec = np.zeros((9, 4), np.int32)  # decoder start 0, then the answer shifted right
+    for row, (p, a) in enumerate(pairs):
+        enc[row, :len(prompts[p])], enc_mask[row, :len(prompts[p])] = prompts[p], 1
+        dec[row, 1:lengths[a]] = tokens[a, :lengths[a] - 1]
+    graphdef, params = nnx.split(model)
+    logits = jax.jit(lambda params: nnx.merge(graphdef, params)(enc, attention_mask=enc_mask,
+                                                                 decoder_input_ids=dec))(params)
+    log_probs = np.asarray(jax.nn.log_softmax(logits, axis=-1))  # [9, 4, V]
+    for row, (p, a) in enumerate(pairs):
+        n = lengths[a]
+        expected = log_probs[row, np.arange(n), tokens[a, :n]].sum()
+        np.testing.assert_allclose(scores[p, list(picks[p]).index(a)], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_ranks_among_candidates_follow_the_tie_rule():
+    from jaxrec.methods.aligned_t5 import ranks_among_candidates
+
+    rng = np.random.default_rng(0)
+    candidates = np.stack([rng.permutation(100)[:12] for _ in range(30)])
+    scores = rng.integers(0, 4, candidates.shape).astype(np.float64)  # many ties
+    targets = candidates[np.arange(30), rng.integers(0, 12, 30)]
+    order = np.lexsort((candidates, -scores), axis=-1)  # by (-score, item id)
+    expected = np.argmax(candidates[np.arange(30)[:, None], order] == targets[:, None], axis=1) + 1
+    np.testing.assert_array_equal(ranks_among_candidates(scores, candidates, targets), expected)
+
+
+def test_rating_metrics_and_predictions_match_numpy():
+    from jaxrec.eval.rating import rating_metrics, ratings_from_log_likelihoods
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(1, 6, 50).astype(np.float64)
+    log_likelihoods = rng.normal(size=(50, 5)) * 3
+    log_likelihoods[0] = [-1.0, -0.5, -0.5, -2.0, -9.0]  # tie: argmax takes the lower value
+    values = np.arange(1.0, 6.0)
+    probs = np.exp(log_likelihoods) / np.exp(log_likelihoods).sum(1, keepdims=True)
+    expectation = ratings_from_log_likelihoods(log_likelihoods, values)
+    np.testing.assert_allclose(expectation, probs @ values, rtol=1e-12)
+    argmax = ratings_from_log_likelihoods(log_likelihoods, values, "argmax")
+    assert argmax[0] == 2.0
+    np.testing.assert_array_equal(argmax, values[np.argmax(log_likelihoods, 1)])
+    metrics = rating_metrics(expectation, truth)
+    assert metrics["users"] == 50
+    assert metrics["RMSE"] == pytest.approx(np.sqrt(np.mean((expectation - truth) ** 2)), rel=1e-12)
+    assert metrics["MAE"] == pytest.approx(np.mean(np.abs(expectation - truth)), rel=1e-12)
