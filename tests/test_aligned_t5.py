@@ -158,3 +158,20 @@ def test_rating_metrics_and_predictions_match_numpy():
     assert metrics["users"] == 50
     assert metrics["RMSE"] == pytest.approx(np.sqrt(np.mean((expectation - truth) ** 2)), rel=1e-12)
     assert metrics["MAE"] == pytest.approx(np.mean(np.abs(expectation - truth)), rel=1e-12)
+
+
+def test_semantic_keys_come_from_the_index_and_are_added_tokens(tmp_path):
+    from jaxrec.data.synthetic import make_synthetic
+    from jaxrec.index.index_io import write_index
+    from jaxrec.methods import aligned_t5
+
+    ds = make_synthetic(num_users=20, num_items=40, num_topics=4, seed=2, max_length=20)
+    codes = np.stack([np.arange(40) % 5, np.arange(40) // 5], axis=1)
+    write_index(tmp_path / "index.json", codes)
+    config = from_dict(aligned_t5.Config, {**TINY, "tasks": {**TINY["tasks"], "id_mode": "semantic"},
+                                           "ids": {"index": str(tmp_path / "index.json")}})
+    keys = aligned_t5.make_item_keys(config, ds)
+    assert keys[7] == "<a_2><b_1>" and len(set(keys)) == 40
+    assert not aligned_t5.leading_space(config)
+    tokens = aligned_t5.added_tokens(config, keys)
+    assert {"<extra_id_0>", "<a_4>", "<b_7>"} <= set(tokens)
