@@ -45,7 +45,7 @@ from jaxrec.data.tasks.alpaca import alpaca_prompt
 from jaxrec.data.tasks.lcrec import SEQREC_TEMPLATES, TEMPLATES, LCRecTaskConfig, lcrec_eval_examples, \
     lcrec_train_examples
 from jaxrec.errors import ConfigError, DataError
-from jaxrec.eval.metrics import metrics_from_ranks, ranks_from_topk
+from jaxrec.eval.metrics import DEFAULT_KS, metrics_from_ranks, metrics_from_topk
 from jaxrec.index.build import IndexConfig
 from jaxrec.index.collisions import ResolveConfig
 from jaxrec.index.train_rqvae import TrainConfig as RQVAETrainConfig
@@ -62,7 +62,8 @@ log = logging.getLogger("jaxrec.methods.lcrec")
 class EmbeddingSection:
     """Item embeddings to index. ``text``: mean-pooled last hidden states of ``title description``
     from ``model`` (a local HF directory; null = the run's model); ``npy``: ``path`` holds [N, d],
-    row i = item i; ``sasrec``: ``path`` is a SASRec item table [N+1, d] with a padding row 0."""
+    row i = item i (SASRec's exported ``item_embeddings.npy`` is such a file); ``sasrec``: ``path`` is
+    a raw SASRec item table [N+1, d] whose row 0 is padding."""
 
     source: Literal["text", "npy", "sasrec"] = "text"
     path: str | None = None
@@ -441,7 +442,7 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
             per_template, valid_rate = {}, {}
             for k in templates:
                 items = beam_items(model, prompts[k], length, trie, mode, e, eos, pad, f"lcrec {part} {mode} t{k}")
-                per_template[k] = metrics_from_ranks(ranks_from_topk(items, targets), e.ks)
+                per_template[k] = metrics_from_topk(items, targets, e.ks)
                 valid_rate[k] = float(np.mean(items >= 0))
             out[mode] = {**summarize_templates(per_template), "per_template": per_template,
                          "item_rate": valid_rate, "seconds": round(time.perf_counter() - t0, 2)}
@@ -450,3 +451,35 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     with atomic_file(Path(config.out_dir) / "results.json") as f:
         json.dump(result, f, indent=2)
     return result
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def demo_config(out_dir: str | Path, quick: bool = False, seed: int = 0) -> Config:
+    """The embedded recipe for ``jaxrec demo``: test metrics of template 0, exact trie, every test user.
+    ``quick``: the ``tiny`` data's scale (a 2-level index, a short run; a smoke test)."""
+    c = Config(out_dir=str(out_dir))
+    ev = dataclasses.replace(c.eval, ks=list(DEFAULT_KS), modes=["trie"], templates=[0], users=None)
+    c = dataclasses.replace(c, eval=ev, task_seed=seed, model=dataclasses.replace(c.model, seed=seed),
+                            index=dataclasses.replace(c.index, seed=seed),
+                            train=dataclasses.replace(c.train, seed=seed))
+    if not quick:
+        return c
+    rq = c.index.rqvae
+    rqvae = dataclasses.replace(rq, model=dataclasses.replace(rq.model, levels=2, codebook_size=16),
+                                train=dataclasses.replace(rq.train, epochs=50, sinkhorn_epsilons=(0.0, 0.003)))
+    return dataclasses.replace(c, index=dataclasses.replace(c.index, rqvae=rqvae),
+                               model=dataclasses.replace(c.model, vocab_size=512),
+                               train=dataclasses.replace(c.train, steps=150, progress=False),
+                               eval=dataclasses.replace(c.eval, progress=False))
+
+
+def run_demo(dataset: Dataset, out_dir: str | Path, quick: bool = False, seed: int = 0,
+             split: LeaveOneOut | None = None) -> dict:
+    """Index, align and evaluate on ``dataset`` (the demo's data); returns the test metrics
+    (HR/NDCG/Recall@{1,5,10,20}, MRR@20 of the 20-beam lists)."""
+    config = demo_config(out_dir, quick, seed)
+    split = split or leave_one_out(dataset)
+    fit(config, dataset, split)
+    return evaluate_run(config, dataset, split)["test"]["trie"]["mean"]
