@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
-            if e.name == module_name:
+            if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
                 continue  # command group not built yet
             raise
         if module_name not in registered:

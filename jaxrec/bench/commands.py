@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
-            if e.name == module_name:
+            if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
                 continue  # not built yet
             raise
         module.register(bench_sub)

@@ -32,6 +32,6 @@ def get_method(name: str) -> ModuleType:
     try:
         return importlib.import_module(METHODS[name])
     except ModuleNotFoundError as e:
-        if e.name == METHODS[name]:
+        if e.name is not None and (METHODS[name] == e.name or METHODS[name].startswith(e.name + ".")):
             raise ConfigError(f"method {name!r} is not implemented yet") from None
         raise
