@@ -1,0 +1,312 @@
+"""TIGER (Rajput et al., 2023): a small T5 trained from scratch to generate the next item's semantic ID.
+
+Recipe (every step configured by a section of :class:`Config`):
+
+1. **Item embeddings** (``embeddings:``): collaborative embeddings of a SASRec trained inside the
+   run (``sasrec_fit``, written to ``out_dir/sasrec``; the embedded default, data without text),
+   a precomputed ``.npy`` [N, d] (``npy``), or a SASRec item table [N+1, d] (``sasrec``).
+2. **Semantic index** (``index:``, the section of :mod:`jaxrec.methods.lcrec`): an RQ-VAE index,
+   an LC-Rec/LETTER ``.index.json``, or the index the LC-Rec reader stored per item. Written in
+   LC-Rec's format to ``out_dir/index.json``.
+3. **Vocabulary**: no text tokenizer. A word-level tokenizer whose tokens are ``<pad>`` 0,
+   ``</s>`` 1, ``<unk>`` 2, the index's code tokens (``<a_0>`` ... one per level and code) and,
+   with ``user_tokens`` > 0, ``<u_0>`` ... ``<u_{n-1}>`` (user id mod n, TIGER's user hash).
+4. **Training**: encoder input = ``[<u_h>] + codes of the last <= max_history items``, decoder
+   target = the next item's codes + EOS; one example per position of every user's leave-one-out
+   training sequence (each prefix -> its next item). A T5 of ``model:`` sizes trained from scratch
+   with the engine (full training, cross-entropy on the target).
+5. **Evaluation**: beam search (``eval.num_beams``, default 20) constrained by an exact trie over
+   every catalog item's codes; HR/Recall/NDCG@K of the returned beam list. A target absent from
+   the beams counts as a miss (rank > num_beams), so K <= num_beams. Popularity on the same users
+   beside it.
+
+Run directory: ``index.json`` + ``index.report.json``, the files of :mod:`jaxrec.methods.llm`
+(``tokenizer/``, ``base_model/``, ``model/``, ``run.json``), ``logs/``, ``results.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from jaxrec.atomic import atomic_file
+from jaxrec.data.dataset import Dataset
+from jaxrec.data.splits import LeaveOneOut, leave_one_out
+from jaxrec.data.tasks import Example
+from jaxrec.errors import ConfigError
+from jaxrec.eval.metrics import DEFAULT_KS, metrics_from_ranks, metrics_from_topk
+from jaxrec.index.build import IndexConfig
+from jaxrec.index.collisions import ResolveConfig
+from jaxrec.index.train_rqvae import TrainConfig as RQVAETrainConfig
+from jaxrec.methods import llm, sasrec
+from jaxrec.methods.data_source import DataConfig, SyntheticData, load_dataset
+from jaxrec.methods.lcrec import INDEX_FILE, Clock, IndexSection, beam_items, index_codes, index_token_ids
+from jaxrec.models.rqvae import RQVAEConfig
+from jaxrec.train.config import DataConfig as TokenDataConfig, LoraConfig, OptimConfig, TrainConfig
+
+SPECIAL = ("<pad>", "</s>", "<unk>")
+
+
+@dataclasses.dataclass
+class EmbeddingSection:
+    """Item embeddings to index (``index.source: rqvae`` only). ``sasrec_fit``: train a SASRec
+    (``sasrec_model``/``sasrec_train``) on the run's leave-one-out training part and take its item
+    table; ``npy``: ``path`` holds [N, d]; ``sasrec``: ``path`` is a SASRec table [N+1, d]."""
+
+    source: Literal["sasrec_fit", "npy", "sasrec"] = "sasrec_fit"
+    path: str | None = None
+    sasrec_model: sasrec.ModelConfig = dataclasses.field(default_factory=lambda: sasrec.ModelConfig(max_len=20))
+    sasrec_train: sasrec.TrainConfig = dataclasses.field(
+        default_factory=lambda: sasrec.TrainConfig(epochs=20, batch_size=256, lr=3e-3, patience=3))
+
+    def __post_init__(self):
+        if self.source != "sasrec_fit" and not self.path:
+            raise ValueError(f"embeddings.source={self.source!r} needs embeddings.path (a .npy file)")
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """Constrained full-catalog evaluation (exact trie over all items' codes)."""
+
+    ks: list[int] = dataclasses.field(default_factory=lambda: [5, 10])
+    num_beams: int = 20
+    parts: list[Literal["valid", "test"]] = dataclasses.field(default_factory=lambda: ["test"])
+    users: int | None = None  # a seeded sample of the evaluated users; None: all
+    batch_size: int = 64
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        if not self.ks or max(self.ks) > self.num_beams:
+            raise ValueError(f"eval.ks {self.ks} need cut-offs <= num_beams={self.num_beams}")
+        if not self.parts:
+            raise ValueError("eval.parts must name at least one of valid, test")
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(epochs=30, batch_size=256, log_every=50, dropout=0.1, lora=LoraConfig(mode="full"),
+                       optim=OptimConfig(learning_rate=3e-3, warmup_steps=100, decay="cosine", weight_decay=0.01),
+                       data=TokenDataConfig(seq_len=64))
+
+
+@dataclasses.dataclass
+class Config:
+    method: str = "tiger"
+    out_dir: str = "runs/tiger"
+    data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(synthetic=SyntheticData()))
+    embeddings: EmbeddingSection = dataclasses.field(default_factory=EmbeddingSection)
+    index: IndexSection = dataclasses.field(default_factory=lambda: IndexSection(rqvae=IndexConfig(
+        model=RQVAEConfig(hidden=(128, 64), e_dim=16, levels=3, codebook_size=32),
+        train=RQVAETrainConfig(epochs=200, batch_size=256, lr=3e-3, warmup_epochs=5, kmeans_iters=20,
+                               sinkhorn_epsilons=(0.0, 0.0, 0.003), eval_every=50),
+        resolve=ResolveConfig())))
+    max_history: int = 20
+    user_tokens: int = 0  # TIGER's user-id hash tokens (paper: 2000); 0: no user token
+    model: llm.ModelSection = dataclasses.field(default_factory=lambda: llm.ModelSection(
+        arch="t5", hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4))
+    train: TrainConfig = dataclasses.field(default_factory=_default_train)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        if self.model.arch != "t5" or self.model.pretrained:
+            raise ValueError("model: TIGER trains a T5 from scratch (model.arch: t5, model.pretrained: null)")
+        if self.max_history < 1 or self.user_tokens < 0:
+            raise ValueError(f"max_history={self.max_history} must be >= 1 and user_tokens={self.user_tokens} >= 0")
+
+
+# ----------------------------------------------------------------------------- vocabulary and examples
+
+
+def code_tokenizer(codes: np.ndarray, user_tokens: int):
+    """A word-level ``transformers`` tokenizer over exactly the special, code and user-hash tokens
+    (whitespace-separated; codes int [N, L])."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from jaxrec.index.index_io import index_vocabulary
+
+    words = list(SPECIAL) + index_vocabulary(codes) + [user_token(u) for u in range(user_tokens)]
+    word_level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=word_level, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def user_token(bucket: int) -> str:
+    return f"<u_{bucket}>"
+
+
+def encoder_text(history: np.ndarray, user: int, item_tokens: list[str], config: Config) -> str:
+    """The encoder input: ``[<u_{user mod n}>]`` then the codes of the last ``max_history`` items."""
+    words = [user_token(user % config.user_tokens)] if config.user_tokens else []
+    return " ".join(words + [item_tokens[i] for i in np.asarray(history)[-config.max_history:].tolist()])
+
+
+def training_examples(split: LeaveOneOut, codes: np.ndarray, config: Config) -> list[Example]:
+    """One example per position t >= 1 of every user's training sequence: items [:t] -> item t."""
+    from jaxrec.index.index_io import codes_to_tokens
+
+    item_tokens = [" ".join(row) for row in codes_to_tokens(codes)]
+    out = []
+    for user, seq in enumerate(split.train):
+        for t in range(1, len(seq)):
+            out.append(Example("seqrec", encoder_text(seq[:t], user, item_tokens, config), item_tokens[seq[t]],
+                               user, int(seq[t])))
+    return out
+
+
+def encoder_length(config: Config, levels: int) -> int:
+    """Encoder tokens of the longest input: user token + max_history items x levels + EOS."""
+    return int(config.user_tokens > 0) + config.max_history * levels + 1
+
+
+def train_config(config: Config, levels: int) -> TrainConfig:
+    """``config.train`` with the run's log dir; ``train.data.seq_len`` must hold the longest input."""
+    t = config.train
+    need = encoder_length(config, levels)
+    if t.data.seq_len < need:
+        raise ConfigError(f"train.data.seq_len={t.data.seq_len} is shorter than the longest encoder input "
+                          f"({need} tokens: max_history={config.max_history} x {levels} levels + user/EOS)")
+    return dataclasses.replace(t, log_dir=t.log_dir or str(Path(config.out_dir) / "logs"))
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def sasrec_embeddings(config: Config, ds: Dataset, split: LeaveOneOut) -> np.ndarray:
+    """float32 [N, d]: the item table of a SASRec trained on this run's split (``out_dir/sasrec``)."""
+    e = config.embeddings
+    run = sasrec.Config(out_dir=str(Path(config.out_dir) / "sasrec"), data=config.data, model=e.sasrec_model,
+                        train=e.sasrec_train)
+    sasrec.fit(run, ds, split)
+    return np.load(Path(run.out_dir) / "item_embeddings.npy")
+
+
+def item_embeddings(config: Config, ds: Dataset, split: LeaveOneOut) -> np.ndarray:
+    from jaxrec.index.item_embeddings import load_item_embeddings
+
+    e = config.embeddings
+    if e.source == "sasrec_fit":
+        return sasrec_embeddings(config, ds, split)
+    return load_item_embeddings(e.path, e.source, ds.num_items)
+
+
+def train(config: Config) -> dict:
+    """Index, build the code vocabulary, train the T5; writes the run directory (module docstring)."""
+    ds = load_dataset(config.data)
+    return fit(config, ds, leave_one_out(ds))
+
+
+def fit(config: Config, ds: Dataset, split: LeaveOneOut, embeddings: np.ndarray | None = None) -> dict:
+    """:func:`train` on an already loaded dataset and split; ``embeddings`` [N, d] (if given) replace
+    the ``embeddings:`` section."""
+    from jaxrec.index.index_io import write_index
+    from jaxrec.models.tokenizer import save_tokenizer
+
+    clock = Clock()
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    codes, report = index_codes(config, ds, (lambda: embeddings) if embeddings is not None
+                                else (lambda: item_embeddings(config, ds, split)))
+    clock.lap("index")
+    write_index(out_dir / INDEX_FILE, codes)
+    with atomic_file(out_dir / "index.report.json") as f:
+        json.dump({"source": config.index.source, **report}, f, indent=1)
+    tokenizer = code_tokenizer(codes, config.user_tokens)
+    save_tokenizer(tokenizer, out_dir / "tokenizer")
+    model = llm.build_model(config.model, tokenizer)
+    llm.start_run(out_dir, config.model, model, tokenizer)
+    examples = training_examples(split, codes, config)
+    tc = train_config(config, codes.shape[1])
+    clock.lap("examples")
+    model, summary = llm.finetune(model, tokenizer, examples, tc, target_len=codes.shape[1] + 1)
+    llm.save_run(out_dir, config.model, model, tc, config)
+    clock.lap("train")
+    return {"method": "tiger", "data": config.data.describe(), "model": config.model.describe(),
+            "index": {"source": config.index.source, "items": int(codes.shape[0]), "levels": int(codes.shape[1]),
+                      "collision_rate_final": report.get("collision_rate_final")},
+            "vocab_size": len(tokenizer), "train_examples": len(examples), **summary, "seconds": clock.laps,
+            "out_dir": str(out_dir)}
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def evaluate(config: Config) -> dict:
+    """Constrained full-catalog evaluation of a trained run; writes ``out_dir/results.json``."""
+    ds = load_dataset(config.data)
+    return evaluate_run(config, ds, leave_one_out(ds))
+
+
+def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
+    """:func:`evaluate` on an already loaded dataset and split."""
+    from jaxrec.decode import ItemTrie
+    from jaxrec.index.index_io import codes_to_tokens, read_index
+    from jaxrec.methods.popularity import item_counts, rank_table
+
+    start = time.perf_counter()
+    e = config.eval
+    codes = read_index(Path(config.out_dir) / INDEX_FILE, ds.num_items)
+    model, tokenizer = llm.load_run(config.out_dir, "fine_tuned", config.model.dtype)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    trie = ItemTrie.from_sequences(index_token_ids(tokenizer, codes), eos_id=eos, vocab_size=model.config.vocab_size)
+    item_tokens = [" ".join(row) for row in codes_to_tokens(codes)]
+    popularity_ranks = rank_table(item_counts(split.train, ds.num_items))
+    length = -(-encoder_length(config, codes.shape[1]) // 16) * 16
+    result = {"method": "tiger", "data": config.data.describe(), "model": config.model.describe(),
+              "catalog_items": ds.num_items, "index_levels": int(codes.shape[1]), "num_beams": e.num_beams,
+              "protocol": f"exact-trie beam search over all items; a target outside the {e.num_beams} beams is a miss"}
+    for part in e.parts:
+        users = split.test_users if part == "test" else split.valid_users
+        histories = split.test_history if part == "test" else split.valid_history
+        chosen = np.arange(len(users))
+        if e.users is not None and e.users < len(users):
+            chosen = np.sort(np.random.default_rng(e.seed).choice(len(users), e.users, replace=False))
+        targets = (split.test_target if part == "test" else split.valid_target)[chosen]
+        texts = [encoder_text(histories[i], int(users[i]), item_tokens, config) for i in chosen.tolist()]
+        t0 = time.perf_counter()
+        items = beam_items(model, llm.prompt_ids(tokenizer, model, texts), length, trie, "trie", e, eos, pad,
+                           f"tiger {part}")
+        result[part] = {"users": int(len(chosen)), "tiger": metrics_from_topk(items, targets, e.ks),
+                        "popularity": metrics_from_ranks(popularity_ranks[targets], e.ks),
+                        "item_rate": float(np.mean(items >= 0)), "seconds": round(time.perf_counter() - t0, 2)}
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    with atomic_file(Path(config.out_dir) / "results.json") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def demo_config(out_dir: str | Path, quick: bool = False, seed: int = 0) -> Config:
+    """The embedded recipe for ``jaxrec demo`` (test part, every test user, K in DEFAULT_KS).
+    ``quick``: the ``tiny`` data's scale (a 2-level index, a few epochs; a smoke test)."""
+    c = Config(out_dir=str(out_dir))
+    c = dataclasses.replace(c, model=dataclasses.replace(c.model, seed=seed),
+                            index=dataclasses.replace(c.index, seed=seed),
+                            train=dataclasses.replace(c.train, seed=seed),
+                            eval=dataclasses.replace(c.eval, ks=list(DEFAULT_KS)))
+    if not quick:
+        return c
+    rq = c.index.rqvae
+    rqvae = dataclasses.replace(rq, model=dataclasses.replace(rq.model, levels=2, codebook_size=16),
+                                train=dataclasses.replace(rq.train, epochs=50, sinkhorn_epsilons=(0.0, 0.003)))
+    return dataclasses.replace(c, index=dataclasses.replace(c.index, rqvae=rqvae),
+                               train=dataclasses.replace(c.train, epochs=3, progress=False),
+                               eval=dataclasses.replace(c.eval, progress=False))
+
+
+def run_demo(dataset: Dataset, out_dir: str | Path, quick: bool = False, seed: int = 0,
+             split: LeaveOneOut | None = None, embeddings: np.ndarray | None = None) -> dict:
+    """Index, train and evaluate TIGER on ``dataset``; returns the test metrics of the beam lists
+    (HR/NDCG/Recall@{1,5,10,20}, MRR@20). ``embeddings`` [N, d] (e.g. the demo's SASRec item
+    table) skip the run's own SASRec."""
+    config = demo_config(out_dir, quick, seed)
+    split = split or leave_one_out(dataset)
+    fit(config, dataset, split, embeddings)
+    return evaluate_run(config, dataset, split)["test"]["tiger"]
