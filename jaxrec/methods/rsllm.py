@@ -59,7 +59,6 @@ import time
 from pathlib import Path
 from typing import Literal, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
@@ -168,17 +167,16 @@ class Config:
 def encode_prompts(tokenizer, examples: Sequence[Example]) -> list[list[int]]:
     """Prompt token ids (no BOS) with each ``<item_emb>`` encoded as ``-1 - item`` (in
     ``meta["placeholder_items"]`` order); the text between placeholders is tokenized piecewise."""
-    pieces, counts = [], []
+    pieces = []
     for e in examples:
         parts = e.prompt.split(ITEM_PLACEHOLDER)
         if len(parts) - 1 != len(e.meta.get("placeholder_items", [])):
             raise DataError(f"prompt of user {e.user} has {len(parts) - 1} placeholders but "
                             f"{len(e.meta.get('placeholder_items', []))} placeholder_items")
         pieces.extend(parts)
-        counts.append(len(parts))
     encoded = iter(llm.encode(tokenizer, pieces))
     out = []
-    for e, n in zip(examples, counts):
+    for e in examples:
         ids = list(next(encoded))
         for item in e.meta.get("placeholder_items", []):
             ids += [proj.placeholder_id(item)] + list(next(encoded))
@@ -266,6 +264,10 @@ def fit_stage2(model, tokenizer, examples: Sequence[Example], train: TrainConfig
     rows = [{"prompt_ids": p, "response_ids": r, "target": e.target}
             for e, p, r in zip(examples, encode_prompts(tokenizer, examples),
                                llm.encode(tokenizer, [e.response for e in examples]))]
+    truncated = sum(len(r["prompt_ids"]) + len(r["response_ids"]) + 2 > train.data.seq_len for r in rows)
+    if truncated:
+        llm.log.warning("stage2: %d of %d training examples are longer than seq_len=%d and are cut", truncated,
+                        len(rows), train.data.seq_len)
     steps = train.epochs * (len(rows) // train.batch_size) if train.epochs else train.steps
     if steps < 1:
         raise ConfigError(f"stage2: {len(rows)} examples give no step of batch_size={train.batch_size}")
@@ -276,7 +278,7 @@ def fit_stage2(model, tokenizer, examples: Sequence[Example], train: TrainConfig
                            pad_id=tokenizer.pad_token_id, num_epochs=train.epochs)
     start = time.perf_counter()
     summary = trainer.fit(batches, steps=steps)
-    summary["train_seconds"] = round(time.perf_counter() - start, 2)
+    summary.update(train_seconds=round(time.perf_counter() - start, 2), truncated_examples=truncated)
     trained = trainer.model()
     trainer.close()
     return trained, summary
@@ -295,9 +297,9 @@ def item_id_embeddings(config: Config, ds: Dataset, split: LeaveOneOut) -> np.nd
     return proj.unit_rms(table)
 
 
-def new_projector(config: Config, model, id_dim: int) -> proj.ItemProjector:
+def new_projector(config: Config, model, id_dim: int, out_rms: float) -> proj.ItemProjector:
     d = model.config.hidden_size
-    return proj.ItemProjector(id_dim, config.projector.hidden_size or d, d, out_rms=proj.token_embedding_rms(model),
+    return proj.ItemProjector(id_dim, config.projector.hidden_size or d, d, out_rms=out_rms,
                               rngs=nnx.Rngs(params=config.projector.seed))
 
 
@@ -333,19 +335,21 @@ def load_stage2(config: Config):
     from jaxrec.models import load_pretrained
     from jaxrec.models.lora import remove_lora
     from jaxrec.models.peft_io import load_adapter
+    from jaxrec.models.tokenizer import load_tokenizer
 
     out = Path(config.out_dir)
     if not (out / "stage2" / llm.RUN_FILE).is_file():
         raise ConfigError(f"{out}: no stage2/{llm.RUN_FILE}; train this config first (jaxrec train --config ...)")
     meta = json.loads((out / "stage2" / llm.RUN_FILE).read_text())
-    model, tokenizer = llm.load_run(out / "stage1", "fine_tuned", config.model.dtype)
     if meta["mode"] == "lora":
+        model, tokenizer = llm.load_run(out / "stage1", "fine_tuned", config.model.dtype)
         load_adapter(model, out / "stage2" / "adapter")
         remove_lora(model, merge=True)
     else:
+        tokenizer = load_tokenizer(out / "stage1" / "tokenizer")
         model = load_pretrained(out / "stage2" / "model", dtype=config.model.dtype)
     table = np.load(out / "stage2" / "item_table.npy")
-    projector = new_projector(config, model, table.shape[1])
+    projector = nnx.eval_shape(lambda: new_projector(config, model, table.shape[1], 1.0))  # weights come from the file
     saved = safetensors.numpy.load_file(str(out / "stage2" / "projector.safetensors"))
     params = _projector_params(projector)
     if set(saved) != set(params) or any(saved[k].shape != params[k].shape for k in params):
@@ -381,7 +385,8 @@ def train(config: Config) -> dict:
     llm.save_run(stage1_dir, config.model, model, train1, config)
 
     remove_lora(model, merge=True)
-    proj.inject(model, new_projector(config, model, table.shape[1]), table, trainable_table=config.id_model.trainable)
+    projector = new_projector(config, model, table.shape[1], proj.token_embedding_rms(model))
+    proj.inject(model, projector, table, trainable_table=config.id_model.trainable)
     train2 = with_log_dir(config.stage2, out / "logs" / "stage2")
     train2 = dataclasses.replace(train2, lora=stage_lora(train2.lora, 2, config.id_model.trainable))
     model, summary2 = fit_stage2(model, tokenizer, unified_examples, train2,
