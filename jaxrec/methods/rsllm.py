@@ -157,8 +157,6 @@ class Config:
     def __post_init__(self):
         if self.stage2.data.packing:
             raise ValueError("stage2.data.packing is not supported (the contrastive terms need one example per row)")
-        if self.stage1.lora.mode != self.stage2.lora.mode:
-            raise ValueError("stage1.lora.mode and stage2.lora.mode must agree")
 
 
 # ----------------------------------------------------------------------------- prompts
