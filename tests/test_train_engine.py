@@ -35,23 +35,25 @@ def config(mesh=(8, 1, 1), ckdir=None, log_dir=None, dropout=0.1, **train):
         data=DataConfig(seq_len=16), checkpoint=CheckpointConfig(dir=ckdir, every=2), **train)
 
 
-def run(cfg, steps=STEPS, evaluate=None):
-    """Train; returns (per-step losses from the JSONL log, final LoRA params, fit result)."""
-    from jaxrec.data.pipeline import CausalFeatures, make_batches
-    from jaxrec.train.trainer import Trainer
-
-    trainer = Trainer(tiny_model(), cfg)
-    batches = make_batches(examples(), CausalFeatures(cfg.data.seq_len, eos_id=2, bos_id=1), cfg.data,
-                           trainer.mesh, global_batch=cfg.batch_size, seed=cfg.seed)
-    result = trainer.fit(batches, evaluate=evaluate, steps=steps)
-    trainer.close()
+def run(cfg, steps=None, evaluate=None, data=None):
+    """Train on ``data`` (default :func:`examples`) for ``steps`` (default the config's: ``steps`` or
+    ``epochs``); returns (per-step losses from the JSONL log, final trained params in the layer-list
+    layout, fit result)."""
     import jax
     from flax import nnx
 
-    from jaxrec.models.lora import LoraWeight
-    # LoRA weights of the trained model, in the layer-list layout whatever layout was trained
+    from jaxrec.data.pipeline import CausalFeatures, make_batches
+    from jaxrec.models.lora import trainable_filter
+    from jaxrec.train.trainer import Trainer
+
+    data = examples() if data is None else data
+    trainer = Trainer(tiny_model(), cfg, num_examples=len(data))
+    batches = make_batches(data, CausalFeatures(cfg.data.seq_len, eos_id=2, bos_id=1), cfg.data,
+                           trainer.mesh, global_batch=cfg.batch_size, seed=cfg.seed, num_epochs=cfg.epochs)
+    result = trainer.fit(batches, evaluate=evaluate, steps=steps)
+    trainer.close()
     params = {".".join(map(str, p)): np.asarray(jax.device_get(v[...]))
-              for p, v in nnx.to_flat_state(nnx.state(trainer.model(), LoraWeight))}
+              for p, v in nnx.to_flat_state(nnx.state(trainer.model(), trainable_filter(cfg.lora)))}
     rows = [json.loads(line) for line in (Path(cfg.log_dir) / "metrics.jsonl").read_text().splitlines()]
     losses = {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
     return losses, params, result
@@ -102,13 +104,62 @@ def test_scanned_rematerialised_layers_train_like_the_layer_loop(reference, tmp_
                     what="scan_layers + remat=full")
 
 
+def test_sigterm_saves_a_final_checkpoint_that_resumes_exactly(reference, tmp_path):
+    """A real SIGTERM (TPU preemption) mid-run: the loop stops after that step and saves it (step 3, off
+    the every=2 schedule); the resumed run finishes like the uninterrupted one."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are installed from the main thread only")
+    ck, log = str(tmp_path / "ck"), str(tmp_path / "log")
+
+    def preempt_at_step_3(model, calls=[]):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {}
+
+    _, _, result = run(config(ckdir=ck, log_dir=log, eval_every=1), evaluate=preempt_at_step_3)
+    assert result["stopped"] == "sigterm" and result["step"] == 3
+    assert sorted(p.name for p in (Path(ck) / "last").iterdir() if p.name.isdigit()) == ["3"]
+    assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
+    assert_same_run(run(config(ckdir=ck, log_dir=log)), reference, atol=1e-6, what="resumed after SIGTERM")
+
+
+def test_bf16_compute_keeps_fp32_master_weights(reference, tmp_path):
+    losses, params, _ = run(config(log_dir=str(tmp_path), compute_dtype="bfloat16"))
+    assert all(v.dtype == np.float32 for v in params.values())
+    ref_losses = reference[0]
+    np.testing.assert_allclose([losses[s] for s in sorted(ref_losses)], [ref_losses[s] for s in sorted(ref_losses)],
+                               rtol=2e-2)
+    assert losses[STEPS] < losses[1]
+
+
+def test_epochs_and_training_only_new_token_rows(tmp_path):
+    """``epochs=1`` over 24 examples with batch 8: 3 steps. Embedding/lm_head rows of the old vocabulary
+    (< 48) stay bit-identical despite weight decay; the new-token rows are trained."""
+    lora = LoraConfig(rank=4, alpha=8, target_modules=("q_proj",), trainable=("embed_tokens", "lm_head"),
+                      new_token_rows_from=48)
+    cfg = dataclasses.replace(config(log_dir=str(tmp_path), epochs=1), lora=lora,
+                              optim=OptimConfig(learning_rate=1e-2, weight_decay=0.1))
+    losses, params, result = run(cfg, data=examples(24))
+    assert result["step"] == 3 and sorted(losses) == [1, 2, 3] and result["stopped"] == "steps"
+    from flax import nnx
+    before = {".".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(tiny_model()))}
+    for name, axis in [("embed_tokens.embedding", 0), ("lm_head.kernel", 1)]:
+        old, new = np.split(params[name], [48], axis=axis), np.split(before[name], [48], axis=axis)
+        np.testing.assert_array_equal(old[0], new[0], err_msg=name)
+        assert np.abs(old[1] - new[1]).max() > 1e-4, name
+
+
 def test_interrupted_and_resumed_run_equals_uninterrupted(reference, tmp_path):
     ck, log = str(tmp_path / "ck"), str(tmp_path / "log")
     cfg = dataclasses.replace(config(ckdir=ck, log_dir=log, eval_every=1, patience=1),
                               checkpoint=CheckpointConfig(dir=ck, every=2, keep=1, best_metric="score"))
     # validation scores 2, 1, ...: best at step 1, no improvement at step 2 -> early stop after step 2
     scores = iter([2.0, 1.0, 0.0])
-    first, _, result = run(cfg, steps=STEPS, evaluate=lambda model: {"score": next(scores)})
+    first, _, result = run(cfg, evaluate=lambda model: {"score": next(scores)})
     assert result["stopped"] == "early_stopping" and result["step"] == 2
     assert sorted(p.name for p in (Path(ck) / "best").iterdir() if p.name.isdigit()) == ["1"]
     resumed = run(config(ckdir=ck, log_dir=log))  # resumes at step 2

@@ -74,10 +74,10 @@ class Trainer:
         abstract_opt = jax.eval_shape(self.optimizer.init, params)
         self.state_sh = train_state_shardings(state.replace(opt_state=abstract_opt), self.mesh)
         self.frozen_sh = state_shardings(frozen, self.mesh)
-        params = place(params, self.state_sh.params)
+        params = _place_copy(params, self.state_sh.params)
         opt_init = jax.jit(self.optimizer.init, out_shardings=self.state_sh.opt_state)
         self.state = TrainState(step=place(state.step, self.state_sh.step), params=params,
-                                opt_state=opt_init(params), rngs=place(rngs, self.state_sh.rngs))
+                                opt_state=opt_init(params), rngs=_place_copy(rngs, self.state_sh.rngs))
         self.frozen = place(frozen, self.frozen_sh)
         self.step_fn = make_step_fn(graphdef, loss_fn, self.optimizer, grad_accum=config.grad_accum,
                                     compute_dtype=self.compute_dtype)
@@ -207,6 +207,14 @@ class Trainer:
     def close(self) -> None:
         if self.checkpointer is not None:
             self.checkpointer.close()
+
+
+def _place_copy(tree: Any, shardings: Any) -> Any:
+    """:func:`place` into buffers of the train state's own: the state is donated to every step, which
+    must not delete the caller's model arrays (full fine-tuning, trained extras, RNG streams)."""
+    if jax.process_count() == 1:  # a jit output never aliases a non-donated input (device_put may)
+        return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(tree)
+    return place(jax.device_get(tree), shardings)
 
 
 def training_layout(model: nnx.Module, config: TrainConfig):
