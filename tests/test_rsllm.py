@@ -105,6 +105,22 @@ def test_prompt_encoding_puts_items_at_the_placeholders():
                                                                       add_special_tokens=False)["input_ids"]]
 
 
+def test_candidate_training_prompts_carry_history_and_candidate_placeholders():
+    from jaxrec.data.splits import leave_one_out
+    from jaxrec.data.synthetic import make_synthetic
+    from jaxrec.methods import rsllm
+
+    ds = make_synthetic(num_users=20, num_items=30, seed=0, num_topics=3, max_length=12)
+    split = leave_one_out(ds)
+    config = from_dict(rsllm.Config, {"prompts": {"domain": "items", "max_history": 3, "train_candidates": 4}})
+    text, unified = (rsllm.train_examples(config, ds, split, stage) for stage in (1, 2))
+    assert [e.meta["candidates"] for e in text] == [e.meta["candidates"] for e in unified]
+    assert all(e.meta["placeholder_items"] == [] for e in text)
+    assert all(e.meta["placeholder_items"] == e.meta["history"] + e.meta["candidates"] and e.target in
+               e.meta["candidates"] for e in unified)
+    assert rsllm.max_placeholders(config.prompts) == 7
+
+
 # ----------------------------------------------------------------------------- contrastive
 
 

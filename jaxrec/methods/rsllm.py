@@ -68,7 +68,8 @@ from jaxrec.config import to_dict
 from jaxrec.data.dataset import Dataset
 from jaxrec.data.pipeline import CausalFeatures, make_batches
 from jaxrec.data.splits import LeaveOneOut, leave_one_out
-from jaxrec.data.tasks import ITEM_PLACEHOLDER, Example, rsllm_eval_examples, rsllm_train_examples
+from jaxrec.data.tasks import (ITEM_PLACEHOLDER, Example, rsllm_candidate_examples, rsllm_eval_examples,
+                               rsllm_train_examples, sliding_rows)
 from jaxrec.data.tasks.domains import DomainName
 from jaxrec.data.tasks.item_text import titles as item_titles
 from jaxrec.decode import ItemTrie
@@ -87,8 +88,14 @@ LLARA_PUBLISHED_HR1 = 0.4526  # LLaRA (Liao et al., 2024), MovieLens 100K, 20 ca
 
 @dataclasses.dataclass
 class PromptConfig:
+    """``train_candidates``: None trains on next-title prompts; N trains on LLaRA-style prompts that list
+    N seeded candidates (as LLaRA trains; needed for a model with no prior to follow the candidate
+    protocol). Evaluation always runs both prompt kinds."""
+
     domain: DomainName = "movies"
     max_history: int = 10
+    train_candidates: int | None = None
+    seed: int = 0
 
 
 @dataclasses.dataclass
@@ -160,6 +167,21 @@ class Config:
 
 
 # ----------------------------------------------------------------------------- prompts
+
+
+def train_examples(config: Config, ds: Dataset, split: LeaveOneOut, stage: Literal[1, 2]) -> list[Example]:
+    """Every position of every training sequence: next-title prompts, or candidate prompts (stage 1
+    text only, stage 2 with placeholders)."""
+    p = config.prompts
+    if p.train_candidates is None:
+        return rsllm_train_examples(ds, split, stage, p.domain, p.max_history)
+    return rsllm_candidate_examples(ds, sliding_rows(split.train, p.max_history), p.domain, p.max_history,
+                                    p.train_candidates, p.seed, with_placeholders=stage == 2)
+
+
+def max_placeholders(prompts: PromptConfig) -> int:
+    """The most placeholders a training prompt carries (history, plus candidates when listed)."""
+    return prompts.max_history + (prompts.train_candidates or 0)
 
 
 def encode_prompts(tokenizer, examples: Sequence[Example]) -> list[list[int]]:
@@ -368,8 +390,8 @@ def train(config: Config) -> dict:
     split = leave_one_out(ds)
     p, out = config.prompts, Path(config.out_dir)
     table = item_id_embeddings(config, ds, split)
-    text_examples = rsllm_train_examples(ds, split, 1, p.domain, p.max_history)
-    unified_examples = rsllm_train_examples(ds, split, 2, p.domain, p.max_history)
+    text_examples = train_examples(config, ds, split, 1)
+    unified_examples = train_examples(config, ds, split, 2)
 
     stage1_dir = out / "stage1"
     stage1_dir.mkdir(parents=True, exist_ok=True)
@@ -388,7 +410,7 @@ def train(config: Config) -> dict:
     train2 = with_log_dir(config.stage2, out / "logs" / "stage2")
     train2 = dataclasses.replace(train2, lora=stage_lora(train2.lora, 2, config.id_model.trainable))
     model, summary2 = fit_stage2(model, tokenizer, unified_examples, train2,
-                                 stage2_loss(config.contrastive, p.max_history))
+                                 stage2_loss(config.contrastive, max_placeholders(p)))
     stage2_dir = out / "stage2"
     stage2_dir.mkdir(parents=True, exist_ok=True)
     save_stage2(stage2_dir, model, dataclasses.replace(train2, lora=config.stage2.lora), config)
