@@ -21,6 +21,18 @@ from jaxrec.train.config import CheckpointConfig, DataConfig, LoraConfig, MeshCo
 STEPS = 4
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fast_compile():
+    """Tiny programs, compiled many times: skip XLA's expensive optimizations (every run compared here,
+    the 2-process workers included, compiles the same way)."""
+    import jax
+
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
 def examples(n=64, seed=0):
     rs = np.random.RandomState(seed)
     return [dict(prompt_ids=rs.randint(3, 60, rs.randint(2, 10)).tolist(),
@@ -191,7 +203,8 @@ def test_two_process_run_matches_single_process(reference, tmp_path):
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+           "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
     out = tmp_path / "losses.json"
     procs = []
     for pid in range(2):

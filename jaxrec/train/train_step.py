@@ -9,6 +9,8 @@ axes, and the train state is donated (updated in place).
 
 from __future__ import annotations
 
+import collections
+import hashlib
 from typing import Any, Callable, Mapping
 
 import flax.struct
@@ -115,3 +117,23 @@ def jit_train_step(step_fn: Callable, state_sh: TrainState, frozen_sh: Any, batc
     """``jax.jit`` with explicit shardings; the train state (argument 0) is donated."""
     return jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, batch_sh),
                    out_shardings=(state_sh, replicated(mesh)), donate_argnums=(0,))
+
+
+_EXECUTABLES: collections.OrderedDict = collections.OrderedDict()
+_MAX_EXECUTABLES = 8
+
+
+def compile_cached(jitted: Callable, mesh: Mesh, *args) -> Callable:
+    """``jitted.lower(*args).compile()``, reusing an executable this process already compiled for the
+    same program (HLO text, incl. shardings and donation) on the same devices: trainers re-created with
+    an unchanged setup (staged tuning, sweeps, resumed runs) skip XLA compilation. Keeps the last 8."""
+    lowered = jitted.lower(*args)
+    key = (hashlib.sha256(lowered.as_text().encode()).hexdigest(), tuple(d.id for d in mesh.devices.flat),
+           mesh.axis_names)
+    if key in _EXECUTABLES:
+        _EXECUTABLES.move_to_end(key)
+    else:
+        _EXECUTABLES[key] = lowered.compile()
+        if len(_EXECUTABLES) > _MAX_EXECUTABLES:
+            _EXECUTABLES.popitem(last=False)
+    return _EXECUTABLES[key]

@@ -35,8 +35,8 @@ from jaxrec.train.config import TrainConfig
 from jaxrec.train.losses import LossFn, causal_lm_loss
 from jaxrec.train.metrics_log import MetricsLogger
 from jaxrec.train.optimizer import make_optimizer
-from jaxrec.train.train_step import (TrainState, batch_shardings, cast_floats, jit_train_step, make_step_fn,
-                                     split_model, train_state_shardings)
+from jaxrec.train.train_step import (TrainState, batch_shardings, cast_floats, compile_cached, jit_train_step,
+                                     make_step_fn, split_model, train_state_shardings)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -106,8 +106,9 @@ class Trainer:
         key = tuple(sorted((k, v.shape) for k, v in batch.items()))
         if key not in self._compiled:
             spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
-            self._compiled[key] = jit_train_step(self.step_fn, self.state_sh, self.frozen_sh,
-                                                 batch_shardings(spec, self.mesh), self.mesh)
+            jitted = jit_train_step(self.step_fn, self.state_sh, self.frozen_sh, batch_shardings(spec, self.mesh),
+                                    self.mesh)
+            self._compiled[key] = compile_cached(jitted, self.mesh, self.state, self.frozen, batch)
         self.state, metrics = self._compiled[key](self.state, self.frozen, batch)
         return metrics
 
