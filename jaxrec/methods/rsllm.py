@@ -403,6 +403,10 @@ def train(config: Config) -> dict:
     train1 = with_log_dir(config.stage1, out / "logs" / "stage1")
     model, summary1 = llm.finetune(model, tokenizer, text_examples, train1)
     llm.save_run(stage1_dir, config.model, model, train1, config)
+    result = {"method": "rsllm", "data": config.data.describe(), "model": config.model.describe(),
+              "train_examples": len(text_examples), "stage1": summary1, "out_dir": str(out)}
+    if summary1["stopped"] == "sigterm":  # preempted: do not start stage 2
+        return result
 
     remove_lora(model, merge=True)
     projector = new_projector(config, model, table.shape[1], proj.token_embedding_rms(model))
@@ -414,8 +418,7 @@ def train(config: Config) -> dict:
     stage2_dir = out / "stage2"
     stage2_dir.mkdir(parents=True, exist_ok=True)
     save_stage2(stage2_dir, model, dataclasses.replace(train2, lora=config.stage2.lora), config)
-    return {"method": "rsllm", "data": config.data.describe(), "model": config.model.describe(),
-            "train_examples": len(text_examples), "stage1": summary1, "stage2": summary2, "out_dir": str(out)}
+    return {**result, "stage2": summary2}
 
 
 # ----------------------------------------------------------------------------- evaluate
