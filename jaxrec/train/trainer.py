@@ -8,6 +8,13 @@ TensorBoard → every ``eval_every`` steps ``evaluate(model) -> {metric: value}`
 and early stopping → periodic resumable checkpoints. SIGTERM (TPU preemption) makes the loop save
 and stop at the next step. A run whose checkpoint directory holds a checkpoint resumes from it
 exactly (same parameters, optimizer, RNG and data position).
+
+Layer execution (``train.remat``, ``train.scan_layers``, ``train.dropout``; see
+:mod:`jaxrec.models.layer_stack`) is applied to a clone of the model, after LoRA: the caller's model
+keeps its layout and no dropout. With ``scan_layers`` the train state (and its checkpoints) hold
+stacked [L, ...] layer weights; :meth:`Trainer.model` returns the usual layer-list layout. LoRA works
+under scan when it wraps the same projections in every layer (else one ConfigError).
+``train.epochs``: pass ``num_examples`` and the run is ``epochs * num_examples // batch_size`` steps.
 """
 
 from __future__ import annotations
