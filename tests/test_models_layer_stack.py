@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from jaxrec.errors import ConfigError, JaxrecError
-from jaxrec.models import build_model, tiny_llama_config, tiny_t5_config
+from jaxrec.models import build_model, save_pretrained, tiny_llama_config, tiny_t5_config
 from jaxrec.models.layer_stack import (is_stacked, set_dropout, set_remat, stack_layers, stacked_filter,
                                        unstack_layers)
 from jaxrec.train.losses import token_cross_entropy
@@ -61,7 +61,7 @@ def with_dropout(model, seed, scan=False):
     return model
 
 
-def test_stacked_layout_and_dropout_equal_the_layer_loop(llama, t5):
+def test_stacked_layout_and_dropout_equal_the_layer_loop(llama, t5, tmp_path):
     """Stacked layers under lax.scan give the loop's hidden states, with the same per-layer dropout
     streams; dropout is deterministic given its seed, advances per call, and is off in eval mode."""
     dropped = with_dropout(llama, seed=1)
@@ -80,6 +80,8 @@ def test_stacked_layout_and_dropout_equal_the_layer_loop(llama, t5):
     np.testing.assert_allclose(llama_hidden(dropped, IDS), plain, rtol=1e-6, atol=1e-6)
     with pytest.raises(JaxrecError, match="unstack_layers"):
         stacked.prefill(IDS, jnp.ones_like(IDS), num_beams=2, max_new_tokens=2)
+    with pytest.raises(JaxrecError, match="unstack_layers"):
+        save_pretrained(stacked, tmp_path)
 
     unstack_layers(stacked)
     before, after = flat_params(llama), flat_params(stacked)
@@ -89,6 +91,8 @@ def test_stacked_layout_and_dropout_equal_the_layer_loop(llama, t5):
 
     looped, stacked_t5 = with_dropout(t5, seed=3), with_dropout(t5, seed=3, scan=True)
     assert stacked_t5.decoder.blocks.cross_attn.q.kernel.shape[0] == 3
+    with pytest.raises(JaxrecError, match="unstack_layers"):
+        save_pretrained(stacked_t5, tmp_path)
     first = t5_hidden(looped, IDS, DEC)
     np.testing.assert_allclose(t5_hidden(stacked_t5, IDS, DEC), first, rtol=1e-5, atol=1e-5)
     assert np.abs(t5_hidden(looped, IDS, DEC) - first).max() > 1e-2

@@ -406,6 +406,9 @@ class LlamaForCausalLM(nnx.Module):
     @staticmethod
     def hf_name(path: tuple) -> str:
         """Our parameter path -> HF safetensors name."""
+        if path[:1] == ("layers",) and not isinstance(path[1], int):
+            raise JaxrecError("HF names need the layer-list layout; convert a scanned model with "
+                              "jaxrec.models.layer_stack.unstack_layers(model)")
         name = ".".join(str(p) for p in path)
         name = re.sub(r"\.(kernel|embedding|scale)$", ".weight", name)
         return name if name.startswith("lm_head.") else "model." + name

@@ -416,6 +416,9 @@ class T5ForConditionalGeneration(nnx.Module):
     @staticmethod
     def hf_name(path: tuple) -> str:
         """Our parameter path -> HF safetensors name."""
+        if path[1:2] == ("blocks",) and not isinstance(path[2], int):
+            raise JaxrecError("HF names need the layer-list layout; convert a scanned model with "
+                              "jaxrec.models.layer_stack.unstack_layers(model)")
         name = ".".join(str(p) for p in path)
         ff_layer = "2" if name.startswith("decoder.") else "1"
         for pattern, replacement in (
