@@ -205,41 +205,6 @@ def added_tokens(config: Config, keys: Sequence[str]) -> list[str]:
 # ----------------------------------------------------------------------------- training
 
 
-def finetune(model, tokenizer, examples: Sequence[Example], train_cfg: TrainConfig, target_len: int):
-    """Seq2seq fine-tuning with the decoder padded to ``target_len`` (``llm.finetune`` pads it to
-    ``train.data.seq_len``); returns (trained model, fit summary)."""
-    from jaxrec.data.pipeline import Seq2SeqFeatures, make_batches
-    from jaxrec.train.losses import seq2seq_lm_loss
-    from jaxrec.train.trainer import Trainer
-
-    if not examples:
-        raise ConfigError("aligned_t5: no training examples (every task switched off or skipped)")
-    prompts = llm.encode(tokenizer, [e.prompt for e in examples])
-    responses = llm.encode(tokenizer, [e.response for e in examples])
-    rows = [{"prompt_ids": p, "response_ids": r} for p, r in zip(prompts, responses)]
-    seq_len = train_cfg.data.seq_len
-    truncated = {"prompt": sum(len(p) + 1 > seq_len for p in prompts),
-                 "response": sum(len(r) + 1 > target_len for r in responses)}
-    for part, n in truncated.items():
-        if n:
-            log.warning("%d of %d training %ss are longer than %s and are cut", n, len(rows), part,
-                        f"train.data.seq_len={seq_len}" if part == "prompt" else f"target_len={target_len}")
-    steps = train_cfg.epochs * (len(rows) // train_cfg.batch_size) if train_cfg.epochs else train_cfg.steps
-    if steps < 1:
-        raise ConfigError(f"train: {len(rows)} examples give no step of batch_size={train_cfg.batch_size}")
-    trainer = Trainer(model, train_cfg, seq2seq_lm_loss, total_steps=steps)
-    features = Seq2SeqFeatures(seq_len, target_len, tokenizer.eos_token_id, model.config.decoder_start_token_id)
-    batches = make_batches(rows, features, train_cfg.data, trainer.mesh, global_batch=train_cfg.batch_size,
-                           seed=train_cfg.seed, pad_id=tokenizer.pad_token_id, target_len=target_len,
-                           num_epochs=train_cfg.epochs)
-    start = time.perf_counter()
-    summary = trainer.fit(batches, steps=steps)
-    summary.update(train_seconds=round(time.perf_counter() - start, 2), truncated_examples=truncated)
-    trained = trainer.model()
-    trainer.close()
-    return trained, summary
-
-
 def train(config: Config) -> dict:
     """Build keys and samples, tokenizer and model; multi-task fine-tune; write the run directory."""
     from jaxrec.models.tokenizer import add_tokens, resize_token_embeddings, save_tokenizer
@@ -266,7 +231,9 @@ def train(config: Config) -> dict:
     llm.start_run(out_dir, config.model, model, tokenizer)
     save_item_keys(out_dir, keys, config, space)
     train_cfg = dataclasses.replace(config.train, log_dir=config.train.log_dir or str(out_dir / "logs"))
-    model, summary = finetune(model, tokenizer, examples, train_cfg, config.target_len)
+    if not examples:
+        raise ConfigError("aligned_t5: no training examples (every task switched off or skipped)")
+    model, summary = llm.finetune(model, tokenizer, examples, train_cfg, target_len=config.target_len)
     llm.save_run(out_dir, config.model, model, train_cfg, config)
     return {"method": "aligned_t5", "data": config.data.describe(), "model": config.model.describe(),
             "id_mode": config.tasks.id_mode, "train_examples": dict(Counter(e.task for e in examples)), **summary,

@@ -169,9 +169,7 @@ def finetune(model, tokenizer, examples: Sequence[Example], train: TrainConfig, 
     if truncated:
         log.warning("%d of %d training examples are longer than train.data.seq_len=%d%s and are cut", truncated,
                     len(rows), seq_len, f" / target_len={target_len}" if seq2seq else "")
-    steps = train.epochs * (len(rows) // train.batch_size) if train.epochs else train.steps
-    if steps < 1:
-        raise ConfigError(f"train: {len(rows)} examples give no step of batch_size={train.batch_size}")
+    steps = train.num_steps(len(rows))
     trainer = Trainer(model, train, loss_fn, total_steps=steps)
     batches = make_batches(rows, features, train.data, trainer.mesh, global_batch=train.batch_size, seed=train.seed,
                            pad_id=tokenizer.pad_token_id, target_len=target_len if seq2seq else None,
