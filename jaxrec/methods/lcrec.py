@@ -21,7 +21,10 @@ Recipe (every step configured by a section of :class:`Config`):
    templates, as LC-Rec reports; popularity on the same users beside it.
 
 The defaults are the embedded demo: the synthetic shop, a tiny Llama trained from scratch (BPE
-tokenizer trained on the item text and the task templates), full fine-tuning. Run directory:
+tokenizer trained on the item text and the task templates), full fine-tuning, and — unlike LC-Rec's
+response-only loss — the loss on the prompt too (``train.data.train_on_inputs``): the history lists
+teach a model with no prior which items follow which (measured on the demo data: 300 steps with it
+beat popularity, 600 response-only steps did not). Run directory:
 ``index.json`` + ``index.report.json`` and the files of :mod:`jaxrec.methods.llm`; ``results.json``.
 """
 
@@ -128,9 +131,9 @@ class EvalConfig:
 
 
 def _default_train() -> TrainConfig:
-    return TrainConfig(batch_size=16, steps=600, log_every=50, lora=LoraConfig(mode="full"),
+    return TrainConfig(batch_size=16, steps=300, log_every=50, lora=LoraConfig(mode="full"),
                        optim=OptimConfig(learning_rate=3e-3, warmup_steps=30, decay="cosine", weight_decay=0.01),
-                       data=TokenDataConfig(seq_len=256, packing=True))
+                       data=TokenDataConfig(seq_len=256, packing=True, train_on_inputs=True))
 
 
 @dataclasses.dataclass
