@@ -431,9 +431,7 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
               "catalog_items": ds.num_items, "id_mode": config.tasks.id_mode}
     for part in e.parts:
         users = len(split.test_users if part == "test" else split.valid_users)
-        chosen = np.arange(users)
-        if e.users is not None and e.users < users:
-            chosen = np.sort(np.random.default_rng(e.seed).choice(users, e.users, replace=False))
+        chosen = llm.eval_subset(users, e.users, e.seed)
         out = {"users": int(len(chosen))}
         for task in e.tasks:
             t0 = time.perf_counter()

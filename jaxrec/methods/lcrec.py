@@ -40,14 +40,13 @@ from typing import Literal
 import numpy as np
 
 from jaxrec.atomic import atomic_file
-from jaxrec.config import to_dict
 from jaxrec.data.dataset import Dataset
 from jaxrec.data.splits import LeaveOneOut, leave_one_out
 from jaxrec.data.tasks import item_text
 from jaxrec.data.tasks.alpaca import alpaca_prompt
 from jaxrec.data.tasks.lcrec import SEQREC_TEMPLATES, TEMPLATES, LCRecTaskConfig, lcrec_eval_examples, \
     lcrec_train_examples
-from jaxrec.errors import ConfigError, DataError
+from jaxrec.errors import DataError
 from jaxrec.eval.metrics import DEFAULT_KS, metrics_from_ranks, metrics_from_topk
 from jaxrec.index.build import IndexConfig
 from jaxrec.index.collisions import ResolveConfig
@@ -429,9 +428,7 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
               "templates": templates}
     for part in e.parts:
         users = len(split.test_users if part == "test" else split.valid_users)
-        chosen = np.arange(users)
-        if e.users is not None and e.users < users:
-            chosen = np.sort(np.random.default_rng(e.seed).choice(users, e.users, replace=False))
+        chosen = llm.eval_subset(users, e.users, e.seed)
         targets = (split.test_target if part == "test" else split.valid_target)[chosen]
         out = {"users": int(len(chosen)),
                "popularity": metrics_from_ranks(popularity_ranks[targets], e.ks)}

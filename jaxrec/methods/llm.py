@@ -294,3 +294,11 @@ def decode_texts(tokenizer, sequences: np.ndarray, eos_id: int) -> list[str]:
         end = np.flatnonzero(row == eos_id)
         texts.append(tokenizer.decode(row[: end[0] if end.size else len(row)].tolist(), skip_special_tokens=True))
     return texts
+
+
+def eval_subset(total: int, limit: int | None, seed: int) -> np.ndarray:
+    """int [n]: the sorted rows of ``total`` evaluation users to score: all of them, or a seeded
+    sample of ``limit`` (the recipes' ``eval.users``)."""
+    if limit is None or limit >= total:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).choice(total, limit, replace=False))

@@ -263,9 +263,7 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     for part in e.parts:
         users = split.test_users if part == "test" else split.valid_users
         histories = split.test_history if part == "test" else split.valid_history
-        chosen = np.arange(len(users))
-        if e.users is not None and e.users < len(users):
-            chosen = np.sort(np.random.default_rng(e.seed).choice(len(users), e.users, replace=False))
+        chosen = llm.eval_subset(len(users), e.users, e.seed)
         targets = (split.test_target if part == "test" else split.valid_target)[chosen]
         texts = [encoder_text(histories[i], int(users[i]), item_tokens, config) for i in chosen.tolist()]
         t0 = time.perf_counter()
