@@ -19,9 +19,10 @@ def tiny_config(out_dir, index_file) -> dict:
         "index": {"source": "file", "file": str(index_file)},
         "max_history": 4, "user_tokens": 5,
         "model": {"arch": "t5", "hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2},
-        "train": {"batch_size": 8, "steps": 2, "log_every": 1, "progress": False, "peak_flops": 1.0e12,
+        "train": {"batch_size": 8, "steps": 2, "log_every": 1, "eval_every": 1, "progress": False, "peak_flops": 1.0e12,
                   "lora": {"mode": "full"}, "optim": {"learning_rate": 1.0e-2}, "data": {"seq_len": 16}},
-        "eval": {"ks": [1, 5], "num_beams": 5, "parts": ["test"], "users": 8, "batch_size": 8, "progress": False},
+        "eval": {"ks": [1, 5], "num_beams": 5, "parts": ["test"], "users": 8, "curve_users": 4, "batch_size": 8,
+                 "progress": False},
     }
 
 
@@ -55,6 +56,9 @@ def test_end_to_end_metrics_and_real_items(run, monkeypatch):
         assert all(0.0 <= test[name][k] <= 1.0 for k in ("HR@5", "NDCG@5"))
     assert {"Recall@5", "MRR@5"} <= set(test["tiger"])
     assert json.loads((Path(config.out_dir) / "results.json").read_text()) == result
+    log = [json.loads(line) for line in (Path(config.out_dir) / "logs" / "metrics.jsonl").read_text().splitlines()]
+    curve = [row for row in log if "eval/NDCG@5" in row]  # validation learning curve, every eval_every steps
+    assert [row["step"] for row in curve] == [1, 2] and all(0.0 <= row["eval/HR@5"] <= 1.0 for row in curve)
 
     seen = []
     real = lcrec.beam_items

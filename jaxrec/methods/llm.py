@@ -140,9 +140,11 @@ def build_model(section: ModelSection, tokenizer):
 
 
 def finetune(model, tokenizer, examples: Sequence[Example], train: TrainConfig, *, loss_fn=None,
-             target_len: int | None = None) -> tuple[nnx.Module, dict]:
+             target_len: int | None = None, evaluate: Callable[[nnx.Module], dict] | None = None
+             ) -> tuple[nnx.Module, dict]:
     """Train ``model`` on ``examples`` (loss on the response + EOS, or every token with
     ``train.data.train_on_inputs``) with the engine; returns (trained model, fit summary).
+    ``evaluate(model) -> {metric: value}`` runs every ``train.eval_every`` steps (logged as ``eval/``).
 
     ``train.epochs`` (if set) fixes the number of passes, else ``train.steps``. T5: prompts are cut
     to ``train.data.seq_len`` and responses to ``target_len`` (default the same). In LoRA mode the
@@ -175,7 +177,7 @@ def finetune(model, tokenizer, examples: Sequence[Example], train: TrainConfig, 
                            pad_id=tokenizer.pad_token_id, target_len=target_len if seq2seq else None,
                            num_epochs=train.epochs)
     start = time.perf_counter()
-    summary = trainer.fit(batches, steps=steps)
+    summary = trainer.fit(batches, evaluate=evaluate, steps=steps)
     summary.update(train_seconds=round(time.perf_counter() - start, 2), truncated_examples=truncated)
     trained = trainer.model()
     trainer.close()

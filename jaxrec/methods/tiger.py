@@ -77,6 +77,7 @@ class EvalConfig:
     num_beams: int = 20
     parts: list[Literal["valid", "test"]] = dataclasses.field(default_factory=lambda: ["test"])
     users: int | None = None  # a seeded sample of the evaluated users; None: all
+    curve_users: int = 500  # validation users scored every train.eval_every steps (the learning curve)
     batch_size: int = 64
     seed: int = 0
     progress: bool = True
@@ -223,7 +224,8 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut, embeddings: np.ndarray 
     examples = training_examples(split, codes, config)
     tc = train_config(config, codes.shape[1])
     clock.lap("examples")
-    model, summary = llm.finetune(model, tokenizer, examples, tc, target_len=codes.shape[1] + 1)
+    curve = validation_curve(config, split, codes, tokenizer, model.config.vocab_size) if tc.eval_every else None
+    model, summary = llm.finetune(model, tokenizer, examples, tc, target_len=codes.shape[1] + 1, evaluate=curve)
     llm.save_run(out_dir, config.model, model, tc, config)
     clock.lap("train")
     return {"method": "tiger", "data": config.data.describe(), "model": config.model.describe(),
@@ -244,38 +246,70 @@ def evaluate(config: Config) -> dict:
 
 def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     """:func:`evaluate` on an already loaded dataset and split."""
-    from jaxrec.decode import ItemTrie
-    from jaxrec.index.index_io import codes_to_tokens, read_index
+    from jaxrec.index.index_io import read_index
     from jaxrec.methods.popularity import item_counts, rank_table
 
     start = time.perf_counter()
     e = config.eval
     codes = read_index(Path(config.out_dir) / INDEX_FILE, ds.num_items)
     model, tokenizer = llm.load_run(config.out_dir, "fine_tuned", config.model.dtype)
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    trie = ItemTrie.from_sequences(index_token_ids(tokenizer, codes), eos_id=eos, vocab_size=model.config.vocab_size)
-    item_tokens = [" ".join(row) for row in codes_to_tokens(codes)]
+    decoder = BeamDecoder(config, codes, tokenizer, model.config.vocab_size)
     popularity_ranks = rank_table(item_counts(split.train, ds.num_items))
-    length = -(-encoder_length(config, codes.shape[1]) // 16) * 16
     result = {"method": "tiger", "data": config.data.describe(), "model": config.model.describe(),
               "catalog_items": ds.num_items, "index_levels": int(codes.shape[1]), "num_beams": e.num_beams,
               "protocol": f"exact-trie beam search over all items; a target outside the {e.num_beams} beams is a miss"}
     for part in e.parts:
-        users = split.test_users if part == "test" else split.valid_users
-        histories = split.test_history if part == "test" else split.valid_history
-        chosen = llm.eval_subset(len(users), e.users, e.seed)
-        targets = (split.test_target if part == "test" else split.valid_target)[chosen]
-        texts = [encoder_text(histories[i], int(users[i]), item_tokens, config) for i in chosen.tolist()]
         t0 = time.perf_counter()
-        items = beam_items(model, llm.prompt_ids(tokenizer, model, texts), length, trie, "trie", e, eos, pad,
-                           f"tiger {part}")
-        result[part] = {"users": int(len(chosen)), "tiger": metrics_from_topk(items, targets, e.ks),
+        texts, targets = decoder.inputs(split, part, e.users)
+        items = decoder.items(model, texts, f"tiger {part}")
+        result[part] = {"users": len(texts), "tiger": metrics_from_topk(items, targets, e.ks),
                         "popularity": metrics_from_ranks(popularity_ranks[targets], e.ks),
                         "item_rate": float(np.mean(items >= 0)), "seconds": round(time.perf_counter() - t0, 2)}
     result["seconds"] = round(time.perf_counter() - start, 2)
     with atomic_file(Path(config.out_dir) / "results.json") as f:
         json.dump(result, f, indent=2)
     return result
+
+
+class BeamDecoder:
+    """Encoder inputs of evaluated users and their trie-constrained beam lists (shared by the final
+    evaluation and the learning curve)."""
+
+    def __init__(self, config: Config, codes: np.ndarray, tokenizer, vocab_size: int, progress: bool = True):
+        from jaxrec.decode import ItemTrie
+        from jaxrec.index.index_io import codes_to_tokens
+
+        self.config, self.tokenizer = config, tokenizer
+        self.eval = dataclasses.replace(config.eval, progress=config.eval.progress and progress)
+        self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+        self.trie = ItemTrie.from_sequences(index_token_ids(tokenizer, codes), eos_id=self.eos, vocab_size=vocab_size)
+        self.item_tokens = [" ".join(row) for row in codes_to_tokens(codes)]
+        self.length = -(-encoder_length(config, codes.shape[1]) // 16) * 16  # one compilation for every batch
+
+    def inputs(self, split: LeaveOneOut, part: str, limit: int | None) -> tuple[list[str], np.ndarray]:
+        """Encoder texts and target items of a seeded sample of ``limit`` users of ``part``."""
+        users = split.test_users if part == "test" else split.valid_users
+        histories = split.test_history if part == "test" else split.valid_history
+        chosen = llm.eval_subset(len(users), limit, self.config.eval.seed)
+        targets = (split.test_target if part == "test" else split.valid_target)[chosen]
+        return [encoder_text(histories[i], int(users[i]), self.item_tokens, self.config) for i in chosen.tolist()], targets
+
+    def items(self, model, texts: list[str], desc: str) -> np.ndarray:
+        """int32 [P, num_beams]: each input's beam items, best first (-1: not an item)."""
+        return beam_items(model, llm.prompt_ids(self.tokenizer, model, texts), self.length, self.trie, "trie",
+                          self.eval, self.eos, self.pad, desc)
+
+
+def validation_curve(config: Config, split: LeaveOneOut, codes: np.ndarray, tokenizer, vocab_size: int):
+    """``evaluate(model) -> {metric: value}`` on ``eval.curve_users`` validation users (seeded, fixed
+    for the run): the learning curve logged every ``train.eval_every`` steps."""
+    decoder = BeamDecoder(config, codes, tokenizer, vocab_size, progress=False)
+    texts, targets = decoder.inputs(split, "valid", config.eval.curve_users)
+
+    def evaluate(model) -> dict:
+        return metrics_from_topk(decoder.items(model, texts, "tiger curve"), targets, config.eval.ks)
+
+    return evaluate
 
 
 # ----------------------------------------------------------------------------- demo
