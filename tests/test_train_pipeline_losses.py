@@ -83,3 +83,26 @@ def test_length_buckets_pad_each_batch_to_its_smallest_bucket():
         assert not batch["loss_mask"][np.arange(width)[None] >= lengths[:, None]].any()
         widths.add(width)
     assert len(widths) > 1
+
+
+def test_group_by_length_permutes_rows_into_batches_of_similar_length():
+    data = examples(64, seed=3)
+    for i, e in enumerate(data):
+        e["prompt_ids"] = [3 + i] + e["prompt_ids"]  # first token = example number, to track rows
+    features = CausalFeatures(16, eos_id=2, bos_id=1)
+
+    def epoch(group, seed=0):
+        config = DataConfig(seq_len=16, bucket_lengths=(6, 8, 10, 12, 14), group_by_length=group)
+        return list(host_batches(data, features, config, global_batch=4, seed=seed, num_epochs=1))
+
+    grouped, plain = epoch(4), epoch(0)
+    rows = lambda batches: sorted(int(r) - 3 for b in batches for r in b["input_ids"][:, 1])
+    assert rows(grouped) == rows(plain) == list(range(64))  # a permutation of the same epoch
+    spread = lambda batches: np.mean([np.ptp(b["attention_mask"].sum(1)) for b in batches])
+    width = lambda batches: np.mean([b["input_ids"].shape[1] for b in batches])
+    assert spread(grouped) < spread(plain) and width(grouped) < width(plain)
+    assert all((a["input_ids"] == b["input_ids"]).all() for a, b in zip(grouped, epoch(4)))  # deterministic
+    assert [b["input_ids"].tolist() for b in grouped] != [b["input_ids"].tolist() for b in epoch(4, seed=1)]
+    with pytest.raises(Exception, match="pre-tokenized"):
+        next(iter(host_batches([{"prompt": "a b", "response": "c"}] * 8, features,
+                               DataConfig(seq_len=16, group_by_length=2), global_batch=4)))

@@ -8,6 +8,8 @@ the tokenizer) — or ``prompt_ids`` / ``response_ids`` (already token ids). Ste
 2. tokenization to features (decoder-only: ``input_ids``/``targets``/``loss_mask`` shifted by one;
    T5: encoder ``input_ids`` + ``decoder_input_ids``/``targets``/``loss_mask``), truncated to
    ``seq_len`` (the end of the response is cut first);
+   With ``group_by_length`` the shuffled rows are sorted by length within windows of that many
+   global batches and the window's batches shuffled again (:class:`LengthGroups`);
 3. batching: either length bucketing (pad the batch to the smallest of ``bucket_lengths`` that fits;
    one compilation per bucket) or packing (several examples per row with ``segment_ids``/``positions``;
    decoder-only);
@@ -149,6 +151,50 @@ class HostRows(grain.MapDataset):
         return f"HostRows(local={self.local}, processes={self.processes}, index={self.index})"
 
 
+class LengthGroups(grain.MapDataset):
+    """A permutation of ``parent``'s rows: each window of ``window`` global batches (``batch`` rows
+    each) is sorted by row length (stable), then its batches are put in a seeded random order. Rows
+    past the window's last whole batch keep their sorted place. Pure index arithmetic, so the
+    iterator position stays an exact checkpoint."""
+
+    def __init__(self, parent: grain.MapDataset, length: Callable[[dict], int], batch: int, window: int, seed: int):
+        super().__init__(parent)
+        self.length, self.batch, self.rows, self.seed = length, batch, batch * window, seed
+        self._cache: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self._parent)
+
+    def _order(self, w: int) -> np.ndarray:
+        """Parent offsets (within window ``w``) of the window's rows, in output order."""
+        if self._cache is None or self._cache[0] != w:
+            start = w * self.rows
+            size = min(self.rows, len(self._parent) - start)
+            lengths = np.asarray([self.length(self._parent[start + i]) for i in range(size)])
+            by_length = np.argsort(lengths, kind="stable")
+            whole = size // self.batch
+            batches = np.random.default_rng([self.seed, w]).permutation(whole)
+            head = by_length[:whole * self.batch].reshape(whole, self.batch)[batches].reshape(-1)
+            self._cache = (w, np.concatenate([head, by_length[whole * self.batch:]]))
+        return self._cache[1]
+
+    def __getitem__(self, j):
+        if isinstance(j, slice):
+            return self.slice(j)
+        w, offset = divmod(j, self.rows)
+        return self._parent[w * self.rows + int(self._order(w)[offset])]
+
+    def __str__(self) -> str:
+        return f"LengthGroups(batch={self.batch}, rows={self.rows})"
+
+
+def example_length(example: dict) -> int:
+    """Tokens of a pre-tokenized example (prompt + response)."""
+    if "prompt_ids" not in example:
+        raise ConfigError("data.group_by_length needs pre-tokenized examples (prompt_ids / response_ids)")
+    return len(example["prompt_ids"]) + len(example.get("response_ids", ()))
+
+
 def host_batches(examples: Sequence[dict], features: grain.transforms.Map, config: DataConfig, *,
                  global_batch: int, seed: int = 0, pad_id: int = 0, target_len: int | None = None,
                  num_epochs: int | None = None) -> grain.IterDataset:
@@ -162,7 +208,10 @@ def host_batches(examples: Sequence[dict], features: grain.transforms.Map, confi
     ds = grain.MapDataset.source(examples)
     if config.shuffle:
         ds = ds.shuffle(seed=seed)
-    ds = HostRows(ds.repeat(num_epochs), local, processes, jax.process_index()).map(features)
+    ds = ds.repeat(num_epochs)
+    if config.group_by_length:
+        ds = LengthGroups(ds, example_length, global_batch, config.group_by_length, seed)
+    ds = HostRows(ds, local, processes, jax.process_index()).map(features)
     if config.packing:
         if isinstance(features, Seq2SeqFeatures):
             raise ConfigError("data.packing is supported for decoder-only models only")

@@ -80,6 +80,9 @@ class DataConfig:
     seq_len: int = 256
     packing: bool = False
     bucket_lengths: tuple[int, ...] = ()  # pad each batch to the smallest bucket that fits (default: seq_len)
+    # sort rows by length within windows of this many global batches, then shuffle the batches of the
+    # window (0: off): batches of similar lengths pad to smaller buckets (pre-tokenized examples only)
+    group_by_length: int = 0
     train_on_inputs: bool = False  # BIGRec's option: the loss covers the prompt tokens as well
     shuffle: bool = True
     prefetch: int = 2
