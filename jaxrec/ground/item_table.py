@@ -5,6 +5,8 @@ produced (e.g. by :func:`jaxrec.ground.embed.embed_texts` batch by batch), :meth
 reads any row range, :func:`host_rows` gives each host of a multi-host job its own contiguous
 range, and :func:`stream_topk` ranks against the table holding only one block (plus the next one
 being read) in memory: block i+1 is read from disk while the device ranks block i.
+:func:`multihost_topk` is the multi-host version: every host streams only its own rows, then the
+hosts' top-k lists are all-gathered and merged (ties still to the lower id).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorstore as ts
+from jax.experimental import multihost_utils
 
 from jaxrec.atomic import atomic_dir
 from jaxrec.errors import DataError, JaxrecError
@@ -129,3 +132,31 @@ def stream_topk(queries, table: ItemTable, k: int, metric: str = "l2", *, rows=N
         best = (s[0], i[0]) if best is None else _merge(*best, s[0], i[0])
     check_finite(f"queries or item table {table.path} rows [{start}, {stop})", finite)
     return best
+
+
+def multihost_topk(queries, table: ItemTable, k: int, metric: str = "l2", **stream_kwargs):
+    """Exact top-``k`` of ``queries`` [Q,d] over every row of ``table``, each host reading only its
+    :func:`host_rows`; call it on every process. ``stream_kwargs`` go to :func:`stream_topk` (e.g.
+    ``mesh`` over this host's devices). Returns ``(scores [Q,k], ids [Q,k])`` on every host, equal to
+    a single-host :func:`stream_topk` over the whole table.
+    """
+    check_k(k, table.shape[0])
+    start, stop = host_rows(table.shape[0])
+    local_k = min(k, stop - start)
+    scores = np.full((len(queries), k), -np.inf, np.float32)
+    ids = np.full((len(queries), k), -1, np.int32)
+    if local_k:
+        s, i = stream_topk(queries, table, local_k, metric, rows=(start, stop), **stream_kwargs)
+        scores[:, :local_k], ids[:, :local_k] = np.asarray(s), np.asarray(i)
+    if jax.process_count() == 1:
+        return jnp.asarray(scores), jnp.asarray(ids)
+    all_s, all_i = multihost_utils.process_allgather((scores, ids))  # [hosts, Q, k], hosts in row order
+    return _merge_hosts(jnp.asarray(all_s), jnp.asarray(all_i))
+
+
+@jax.jit
+def _merge_hosts(all_s, all_i):
+    """[H,Q,k] per-host lists (host h holds lower ids than host h+1) -> the global top-k [Q,k]."""
+    hosts, q, k = all_s.shape
+    flat = lambda a: jnp.moveaxis(a, 0, 1).reshape(q, hosts * k)
+    return select_topk(flat(all_s), flat(all_i), k)
