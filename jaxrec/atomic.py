@@ -1,11 +1,12 @@
 """Write outputs so that a failure never leaves a half-written file or directory behind.
 
-Both helpers write to a temporary sibling path and rename it into place only on success.
+Every helper writes to a temporary sibling path and renames it into place only on success.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -50,6 +51,12 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iter
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically."""
+    with atomic_file(path) as f:
+        json.dump(obj, f, indent=indent)
 
 
 def _umask() -> int:

@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxrec.atomic import atomic_file
+from jaxrec.atomic import atomic_file, write_json
 from jaxrec.data.dataset import Dataset
 from jaxrec.data.splits import LeaveOneOut, leave_one_out
 from jaxrec.data.tasks import AlignedT5TaskConfig, Example, aligned_t5_eval_examples, aligned_t5_train_examples
@@ -438,6 +438,5 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
             out[task] = {**EVALUATORS[task](context, config, part, chosen), "seconds": round(time.perf_counter() - t0, 2)}
         result[part] = out
     result["seconds"] = round(time.perf_counter() - start, 2)
-    with atomic_file(Path(config.out_dir) / "results.json") as f:
-        json.dump(result, f, indent=2)
+    write_json(Path(config.out_dir) / "results.json", result)
     return result

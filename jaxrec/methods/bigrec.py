@@ -28,14 +28,13 @@ values of a random ranking. ``evaluate`` writes ``out_dir/results.json``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from jaxrec.atomic import atomic_file
+from jaxrec.atomic import write_json
 from jaxrec.data.splits import TemporalSplit, temporal_split
 from jaxrec.data.tasks import bigrec_eval_examples, bigrec_train_examples
 from jaxrec.data.tasks.domains import DomainName
@@ -264,6 +263,5 @@ def evaluate(config: Config) -> dict:
 
     result["samples"] = samples
     result["seconds"] = {**seconds, "total": round(time.perf_counter() - start, 2)}
-    with atomic_file(Path(config.out_dir) / "results.json") as f:
-        json.dump(result, f, indent=2)
+    write_json(Path(config.out_dir) / "results.json", result)
     return result

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from jaxrec.atomic import atomic_file
+from jaxrec.atomic import write_json
 from jaxrec.data.dataset import Dataset
 from jaxrec.data.splits import LeaveOneOut
 from jaxrec.eval.metrics import DEFAULT_KS
@@ -100,8 +100,7 @@ def run_demo(out_dir: str | Path, seed: int = 0, quick: bool = False, methods: l
     result = {"dataset": {"preset": preset, "seed": seed, **dataset.stats()}, "split": "test (leave-one-out)",
               "protocol": "full catalog, canonical tie rule (lower item id first), history items not excluded",
               "rows": rows}
-    with atomic_file(out_dir / "results.json") as f:
-        json.dump(result, f, indent=2)
+    write_json(out_dir / "results.json", result)
     return result
 
 

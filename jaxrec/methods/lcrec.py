@@ -39,11 +39,12 @@ from typing import Literal
 
 import numpy as np
 
-from jaxrec.atomic import atomic_file
+from jaxrec.atomic import write_json
 from jaxrec.data.dataset import Dataset
 from jaxrec.data.splits import LeaveOneOut, leave_one_out
 from jaxrec.data.tasks import item_text
 from jaxrec.data.tasks.alpaca import alpaca_prompt
+from jaxrec.data.tasks.rows import leave_one_out_rows
 from jaxrec.data.tasks.lcrec import SEQREC_TEMPLATES, TEMPLATES, LCRecTaskConfig, lcrec_eval_examples, \
     lcrec_train_examples
 from jaxrec.errors import DataError
@@ -324,8 +325,7 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     codes, report = index_codes(config, ds, lambda: item_embeddings(config, ds, model, tokenizer))
     clock.lap("index")
     write_index(out_dir / INDEX_FILE, codes)
-    with atomic_file(out_dir / "index.report.json") as f:
-        json.dump({"source": config.index.source, **report}, f, indent=1)
+    write_json(out_dir / "index.report.json", {"source": config.index.source, **report}, indent=1)
     first_new_row = add_index_tokens(model, tokenizer, codes, config.tokens, config.model.seed)
     from jaxrec.models.tokenizer import save_tokenizer
 
@@ -427,9 +427,9 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
               "catalog_items": ds.num_items, "index_levels": int(codes.shape[1]), "num_beams": e.num_beams,
               "templates": templates}
     for part in e.parts:
-        users = len(split.test_users if part == "test" else split.valid_users)
-        chosen = llm.eval_subset(users, e.users, e.seed)
-        targets = (split.test_target if part == "test" else split.valid_target)[chosen]
+        rows = leave_one_out_rows(split, part)
+        chosen = llm.eval_subset(len(rows.users), e.users, e.seed)
+        targets = rows.targets[chosen]
         out = {"users": int(len(chosen)),
                "popularity": metrics_from_ranks(popularity_ranks[targets], e.ks)}
         prompts = {}
@@ -448,8 +448,7 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
                          "item_rate": valid_rate, "seconds": round(time.perf_counter() - t0, 2)}
         result[part] = out
     result["seconds"] = round(time.perf_counter() - start, 2)
-    with atomic_file(Path(config.out_dir) / "results.json") as f:
-        json.dump(result, f, indent=2)
+    write_json(Path(config.out_dir) / "results.json", result)
     return result
 
 

@@ -63,7 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
-from jaxrec.atomic import atomic_file
+from jaxrec.atomic import atomic_file, write_json
 from jaxrec.config import to_dict
 from jaxrec.data.dataset import Dataset
 from jaxrec.data.pipeline import CausalFeatures, make_batches
@@ -505,6 +505,5 @@ def evaluate(config: Config) -> dict:
         seconds["llara"] = round(time.perf_counter() - t0, 2)
 
     result["seconds"] = {**seconds, "total": round(time.perf_counter() - start, 2)}
-    with atomic_file(Path(config.out_dir) / "results.json") as f:
-        json.dump(result, f, indent=2)
+    write_json(Path(config.out_dir) / "results.json", result)
     return result

@@ -22,7 +22,6 @@ Outputs under ``out_dir``: ``config.yaml``, ``params.safetensors`` (best valid N
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Literal
@@ -35,7 +34,7 @@ import yaml
 from flax import nnx
 from tqdm import tqdm
 
-from jaxrec.atomic import atomic_file
+from jaxrec.atomic import atomic_file, write_json
 from jaxrec.config import to_dict
 from jaxrec.data.dataset import Dataset
 from jaxrec.data.splits import LeaveOneOut, leave_one_out
@@ -289,8 +288,7 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
         "curve": curve,
         "out_dir": str(out_dir),
     }
-    with atomic_file(out_dir / "results.json") as f:
-        json.dump(result, f, indent=2)
+    write_json(out_dir / "results.json", result)
     return result
 
 

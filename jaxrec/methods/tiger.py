@@ -27,17 +27,17 @@ Run directory: ``index.json`` + ``index.report.json``, the files of :mod:`jaxrec
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from jaxrec.atomic import atomic_file
+from jaxrec.atomic import write_json
 from jaxrec.data.dataset import Dataset
 from jaxrec.data.splits import LeaveOneOut, leave_one_out
 from jaxrec.data.tasks import Example
+from jaxrec.data.tasks.rows import leave_one_out_rows
 from jaxrec.errors import ConfigError
 from jaxrec.eval.metrics import DEFAULT_KS, metrics_from_ranks, metrics_from_topk
 from jaxrec.index.build import IndexConfig
@@ -215,8 +215,7 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut, embeddings: np.ndarray 
                                 else (lambda: item_embeddings(config, ds, split)))
     clock.lap("index")
     write_index(out_dir / INDEX_FILE, codes)
-    with atomic_file(out_dir / "index.report.json") as f:
-        json.dump({"source": config.index.source, **report}, f, indent=1)
+    write_json(out_dir / "index.report.json", {"source": config.index.source, **report}, indent=1)
     tokenizer = code_tokenizer(codes, config.user_tokens)
     save_tokenizer(tokenizer, out_dir / "tokenizer")
     model = llm.build_model(config.model, tokenizer)
@@ -266,8 +265,7 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
                         "popularity": metrics_from_ranks(popularity_ranks[targets], e.ks),
                         "item_rate": float(np.mean(items >= 0)), "seconds": round(time.perf_counter() - t0, 2)}
     result["seconds"] = round(time.perf_counter() - start, 2)
-    with atomic_file(Path(config.out_dir) / "results.json") as f:
-        json.dump(result, f, indent=2)
+    write_json(Path(config.out_dir) / "results.json", result)
     return result
 
 
@@ -288,11 +286,10 @@ class BeamDecoder:
 
     def inputs(self, split: LeaveOneOut, part: str, limit: int | None) -> tuple[list[str], np.ndarray]:
         """Encoder texts and target items of a seeded sample of ``limit`` users of ``part``."""
-        users = split.test_users if part == "test" else split.valid_users
-        histories = split.test_history if part == "test" else split.valid_history
-        chosen = llm.eval_subset(len(users), limit, self.config.eval.seed)
-        targets = (split.test_target if part == "test" else split.valid_target)[chosen]
-        return [encoder_text(histories[i], int(users[i]), self.item_tokens, self.config) for i in chosen.tolist()], targets
+        rows = leave_one_out_rows(split, part)
+        chosen = llm.eval_subset(len(rows.users), limit, self.config.eval.seed)
+        return ([encoder_text(rows.histories[i], int(rows.users[i]), self.item_tokens, self.config)
+                 for i in chosen.tolist()], rows.targets[chosen])
 
     def items(self, model, texts: list[str], desc: str) -> np.ndarray:
         """int32 [P, num_beams]: each input's beam items, best first (-1: not an item)."""

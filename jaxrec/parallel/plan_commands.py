@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from jaxrec.atomic import atomic_file
+from jaxrec.atomic import write_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +37,6 @@ def run(args: argparse.Namespace) -> int:
     print(plan.table())
     print(json.dumps(report))
     if args.json:
-        with atomic_file(args.json) as f:
-            json.dump(report, f, indent=2)
+        write_json(args.json, report)
     plan.check()
     return 0
