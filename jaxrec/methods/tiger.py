@@ -92,7 +92,7 @@ class EvalConfig:
 def _default_train() -> TrainConfig:
     return TrainConfig(epochs=5, batch_size=256, log_every=50, dropout=0.1, lora=LoraConfig(mode="full"),
                        optim=OptimConfig(learning_rate=3e-3, warmup_steps=100, decay="cosine", weight_decay=0.01),
-                       data=TokenDataConfig(seq_len=64, bucket_lengths=(16, 32, 64)))
+                       data=TokenDataConfig(seq_len=64, bucket_lengths=(16, 32, 48), group_by_length=16))
 
 
 @dataclasses.dataclass
