@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxrec.errors import ConfigError
+from jaxrec.parallel.rules import constrain_batch
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 LAYERS_AXIS = "layers"
@@ -53,13 +54,16 @@ def run_layers(layers: nnx.Module, x: jax.Array, fn: LayerFn, remat: str = "none
     """Thread ``x`` through every layer: ``fn(layer, x) -> (x, out)``.
 
     ``layers``: an ``nnx.List`` (list layout: a Python loop) or one stacked layer (``lax.scan``).
-    Returns ``(x, outs)``: ``outs`` a list of the per-layer outputs (list layout) or the same
+    The stream ``x`` [B, ...] is pinned to the batch sharding between layers
+    (:func:`jaxrec.parallel.rules.constrain_batch`). Returns ``(x, outs)``: ``outs`` a list of the per-layer outputs (list layout) or the same
     pytree stacked [L, ...] (stacked layout); :func:`stack_outputs` gives [L, ...] for both.
     """
+    x = constrain_batch(x)
     if isinstance(layers, nnx.List):
         outs = []
         for layer in layers:
             x, out = fn(layer, x) if remat == "none" else _remat_call(layer, x, fn, remat)
+            x = constrain_batch(x)
             outs.append(out)
         return x, outs
     graphdef, state = nnx.split(layers)
@@ -67,7 +71,7 @@ def run_layers(layers: nnx.Module, x: jax.Array, fn: LayerFn, remat: str = "none
     def body(x, layer_state):
         layer = nnx.merge(graphdef, layer_state)
         x, out = fn(layer, x)
-        return x, (out, nnx.state(layer, nnx.RngState))
+        return constrain_batch(x), (out, nnx.state(layer, nnx.RngState))
 
     if remat != "none":
         body = jax.checkpoint(body, policy=checkpoint_policy(remat), prevent_cse=False)

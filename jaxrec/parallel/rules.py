@@ -92,6 +92,20 @@ def batch_sharding(mesh: Mesh, ndim: int, rules: Mapping[str, Sequence[str]] = D
     return NamedSharding(mesh, PartitionSpec(first, *([None] * (ndim - 1))))
 
 
+def constrain_batch(x: jax.Array) -> jax.Array:
+    """Pin an activation ``x`` [B, ...] to the batch split over the data axes of the ambient mesh
+    (``jax.set_mesh``; the trainer compiles under it), the rest replicated. Without it, XLA may
+    gather a whole batch onto every device of an fsdp axis to meet the sharded weights. A no-op
+    outside a mesh context or when B does not divide."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    axes = tuple(a for a in DEFAULT_RULES["batch"] if a in mesh.axis_names and mesh.shape[a] > 1)
+    if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
+        return x
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(axes, *([None] * (x.ndim - 1))))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

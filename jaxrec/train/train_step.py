@@ -127,7 +127,8 @@ def compile_cached(jitted: Callable, mesh: Mesh, *args) -> Callable:
     """``jitted.lower(*args).compile()``, reusing an executable this process already compiled for the
     same program (HLO text, incl. shardings and donation) on the same devices: trainers re-created with
     an unchanged setup (staged tuning, sweeps, resumed runs) skip XLA compilation. Keeps the last 8."""
-    lowered = jitted.lower(*args)
+    with jax.set_mesh(mesh):  # the ambient mesh activations are constrained to (rules.constrain_batch)
+        lowered = jitted.lower(*args)
     key = (hashlib.sha256(lowered.as_text().encode()).hexdigest(), tuple(d.id for d in mesh.devices.flat),
            mesh.axis_names)
     if key in _EXECUTABLES:
