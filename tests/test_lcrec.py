@@ -33,7 +33,7 @@ def tiny_config(out_dir, pretrained, index_file) -> dict:
 def run(tmp_path_factory):
     """A tiny "pretrained" HF Llama dir, an LC-Rec index file keyed by raw ids, then train + evaluate."""
     from jaxrec.methods import lcrec, llm
-    from jaxrec.methods.data_source import DataConfig, SyntheticData, load_dataset
+    from jaxrec.methods.data_source import DataConfig, load_dataset
     from jaxrec.models import save_pretrained
     from jaxrec.models.tokenizer import save_tokenizer
 
@@ -85,7 +85,7 @@ def test_constrained_beams_are_distinct_real_items(run):
     from jaxrec.methods import lcrec, llm
 
     config, ds, codes, _, _ = run
-    model, tokenizer = lcrec.load_model(config)
+    model, tokenizer = llm.load_run(config.out_dir)
     ids = lcrec.index_token_ids(tokenizer, codes)
     assert [tokenizer.decode(row) for row in ids[:2]] == ["".join(lcrec.index_mapping(codes)[i]) for i in (0, 1)]
     trie = ItemTrie.from_sequences(ids, eos_id=tokenizer.eos_token_id, vocab_size=model.config.vocab_size)
@@ -98,14 +98,14 @@ def test_constrained_beams_are_distinct_real_items(run):
 
 
 def test_index_tokens_added_and_only_new_rows_trained(run):
-    from jaxrec.methods import lcrec
+    from jaxrec.methods import llm
     from jaxrec.models import load_pretrained
     from jaxrec.models.tokenizer import load_tokenizer, resize_token_embeddings
 
     config, _, codes, summary, _ = run
     base = load_pretrained(config.model.pretrained)
     first_new = base.config.vocab_size
-    tuned, tokenizer = lcrec.load_model(config)
+    tuned, tokenizer = llm.load_run(config.out_dir)  # regrows the pretrained base's vocabulary first
     assert len(tokenizer) == first_new + summary["index"]["new_tokens"] == tuned.config.vocab_size
     assert len(load_tokenizer(config.model.pretrained)) == first_new  # the base dir is untouched
     resize_token_embeddings(base, len(tokenizer), seed=config.model.seed, noise_scale=config.tokens.noise_scale)

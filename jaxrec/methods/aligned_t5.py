@@ -207,7 +207,7 @@ def added_tokens(config: Config, keys: Sequence[str]) -> list[str]:
 
 def train(config: Config) -> dict:
     """Build keys and samples, tokenizer and model; multi-task fine-tune; write the run directory."""
-    from jaxrec.models.tokenizer import add_tokens, resize_token_embeddings, save_tokenizer
+    from jaxrec.models.tokenizer import add_tokens, save_tokenizer
 
     start = time.perf_counter()
     ds = load_dataset(config.data)
@@ -223,11 +223,7 @@ def train(config: Config) -> dict:
     model = llm.build_model(config.model, tokenizer)
     if not llm.is_seq2seq(model):
         raise ConfigError(f"model.pretrained={config.model.pretrained}: aligned_t5 needs a T5 (encoder-decoder) model")
-    if len(tokenizer) > model.config.vocab_size:
-        if config.train.lora.mode == "lora":
-            raise ConfigError("aligned_t5: LoRA on a pretrained model with added tokens (semantic ids) cannot be "
-                              "reloaded yet; use train.lora.mode=full or random ids")
-        resize_token_embeddings(model, len(tokenizer), seed=config.model.seed)
+    llm.grow_vocab(model, tokenizer, out_dir, seed=config.model.seed)
     llm.start_run(out_dir, config.model, model, tokenizer)
     save_item_keys(out_dir, keys, config, space)
     train_cfg = dataclasses.replace(config.train, log_dir=config.train.log_dir or str(out_dir / "logs"))

@@ -31,7 +31,6 @@ beat popularity, 600 response-only steps did not). Run directory:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -257,16 +256,14 @@ def index_token_ids(tokenizer, codes: np.ndarray) -> np.ndarray:
     return np.asarray([[vocab[t] for t in row] for row in tokens], np.int32)
 
 
-def add_index_tokens(model, tokenizer, codes: np.ndarray, section: TokenSection, seed: int) -> int:
-    """Add the index's tokens to ``tokenizer`` and grow ``model``'s vocabulary rows; returns the old
-    vocabulary size (the first new row)."""
+def add_index_tokens(model, tokenizer, codes: np.ndarray, config: Config) -> int:
+    """Add the index's tokens to ``tokenizer`` and grow ``model``'s vocabulary rows (recorded in the
+    run directory, see :func:`llm.grow_vocab`); returns the old vocabulary size (the first new row)."""
     from jaxrec.index.index_io import index_vocabulary
-    from jaxrec.models.tokenizer import add_tokens, resize_token_embeddings
+    from jaxrec.models.tokenizer import add_tokens
 
-    old = int(model.config.vocab_size)
     add_tokens(tokenizer, index_vocabulary(codes))
-    resize_token_embeddings(model, max(old, len(tokenizer)), seed=seed, noise_scale=section.noise_scale)
-    return old
+    return llm.grow_vocab(model, tokenizer, config.out_dir, seed=config.model.seed, noise_scale=config.tokens.noise_scale)
 
 
 def tokenizer_texts(ds: Dataset, template_weight: int = 100) -> list[str]:
@@ -326,7 +323,7 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     clock.lap("index")
     write_index(out_dir / INDEX_FILE, codes)
     write_json(out_dir / "index.report.json", {"source": config.index.source, **report}, indent=1)
-    first_new_row = add_index_tokens(model, tokenizer, codes, config.tokens, config.model.seed)
+    first_new_row = add_index_tokens(model, tokenizer, codes, config)
     from jaxrec.models.tokenizer import save_tokenizer
 
     save_tokenizer(tokenizer, out_dir / "tokenizer")
@@ -348,29 +345,6 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
 
 
 # ----------------------------------------------------------------------------- evaluate
-
-
-def load_model(config: Config):
-    """(fine-tuned model with LoRA merged, tokenizer with the index tokens) of ``config.out_dir``.
-
-    A LoRA run on a pretrained model re-grows the base model's vocabulary exactly as training did
-    (same seed and noise) before the adapter (and its trained embedding rows) is loaded.
-    """
-    meta_file = Path(config.out_dir) / llm.RUN_FILE
-    if meta_file.is_file() and json.loads(meta_file.read_text())["mode"] == "lora" and config.model.pretrained:
-        from jaxrec.models import load_pretrained
-        from jaxrec.models.lora import remove_lora
-        from jaxrec.models.peft_io import load_adapter
-        from jaxrec.models.tokenizer import load_tokenizer, resize_token_embeddings
-
-        tokenizer = load_tokenizer(Path(config.out_dir) / "tokenizer")
-        model = load_pretrained(config.model.pretrained, dtype=config.model.dtype)
-        vocab = max(int(model.config.vocab_size), len(tokenizer))
-        resize_token_embeddings(model, vocab, seed=config.model.seed, noise_scale=config.tokens.noise_scale)
-        load_adapter(model, Path(config.out_dir) / "adapter")
-        remove_lora(model, merge=True)
-        return model, tokenizer
-    return llm.load_run(config.out_dir, "fine_tuned", config.model.dtype)
 
 
 def beam_items(model, prompts: list[list[int]], length: int, trie, mode: str, e: EvalConfig, eos: int, pad: int,
@@ -417,7 +391,7 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     start = time.perf_counter()
     e = config.eval
     codes = read_index(Path(config.out_dir) / INDEX_FILE, ds.num_items)
-    model, tokenizer = load_model(config)
+    model, tokenizer = llm.load_run(config.out_dir, "fine_tuned", config.model.dtype)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     trie = ItemTrie.from_sequences(index_token_ids(tokenizer, codes), eos_id=eos, vocab_size=model.config.vocab_size)
     templates = e.templates if e.templates is not None else list(range(len(SEQREC_TEMPLATES)))

@@ -31,13 +31,14 @@ from typing import Callable, Iterable, Literal, Sequence
 import numpy as np
 from flax import nnx
 
-from jaxrec.atomic import atomic_file
+from jaxrec.atomic import write_json
 from jaxrec.config import to_dict
 from jaxrec.data.tasks import Example
 from jaxrec.errors import ConfigError
 from jaxrec.train.config import TrainConfig
 
 RUN_FILE = "run.json"
+VOCAB_GROWTH_FILE = "vocab_growth.json"
 log = logging.getLogger("jaxrec.methods.llm")
 
 
@@ -195,6 +196,20 @@ def start_run(run_dir: str | Path, section: ModelSection, model, tokenizer) -> N
         save_pretrained(model, Path(run_dir) / "base_model")
 
 
+def grow_vocab(model, tokenizer, run_dir: str | Path, *, seed: int, noise_scale: float = 0.01) -> int:
+    """Grow ``model``'s vocabulary rows to cover ``tokenizer`` (tokens added to a pretrained vocabulary)
+    and record how in ``run_dir/vocab_growth.json``, so :func:`load_run` regrows the base identically
+    before loading a LoRA adapter. Returns the old vocabulary size (the first new row)."""
+    from jaxrec.models.tokenizer import resize_token_embeddings
+
+    old = int(model.config.vocab_size)
+    if len(tokenizer) > old:
+        resize_token_embeddings(model, len(tokenizer), seed=seed, noise_scale=noise_scale)
+        write_json(Path(run_dir) / VOCAB_GROWTH_FILE, {"vocab_size": len(tokenizer), "seed": seed,
+                                                       "noise_scale": noise_scale})
+    return old
+
+
 def save_run(run_dir: str | Path, section: ModelSection, model, train: TrainConfig, config) -> None:
     """Write the trained weights (adapter or full model) and ``run.json`` (last, so a run dir with
     ``run.json`` is complete)."""
@@ -207,8 +222,7 @@ def save_run(run_dir: str | Path, section: ModelSection, model, train: TrainConf
         save_adapter(model, run_dir / "adapter", train.lora, base_model=base)
     else:
         save_pretrained(model, run_dir / "model")
-    with atomic_file(run_dir / RUN_FILE) as f:
-        json.dump({"base_model": base, "mode": train.lora.mode, "config": to_dict(config)}, f, indent=2)
+    write_json(run_dir / RUN_FILE, {"base_model": base, "mode": train.lora.mode, "config": to_dict(config)})
 
 
 def load_run(run_dir: str | Path, which: Literal["fine_tuned", "base"] = "fine_tuned", dtype: str = "float32"):
@@ -216,7 +230,7 @@ def load_run(run_dir: str | Path, which: Literal["fine_tuned", "base"] = "fine_t
     from jaxrec.models import load_pretrained
     from jaxrec.models.lora import remove_lora
     from jaxrec.models.peft_io import load_adapter
-    from jaxrec.models.tokenizer import load_tokenizer
+    from jaxrec.models.tokenizer import load_tokenizer, resize_token_embeddings
 
     run_dir = Path(run_dir)
     meta_file = run_dir / RUN_FILE
@@ -229,6 +243,10 @@ def load_run(run_dir: str | Path, which: Literal["fine_tuned", "base"] = "fine_t
     if meta["mode"] == "full":
         return load_pretrained(run_dir / "model", dtype=dtype), tokenizer
     model = load_pretrained(meta["base_model"], dtype=dtype)
+    growth = run_dir / VOCAB_GROWTH_FILE
+    if growth.is_file():  # the adapter was trained on the base with added tokens: regrow it the same way
+        g = json.loads(growth.read_text())
+        resize_token_embeddings(model, g["vocab_size"], seed=g["seed"], noise_scale=g["noise_scale"])
     load_adapter(model, run_dir / "adapter")
     remove_lora(model, merge=True)
     return model, tokenizer
