@@ -151,9 +151,8 @@ def finetune(model, tokenizer, examples: Sequence[Example], train: TrainConfig, 
     to ``train.data.seq_len`` and responses to ``target_len`` (default the same). In LoRA mode the
     returned model holds LoRA modules (see :func:`save_run`).
     """
-    from jaxrec.data.pipeline import CausalFeatures, Seq2SeqFeatures, make_batches
+    from jaxrec.data.pipeline import CausalFeatures, Seq2SeqFeatures
     from jaxrec.train.losses import causal_lm_loss, seq2seq_lm_loss
-    from jaxrec.train.trainer import Trainer
 
     if not examples:
         raise ConfigError("finetune: no training examples")
@@ -172,14 +171,26 @@ def finetune(model, tokenizer, examples: Sequence[Example], train: TrainConfig, 
     if truncated:
         log.warning("%d of %d training examples are longer than train.data.seq_len=%d%s and are cut", truncated,
                     len(rows), seq_len, f" / target_len={target_len}" if seq2seq else "")
+    model, summary = train_rows(model, rows, features, train, loss_fn, pad_id=tokenizer.pad_token_id,
+                                target_len=target_len if seq2seq else None, evaluate=evaluate)
+    return model, {**summary, "truncated_examples": truncated}
+
+
+def train_rows(model, rows: Sequence[dict], features, train: TrainConfig, loss_fn, *, pad_id: int,
+               target_len: int | None = None, evaluate: Callable[[nnx.Module], dict] | None = None
+               ) -> tuple[nnx.Module, dict]:
+    """The engine on pre-tokenized ``rows`` (dicts with ``prompt_ids``/``response_ids``, ...) that the
+    grain transform ``features`` turns into model inputs; returns (trained model, fit summary)."""
+    from jaxrec.data.pipeline import make_batches
+    from jaxrec.train.trainer import Trainer
+
     steps = train.num_steps(len(rows))
     trainer = Trainer(model, train, loss_fn, total_steps=steps)
     batches = make_batches(rows, features, train.data, trainer.mesh, global_batch=train.batch_size, seed=train.seed,
-                           pad_id=tokenizer.pad_token_id, target_len=target_len if seq2seq else None,
-                           num_epochs=train.epochs)
+                           pad_id=pad_id, target_len=target_len, num_epochs=train.epochs)
     start = time.perf_counter()
     summary = trainer.fit(batches, evaluate=evaluate, steps=steps)
-    summary.update(train_seconds=round(time.perf_counter() - start, 2), truncated_examples=truncated)
+    summary.update(train_seconds=round(time.perf_counter() - start, 2))
     trained = trainer.model()
     trainer.close()
     return trained, summary

@@ -66,7 +66,7 @@ from flax import nnx, traverse_util
 from jaxrec.atomic import atomic_file, write_json
 from jaxrec.config import to_dict
 from jaxrec.data.dataset import Dataset
-from jaxrec.data.pipeline import CausalFeatures, make_batches
+from jaxrec.data.pipeline import CausalFeatures
 from jaxrec.data.splits import LeaveOneOut, leave_one_out
 from jaxrec.data.tasks import (ITEM_PLACEHOLDER, Example, rsllm_candidate_examples, rsllm_eval_examples,
                                rsllm_train_examples, sliding_rows)
@@ -279,8 +279,6 @@ def with_log_dir(train: TrainConfig, log_dir: Path) -> TrainConfig:
 
 def fit_stage2(model, tokenizer, examples: Sequence[Example], train: TrainConfig, loss_fn) -> tuple[nnx.Module, dict]:
     """Train the injected model on unified-prompt examples; returns (trained model, fit summary)."""
-    from jaxrec.train.trainer import Trainer
-
     rows = [{"prompt_ids": p, "response_ids": r, "target": e.target}
             for e, p, r in zip(examples, encode_prompts(tokenizer, examples),
                                llm.encode(tokenizer, [e.response for e in examples]))]
@@ -288,20 +286,10 @@ def fit_stage2(model, tokenizer, examples: Sequence[Example], train: TrainConfig
     if truncated:
         llm.log.warning("stage2: %d of %d training examples are longer than seq_len=%d and are cut", truncated,
                         len(rows), train.data.seq_len)
-    steps = train.epochs * (len(rows) // train.batch_size) if train.epochs else train.steps
-    if steps < 1:
-        raise ConfigError(f"stage2: {len(rows)} examples give no step of batch_size={train.batch_size}")
-    trainer = Trainer(model, train, loss_fn, total_steps=steps)
     features = TaggedFeatures(train.data.seq_len, tokenizer.eos_token_id, tokenizer.bos_token_id,
                               train.data.train_on_inputs)
-    batches = make_batches(rows, features, train.data, trainer.mesh, global_batch=train.batch_size, seed=train.seed,
-                           pad_id=tokenizer.pad_token_id, num_epochs=train.epochs)
-    start = time.perf_counter()
-    summary = trainer.fit(batches, steps=steps)
-    summary.update(train_seconds=round(time.perf_counter() - start, 2), truncated_examples=truncated)
-    trained = trainer.model()
-    trainer.close()
-    return trained, summary
+    model, summary = llm.train_rows(model, rows, features, train, loss_fn, pad_id=tokenizer.pad_token_id)
+    return model, {**summary, "truncated_examples": truncated}
 
 
 def item_id_embeddings(config: Config, ds: Dataset, split: LeaveOneOut) -> np.ndarray:
@@ -343,9 +331,8 @@ def save_stage2(run_dir: Path, model, train: TrainConfig, config: Config) -> Non
         f.write(safetensors.numpy.save({k: np.asarray(v) for k, v in _projector_params(layer.projector).items()}))
     with atomic_file(run_dir / "item_table.npy", "wb") as f:
         np.save(f, np.asarray(layer.item_table[...], np.float32))
-    with atomic_file(run_dir / llm.RUN_FILE) as f:
-        json.dump({"mode": train.lora.mode, "stage1": str(run_dir.parent / "stage1"), "config": to_dict(config)}, f,
-                  indent=2)
+    write_json(run_dir / llm.RUN_FILE, {"mode": train.lora.mode, "stage1": str(run_dir.parent / "stage1"),
+                                        "config": to_dict(config)})
 
 
 def load_stage2(config: Config):
