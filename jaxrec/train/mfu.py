@@ -31,11 +31,12 @@ DATASHEET_PEAK = {
 }
 
 
-def matmul_params(state: nnx.State) -> int:
-    """Number of parameters that take part in matmuls (see the module docstring)."""
+def matmul_params(state: nnx.State, under: str | None = None) -> int:
+    """Number of parameters that take part in matmuls (see the module docstring); with ``under``,
+    only those of that top-level submodule (e.g. "encoder")."""
     total = 0
-    for _, v in nnx.to_flat_state(state):
-        if not isinstance(v, nnx.Param):
+    for path, v in nnx.to_flat_state(state):
+        if not isinstance(v, nnx.Param) or (under is not None and path[:1] != (under,)):
             continue
         axes, ndim = tuple(variable_axes(v) or ()), v.ndim
         if axes[:1] == ("layers",):  # stacked over layers (scan): one leading [L] dimension more

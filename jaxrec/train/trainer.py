@@ -73,6 +73,9 @@ class Trainer:
         self.graphdef = graphdef
         self.n_trained = sum(x.size for x in jax.tree.leaves(params))
         self.n_matmul = mfu.matmul_params(nnx.merge_state(params, frozen))
+        # encoder-decoder: the encoder's share, which runs on the (longer) encoder inputs only
+        self._encoder = (mfu.matmul_params(nnx.merge_state(params, frozen), under="encoder"),
+                         sum(x.size for x in jax.tree.leaves(params.get("encoder", {}))))
         params = cast_floats(params, jnp.float32)  # fp32 master weights
         if config.lora.mode == "lora":  # frozen weights are only read: keep them in the compute dtype
             frozen = cast_floats(frozen, self.compute_dtype)
@@ -144,8 +147,6 @@ class Trainer:
         spec = batch_spec(batches)  # validate the first batch's shape before compiling anything
         check_batch_size(next(iter(spec.values())).shape[0], self.mesh, "the input batch")
         start = self.restore(batches)
-        seq_len = spec["input_ids"].shape[1]
-        flops_tok = mfu.flops_per_token(self.n_matmul, self.n_trained, *self._dims, seq_len)
         peak = cfg.peak_flops or mfu.device_peak()[0]
         logger = MetricsLogger(cfg.log_dir)
         bar = tqdm(total=steps, initial=start, disable=not cfg.progress or jax.process_index() != 0,
@@ -166,8 +167,10 @@ class Trainer:
                 if step % cfg.log_every == 0 or step == steps:
                     host = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     elapsed = time.perf_counter() - t0
-                    tps = batch["input_ids"].size * (step - logged_step) / max(elapsed, 1e-9)
-                    host.update(tokens_per_s=tps, mfu=tps * flops_tok / peak if peak else 0.0)
+                    elapsed = max(elapsed, 1e-9)
+                    tps = batch["input_ids"].size * (step - logged_step) / elapsed
+                    flops_s = self.batch_flops(batch) * (step - logged_step) / elapsed
+                    host.update(tokens_per_s=tps, mfu=flops_s / peak if peak else 0.0)
                     logger.log(step, host, prefix="train/")
                     bar.set_postfix(loss=f"{host['loss']:.4f}", tok_s=f"{tps:,.0f}", mfu=f"{host['mfu']:.1%}")
                     last, t0, logged_step = host, time.perf_counter(), step
@@ -200,6 +203,18 @@ class Trainer:
             bar.close()
             logger.close()
         return {**last, "step": step, "best_metric": best, "stopped": stopped}
+
+    def batch_flops(self, batch: dict) -> float:
+        """Model FLOPs (forward + backward, :mod:`jaxrec.train.mfu`) of one step on ``batch``; for an
+        encoder-decoder the encoder weights count on encoder tokens, the rest on decoder tokens."""
+        layers, hidden = self._dims
+        inputs = batch["input_ids"]
+        if "decoder_input_ids" not in batch:
+            return inputs.size * mfu.flops_per_token(self.n_matmul, self.n_trained, layers, hidden, inputs.shape[1])
+        (enc_matmul, enc_trained), dec = self._encoder, batch["decoder_input_ids"]
+        return (inputs.size * mfu.flops_per_token(enc_matmul, enc_trained, layers, hidden, inputs.shape[1])
+                + dec.size * mfu.flops_per_token(self.n_matmul - enc_matmul, self.n_trained - enc_trained, layers,
+                                                 hidden, dec.shape[1]))
 
     def _on_sigterm(self, signum, frame) -> None:
         self._stop = True
