@@ -70,7 +70,7 @@ def test_constrained_generation_returns_only_real_items(run):
 
 
 def test_grounding_equals_numpy_brute_force():
-    from jaxrec.methods.bigrec import ground_ranks
+    from jaxrec.methods.llm import ground_ranks
 
     rng = np.random.default_rng(0)
     items = rng.normal(size=(50, 8)).astype(np.float32)
@@ -90,7 +90,7 @@ def test_embeddings_ignore_left_padding_and_run_io_round_trips(tmp_path):
     """Last-token states of a padded batch equal one-by-one forwards; a LoRA run reloads merged."""
     import jax
 
-    from jaxrec.methods import bigrec, llm
+    from jaxrec.methods import llm
     from jaxrec.models.lora import apply_lora, lora_modules
     from jaxrec.train.config import LoraConfig, TrainConfig
 
@@ -99,7 +99,7 @@ def test_embeddings_ignore_left_padding_and_run_io_round_trips(tmp_path):
     texts = ["Classic Yoga Mat", "Pro Dog Leash with a much longer title", "Pen"]
     tokenizer = llm.make_tokenizer(section, lambda: texts * 20, tmp_path)
     model = llm.build_model(section, tokenizer)
-    batch = bigrec.embed_texts(model, tokenizer, {"texts": texts}, batch_size=4)["texts"]
+    batch = llm.embed_texts(model, tokenizer, {"texts": texts}, batch_size=4)["texts"]
     ids = llm.prompt_ids(tokenizer, model, texts)
     for row, seq in zip(batch, ids):
         alone = model(np.asarray([seq]), return_hidden=True)[0, -1]

@@ -142,3 +142,17 @@ def _check_batch(topk: np.ndarray, targets: np.ndarray) -> None:
 
 def _mean(values: np.ndarray) -> float:
     return float(np.mean(values)) if np.size(values) else 0.0
+
+
+def random_ranking_metrics(num_items: int, ks: list[int]) -> dict:
+    """Expected HR/NDCG@K of a uniformly random ranking of ``num_items`` items."""
+    gains = 1.0 / np.log2(np.arange(2, num_items + 2))
+    return {**{f"HR@{k}": min(k, num_items) / num_items for k in ks},
+            **{f"NDCG@{k}": float(gains[:k].sum() / num_items) for k in ks}}
+
+
+def list_metrics(item_ids: np.ndarray, targets: np.ndarray, ks: list[int]) -> dict:
+    """Metrics of ranked item lists [Q,R] (-1 = empty); a target outside the list is a miss at every K."""
+    hit = item_ids == targets[:, None]
+    ranks = np.where(hit.any(1), np.argmax(hit, 1) + 1.0, np.inf)
+    return metrics_from_ranks(ranks, ks)

@@ -40,10 +40,8 @@ from jaxrec.data.tasks import bigrec_eval_examples, bigrec_train_examples
 from jaxrec.data.tasks.domains import DomainName
 from jaxrec.data.tasks.item_text import quoted, titles as item_titles
 from jaxrec.decode import ItemTrie
-from jaxrec.eval.metrics import metrics_from_ranks
-from jaxrec.ground.embed import Embedder
+from jaxrec.eval.metrics import list_metrics, metrics_from_ranks, random_ranking_metrics
 from jaxrec.ground.fusion import POPULARITY_GAMMAS, choose_gamma, fused_target_ranks, minmax
-from jaxrec.ground.rank import target_ranks
 from jaxrec.methods import llm
 from jaxrec.methods.data_source import DataConfig, SyntheticData, load_dataset
 from jaxrec.train.config import TrainConfig
@@ -139,23 +137,6 @@ def train(config: Config) -> dict:
 # ----------------------------------------------------------------------------- grounding
 
 
-def embed_texts(model, tokenizer, texts: dict[str, list[str]], batch_size: int) -> dict[str, np.ndarray]:
-    """float32 [P,d] per group of texts: BIGRec's grounding embedding, the final hidden state at the
-    last token of ``[BOS] + text`` (an empty text embeds its BOS, or EOS when the tokenizer has none).
-    All groups share one padded length (one compilation)."""
-    embedder = Embedder(model, pooling="last")
-    seqs = {name: [ids or [tokenizer.eos_token_id] for ids in llm.prompt_ids(tokenizer, model, group)]
-            for name, group in texts.items()}
-    length = llm.padded_length([s for group in seqs.values() for s in group])
-    return {name: llm.batched(lambda ids, mask: (embedder(ids, mask),), group, batch_size, tokenizer.pad_token_id,
-                              length)[0] for name, group in seqs.items()}
-
-
-def ground_ranks(queries: np.ndarray, items: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """1-based full-catalog ranks [Q] of ``targets`` by L2 distance (closest first)."""
-    return np.asarray(target_ranks(queries, items, targets, metric="l2"))
-
-
 def popularity(split: TemporalSplit, num_items: int) -> np.ndarray:
     """BIGRec's popularity C: each item's count as a training target, min-max normalised [N]."""
     return minmax(np.bincount(split.train.target, minlength=num_items).astype(np.float32))
@@ -177,20 +158,6 @@ def fusion_metrics(valid: tuple, test: tuple, weights: np.ndarray, ks: list[int]
         row = int(np.flatnonzero(POPULARITY_GAMMAS == gamma)[0])
         out[name] = {"gamma": gamma, "valid": value, "test": metrics[name](test_ranks[row])}
     return out
-
-
-def random_metrics(num_items: int, ks: list[int]) -> dict:
-    """Expected HR/NDCG@K of a uniformly random ranking of ``num_items`` items."""
-    gains = 1.0 / np.log2(np.arange(2, num_items + 2))
-    return {**{f"HR@{k}": min(k, num_items) / num_items for k in ks},
-            **{f"NDCG@{k}": float(gains[:k].sum() / num_items) for k in ks}}
-
-
-def list_metrics(item_ids: np.ndarray, targets: np.ndarray, ks: list[int]) -> dict:
-    """Metrics of ranked item lists [Q,R] (-1 = empty); a target outside the list is a miss at every K."""
-    hit = item_ids == targets[:, None]
-    ranks = np.where(hit.any(1), np.argmax(hit, 1) + 1.0, np.inf)
-    return metrics_from_ranks(ranks, ks)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -215,7 +182,7 @@ def evaluate(config: Config) -> dict:
                  batch_size=g.batch_size, length=llm.padded_length(prompts["valid"] + prompts["test"]))
     result = {"method": "bigrec", "data": config.data.describe(), "model": config.model.describe(),
               "catalog_items": ds.num_items, "examples": {k: len(v) for k, v in parts.items()},
-              "num_beams": g.num_beams, "random": random_metrics(ds.num_items, ks)}
+              "num_beams": g.num_beams, "random": random_ranking_metrics(ds.num_items, ks)}
     samples = [{"target": raw_titles[t]} for t in targets["test"][:3]]
     seconds = {}
 
@@ -247,13 +214,13 @@ def evaluate(config: Config) -> dict:
         t0 = time.perf_counter()
         if config.ground.model == "base":
             model, _ = llm.load_run(config.out_dir, "base", config.model.dtype)
-        queries = embed_texts(model, tokenizer, {"items": raw_titles, **{part: [t.strip().strip('"') for t in tx]
+        queries = llm.embed_texts(model, tokenizer, {"items": raw_titles, **{part: [t.strip().strip('"') for t in tx]
                                                                         for part, tx in texts.items()}},
                               config.ground.batch_size)
         items_emb = queries.pop("items")
         free = {"ground_model": config.ground.model, "exact_title_rate": exact}
         for part, q in queries.items():
-            free[part] = metrics_from_ranks(ground_ranks(q, items_emb, targets[part]), ks)
+            free[part] = metrics_from_ranks(llm.ground_ranks(q, items_emb, targets[part]), ks)
         if config.ground.fusion:
             free["popularity_fusion"] = fusion_metrics((queries["valid"], items_emb, targets["valid"]),
                                                        (queries["test"], items_emb, targets["test"]),

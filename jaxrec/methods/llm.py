@@ -333,3 +333,27 @@ def eval_subset(total: int, limit: int | None, seed: int) -> np.ndarray:
     if limit is None or limit >= total:
         return np.arange(total)
     return np.sort(np.random.default_rng(seed).choice(total, limit, replace=False))
+
+
+# ----------------------------------------------------------------------------- grounding (BIGRec, RSLLM)
+
+
+def embed_texts(model, tokenizer, texts: dict[str, list[str]], batch_size: int) -> dict[str, np.ndarray]:
+    """float32 [P,d] per group of texts: BIGRec's grounding embedding, the final hidden state at the
+    last token of ``[BOS] + text`` (an empty text embeds its BOS, or EOS when the tokenizer has none).
+    All groups share one padded length (one compilation)."""
+    from jaxrec.ground.embed import Embedder
+
+    embedder = Embedder(model, pooling="last")
+    seqs = {name: [ids or [tokenizer.eos_token_id] for ids in prompt_ids(tokenizer, model, group)]
+            for name, group in texts.items()}
+    length = padded_length([s for group in seqs.values() for s in group])
+    return {name: batched(lambda ids, mask: (embedder(ids, mask),), group, batch_size, tokenizer.pad_token_id,
+                              length)[0] for name, group in seqs.items()}
+
+
+def ground_ranks(queries: np.ndarray, items: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """1-based full-catalog ranks [Q] of ``targets`` by L2 distance (closest first)."""
+    from jaxrec.ground.rank import target_ranks
+
+    return np.asarray(target_ranks(queries, items, targets, metric="l2"))

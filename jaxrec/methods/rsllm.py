@@ -74,9 +74,8 @@ from jaxrec.data.tasks.domains import DomainName
 from jaxrec.data.tasks.item_text import titles as item_titles
 from jaxrec.decode import ItemTrie
 from jaxrec.errors import ConfigError, DataError
-from jaxrec.eval.metrics import metrics_from_ranks
+from jaxrec.eval.metrics import list_metrics, metrics_from_ranks, random_ranking_metrics
 from jaxrec.methods import llm, sasrec
-from jaxrec.methods.bigrec import embed_texts, ground_ranks, list_metrics, random_metrics
 from jaxrec.methods.data_source import DataConfig, SyntheticData, load_dataset
 from jaxrec.models import projector as proj
 from jaxrec.train.config import LoraConfig, TrainConfig
@@ -448,7 +447,7 @@ def evaluate(config: Config) -> dict:
     length = llm.padded_length(prompts["valid"] + prompts["test"])
     result = {"method": "rsllm", "data": config.data.describe(), "model": config.model.describe(),
               "catalog_items": ds.num_items, "examples": {k: len(v) for k, v in parts.items()},
-              "num_beams": g.num_beams, "random": random_metrics(ds.num_items, ks)}
+              "num_beams": g.num_beams, "random": random_ranking_metrics(ds.num_items, ks)}
     seconds = {}
 
     if e.constrained:
@@ -469,11 +468,11 @@ def evaluate(config: Config) -> dict:
                                           num_return_sequences=1, length=length, **beams)
             texts[part] = [clean(t) for t in llm.decode_texts(tokenizer, seqs[:, 0], eos)]
             exact[part] = float(np.mean(items[:, 0] >= 0))
-        embeddings = embed_texts(model, tokenizer, {"items": titles, **texts}, g.batch_size)
+        embeddings = llm.embed_texts(model, tokenizer, {"items": titles, **texts}, g.batch_size)
         items_emb = embeddings.pop("items")
         free = {"ground_model": "fine_tuned", "exact_title_rate": exact}
         for part, q in embeddings.items():
-            free[part] = metrics_from_ranks(ground_ranks(q, items_emb, targets[part]), ks)
+            free[part] = metrics_from_ranks(llm.ground_ranks(q, items_emb, targets[part]), ks)
         result["free"] = free
         result["samples"] = [{"target": titles[t], "free": x} for t, x in zip(targets["test"][:3], texts["test"][:3])]
         seconds["free_and_grounding"] = round(time.perf_counter() - t0, 2)
