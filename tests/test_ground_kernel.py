@@ -182,3 +182,20 @@ def test_sparse_hot_block_merge_equals_full_merge():
         sparse = merge_tile(best_s[rows], best_i[rows], scores[rows], ids, 4, block=4, budget=2)
         np.testing.assert_array_equal(sparse[0], full[0][rows])
         np.testing.assert_array_equal(sparse[1], full[1][rows])
+
+
+@pytest.mark.parametrize("peer", ["torch", "none"])
+def test_bench_ground_prints_json_with_the_peer_side_by_side(peer, capsys):
+    """`jaxrec bench ground` on a tiny catalog: JSON on stdout, the peer measured beside ours."""
+    import json
+
+    from jaxrec.cli import main
+
+    assert main(["bench", "ground", "--queries", "8", "--items", "3000", "--dim", "16", "--k", "5",
+                 "--peer", peer]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["queries_per_s"] > 0 and "indices" not in result
+    if peer == "torch":
+        assert result["peer_queries_per_s"] > 0 and result["topk_agreement"] == 1.0 and result["speedup_vs_peer"] > 0
+    else:
+        assert "peer_queries_per_s" not in result

@@ -54,6 +54,7 @@ def run(args) -> int:
         result.update({f"peer_{k}": v for k, v in peer.items()})
         result["speedup_vs_peer"] = round(result["queries_per_s"] / result["peer_queries_per_s"], 3)
         result["topk_agreement"] = _agreement(result.pop("indices"), result.pop("peer_indices"))
+    result.pop("indices", None)  # --peer none: nothing to compare with
     print(json.dumps(result, indent=2))
     return 0
 
