@@ -117,3 +117,19 @@ def test_embeddings_ignore_left_padding_and_run_io_round_trips(tmp_path):
     np.testing.assert_allclose(reloaded(np.asarray([ids[0]])), expected, atol=1e-4)
     base, _ = llm.load_run(tmp_path, "base")
     assert not np.allclose(base(np.asarray([ids[0]])), expected, atol=1e-4)
+
+
+def test_grow_vocab_records_growth_and_clears_a_stale_record(tmp_path):
+    from jaxrec.methods import llm
+    from jaxrec.models.tokenizer import add_tokens
+
+    section = llm.ModelSection(vocab_size=300, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
+                               num_kv_heads=1, max_position_embeddings=32)
+    tokenizer = llm.make_tokenizer(section, lambda: ["Classic Yoga Mat", "Pen"] * 20, tmp_path)
+    model = llm.build_model(section, tokenizer)
+    old = model.config.vocab_size
+    add_tokens(tokenizer, [f"<a_{i}>" for i in range(old + 5 - len(tokenizer))])
+    assert llm.grow_vocab(model, tokenizer, tmp_path, seed=1) == old
+    assert model.config.vocab_size == len(tokenizer) and (tmp_path / llm.VOCAB_GROWTH_FILE).is_file()
+    assert llm.grow_vocab(model, tokenizer, tmp_path, seed=1) == len(tokenizer)  # nothing to add this time
+    assert not (tmp_path / llm.VOCAB_GROWTH_FILE).exists()  # so load_run will not regrow a stale size

@@ -209,6 +209,9 @@ def host_batches(examples: Sequence[dict], features: grain.transforms.Map, confi
     if config.shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
+    if config.group_by_length < 0:
+        raise ConfigError(f"data.group_by_length must be >= 0 (global batches per window; 0: off), "
+                          f"got {config.group_by_length}")
     if config.group_by_length:
         ds = LengthGroups(ds, example_length, global_batch, config.group_by_length, seed)
     ds = HostRows(ds, local, processes, jax.process_index()).map(features)

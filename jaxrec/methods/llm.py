@@ -213,11 +213,12 @@ def grow_vocab(model, tokenizer, run_dir: str | Path, *, seed: int, noise_scale:
     before loading a LoRA adapter. Returns the old vocabulary size (the first new row)."""
     from jaxrec.models.tokenizer import resize_token_embeddings
 
-    old = int(model.config.vocab_size)
+    old, record = int(model.config.vocab_size), Path(run_dir) / VOCAB_GROWTH_FILE
     if len(tokenizer) > old:
         resize_token_embeddings(model, len(tokenizer), seed=seed, noise_scale=noise_scale)
-        write_json(Path(run_dir) / VOCAB_GROWTH_FILE, {"vocab_size": len(tokenizer), "seed": seed,
-                                                       "noise_scale": noise_scale})
+        write_json(record, {"vocab_size": len(tokenizer), "seed": seed, "noise_scale": noise_scale})
+    else:
+        record.unlink(missing_ok=True)  # an earlier run in this directory grew it; this one does not
     return old
 
 
