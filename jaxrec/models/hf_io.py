@@ -1,4 +1,5 @@
-"""Hugging Face checkpoints in and out, without torch: config.json + safetensors (single or sharded).
+"""Hugging Face checkpoints in and out, without torch: config.json + safetensors (single or sharded),
+and GGUF files in (:mod:`jaxrec.models.gguf_io`).
 
 ``load_pretrained(path)`` builds the model abstractly (no random init), reads each tensor with
 ``safetensors.safe_open``, transposes Linear weights (HF [out, in] -> our kernel [in, out]), casts to
@@ -114,42 +115,75 @@ def _read(tensor_slice, transpose: bool, dtype, shape: tuple, target) -> jax.Arr
     return jax.make_array_from_callback(shape, target, lambda index: part(index or full))
 
 
+def _checkpoint_tensors(path: Path, **overrides) -> tuple[Any, dict[str, Any], str]:
+    """(our config, HF tensor name -> slice reader, source description) of a ``.gguf`` file or an
+    HF directory; a slice reader has ``get_shape()`` and ``[index]`` (HF layout)."""
+    if path.suffix == ".gguf":
+        from jaxrec.models.gguf_io import GGUFCheckpoint
+
+        gguf = GGUFCheckpoint(path)
+        tensors = gguf.tensors()
+        return config_from_hf(gguf.hf_config(), set(tensors), source=str(path), **overrides), tensors, str(path)
+    if path.is_file():
+        raise JaxrecError(f"{path}: expected an HF model directory (config.json + safetensors) or a .gguf file")
+    hf = read_hf_config(path)
+    files = weight_files(path)
+    handles: dict[Path, Any] = {}
+    for file in set(files.values()):
+        try:
+            handles[file] = safe_open(str(file), framework="flax")
+        except Exception as e:  # safetensors raises its own error types on damage
+            raise JaxrecError(f"{file}: not a readable safetensors file: {e}") from None
+    tensors = {name: _SafetensorsTensor(handles[file], name) for name, file in files.items()}
+    return config_from_hf(hf, set(files), source=str(path / "config.json"), **overrides), tensors, str(path)
+
+
+class _SafetensorsTensor:
+    """A tensor of an open safetensors file, read on demand (whole or by slice)."""
+
+    def __init__(self, handle, name: str):
+        self._slice = handle.get_slice(name)
+
+    def get_shape(self) -> list[int]:
+        return list(self._slice.get_shape())
+
+    def __getitem__(self, index):
+        return self._slice[index]
+
+
 def load_pretrained(path: str | Path, dtype: str = "float32", param_dtype: str | None = None,
                     sharding: Sharding | None = None):
-    """Load an HF checkpoint directory as a jaxrec model.
+    """Load a pretrained checkpoint as a jaxrec model: an HF directory (config.json + safetensors),
+    a ``.gguf`` file (dequantized at load) or a named small checkpoint (``"smollm2-135m"``,
+    ``"minilm-l6"``; see :mod:`jaxrec.models.checkpoints`).
 
     dtype: compute dtype; param_dtype: storage dtype (default: dtype).
     sharding: None (default device), a callable ``(logical_axes, shape) -> jax.sharding.Sharding``,
     or a pytree of shardings shaped like ``nnx.state(model, nnx.Param)``. With a sharding, every
     process reads only the slices its devices hold (``jax.make_array_from_callback``).
     """
-    path = Path(path)
-    hf = read_hf_config(path)
-    files = weight_files(path)
-    config = config_from_hf(hf, set(files), source=str(path / "config.json"), dtype=dtype,
-                            param_dtype=param_dtype or dtype)
+    from jaxrec.models.checkpoints import resolve_pretrained
+
+    path = resolve_pretrained(path)
+    config, tensors, source = _checkpoint_tensors(path, dtype=dtype, param_dtype=param_dtype or dtype)
     target_dtype = as_dtype(config.param_dtype)
     abstract = nnx.eval_shape(lambda: build_model(config))  # shapes only, no random init
     graphdef, state = nnx.split(abstract, nnx.Param)
     flat_sharding = (None if sharding is None or callable(sharding)
                      else dict(nnx.to_flat_state(sharding)))
-    handles: dict[Path, Any] = {}
     loaded = []
     for var_path, variable in nnx.to_flat_state(state):
         name = type(abstract).hf_name(var_path)
-        if name not in files:
-            raise JaxrecError(f"{path}: tensor {name!r} missing from the checkpoint "
+        if name not in tensors:
+            raise JaxrecError(f"{source}: tensor {name!r} missing from the checkpoint "
                               f"(needed by {config.model_type})")
-        file = files[name]
-        if file not in handles:
-            handles[file] = safe_open(str(file), framework="flax")
-        tensor_slice = handles[file].get_slice(name)
+        tensor_slice = tensors[name]
         transpose = var_path[-1] == "kernel"
         shape = tuple(tensor_slice.get_shape())[::-1 if transpose else 1]
         if shape != tuple(variable.shape):
-            raise JaxrecError(f"{file}: tensor {name!r} has shape {shape} (as our "
+            raise JaxrecError(f"{source}: tensor {name!r} has shape {shape} (as our "
                               f"{'transposed ' if transpose else ''}layout), expected "
-                              f"{tuple(variable.shape)} from config.json")
+                              f"{tuple(variable.shape)} from the checkpoint's config")
         target = _target_sharding(sharding, flat_sharding, var_path, variable)
         value = _read(tensor_slice, transpose, target_dtype, shape, target)
         loaded.append((var_path, variable.replace(value)))

@@ -24,10 +24,17 @@ SPECIAL_TOKENS = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>
 
 
 def load_tokenizer(path: str | os.PathLike):
-    """A local HF tokenizer directory -> ``transformers`` fast tokenizer (never downloads)."""
+    """The ``transformers`` fast tokenizer of a local HF directory, a ``.gguf`` file (built from its
+    metadata) or a named small checkpoint (:mod:`jaxrec.models.checkpoints`); never downloads."""
     from transformers import AutoTokenizer
 
-    path = Path(path)
+    from jaxrec.models.checkpoints import resolve_pretrained
+
+    path = resolve_pretrained(path)
+    if path.suffix == ".gguf":
+        from jaxrec.models.gguf_io import GGUFCheckpoint
+
+        return GGUFCheckpoint(path).tokenizer()
     if not path.is_dir():
         raise JaxrecError(f"{path}: tokenizer directory not found")
     try:
