@@ -23,12 +23,13 @@ from safetensors.numpy import save_file
 
 from jaxrec.atomic import atomic_file
 from jaxrec.errors import JaxrecError
+from jaxrec.models.bert import BertConfig, BertModel
 from jaxrec.models.layers import as_dtype
 from jaxrec.models.llama import MODEL_TYPES as LLAMA_TYPES
 from jaxrec.models.llama import LlamaConfig, LlamaForCausalLM
 from jaxrec.models.t5 import T5Config, T5ForConditionalGeneration
 
-SUPPORTED_MODEL_TYPES = (*LLAMA_TYPES, "t5")
+SUPPORTED_MODEL_TYPES = (*LLAMA_TYPES, "t5", "bert")
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -36,14 +37,17 @@ INDEX_FILE = "model.safetensors.index.json"
 Sharding = Callable[[tuple, tuple], jax.sharding.Sharding] | nnx.State
 
 
-def build_model(config: LlamaConfig | T5Config, seed: int = 0):
-    """A randomly initialised model for ``config`` (Llama family or T5)."""
+def build_model(config: LlamaConfig | T5Config | BertConfig, seed: int = 0):
+    """A randomly initialised model for ``config`` (Llama family, T5 or BERT)."""
     rngs = nnx.Rngs(seed)
     if isinstance(config, LlamaConfig):
         return LlamaForCausalLM(config, rngs=rngs)
     if isinstance(config, T5Config):
         return T5ForConditionalGeneration(config, rngs=rngs)
-    raise JaxrecError(f"build_model: expected a LlamaConfig or T5Config, got {type(config).__name__}")
+    if isinstance(config, BertConfig):
+        return BertModel(config, rngs=rngs)
+    raise JaxrecError(f"build_model: expected a LlamaConfig, T5Config or BertConfig, got "
+                      f"{type(config).__name__}")
 
 
 def read_hf_config(path: str | Path) -> dict[str, Any]:
@@ -58,7 +62,7 @@ def read_hf_config(path: str | Path) -> dict[str, Any]:
 
 
 def config_from_hf(hf: dict[str, Any], weight_names: set[str], source: str = "config.json",
-                   **overrides) -> LlamaConfig | T5Config:
+                   **overrides) -> LlamaConfig | T5Config | BertConfig:
     """HF config dict -> our config; ``weight_names`` tells whether an lm_head is stored (T5)."""
     model_type = hf.get("model_type")
     try:
@@ -66,6 +70,8 @@ def config_from_hf(hf: dict[str, Any], weight_names: set[str], source: str = "co
             return LlamaConfig.from_hf(hf, **overrides)
         if model_type == "t5":
             return T5Config.from_hf(hf, has_lm_head="lm_head.weight" in weight_names, **overrides)
+        if model_type == "bert":
+            return BertConfig.from_hf(hf, **overrides)
     except KeyError as e:
         raise JaxrecError(f"{source}: missing field {e.args[0]!r} for model_type "
                           f"{model_type!r}") from None
@@ -174,6 +180,8 @@ def load_pretrained(path: str | Path, dtype: str = "float32", param_dtype: str |
     loaded = []
     for var_path, variable in nnx.to_flat_state(state):
         name = type(abstract).hf_name(var_path)
+        if name not in tensors and "bert." + name in tensors:  # BertFor* nest the encoder
+            name = "bert." + name
         if name not in tensors:
             raise JaxrecError(f"{source}: tensor {name!r} missing from the checkpoint "
                               f"(needed by {config.model_type})")

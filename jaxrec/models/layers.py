@@ -1,4 +1,4 @@
-"""Building blocks shared by the transformer models: Linear, Embed, RMSNorm, dtype policy.
+"""Building blocks shared by the transformer models: Linear, Embed, RMSNorm, LayerNorm, dtype policy.
 
 Sharding metadata: every parameter is an ``nnx.Param`` whose logical axis names live in the
 flax 0.12.8 variable metadata key ``out_sharding`` (e.g. ``("embed", "mlp")``), created with
@@ -94,6 +94,26 @@ class RMSNorm(nnx.Module):
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return normed.astype(self.dtype) * self.scale[...].astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """(x - mean(x)) / std(x) * scale + bias over the last axis, in float32 (BERT's LayerNorm)."""
+
+    def __init__(self, features: int, *, eps: float, dtype=jnp.float32,
+                 param_dtype=jnp.float32):
+        self.scale = param(None, (features,), ("embed",), param_dtype, None)
+        self.bias = nnx.Param(jnp.zeros((features,), param_dtype), out_sharding=("embed",),
+                              eager_sharding=False)
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+        normed = centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True)
+                                         + self.eps)
+        out = normed * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return out.astype(self.dtype)
 
 
 class ResidualDropout(nnx.Module):
