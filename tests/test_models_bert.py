@@ -118,7 +118,8 @@ def test_save_then_hf_loads_same_hidden_state(tiny, tmp_path):
 
 
 def test_every_parameter_has_logical_axes(tiny):
-    model = nnx.eval_shape(lambda: build_model(load_pretrained(tiny[0]).config))
+    config = load_pretrained(tiny[0]).config
+    model = nnx.eval_shape(lambda: build_model(config))
     for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         axes = variable.get_metadata("out_sharding")
         assert axes and len(axes) == len(variable.shape), path
@@ -140,7 +141,7 @@ def test_clear_errors(tiny, tmp_path):
 
 SENTENCES = [
     "A man is playing a guitar on stage.",
-    "Someone performs a song with an acoustic guitar.",
+    "Someone performs a song on an acoustic guitar for the crowd.",
     "The central bank raised interest rates again this quarter, surprising most economists.",
     "Cats sleep a lot.",
 ]
@@ -168,4 +169,5 @@ def test_minilm_sentence_embeddings_match_hf(minilm):
     assert ours.shape == (4, 384)
     np.testing.assert_allclose(ours, ref, atol=1e-4)
     cosine = ours @ ours.T
-    assert cosine[0, 1] > 0.5 > max(cosine[0, 2], cosine[0, 3], cosine[1, 2], cosine[1, 3])
+    assert cosine[0, 1] > 0.4  # two guitar performances (0.56 measured)
+    assert max(cosine[0, 2], cosine[0, 3], cosine[1, 2], cosine[1, 3]) < 0.2  # unrelated (<= 0.05)
