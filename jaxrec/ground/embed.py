@@ -1,4 +1,5 @@
-"""Text embeddings from a decoder-only model (jaxrec.models, Llama family) for grounding.
+"""Text embeddings for grounding and semantic indices, from a decoder-only LLM (jaxrec.models, Llama
+family) or a sentence encoder (BERT family, e.g. ``minilm-l6``).
 
 Pooling of one layer's hidden states [B,T,d] (``layer`` indexes HF's ``hidden_states``: 0 the
 token embeddings, -1 / L the last layer after the final norm):
@@ -6,6 +7,9 @@ token embeddings, -1 / L the last layer after the final norm):
 * ``"last"``: the state at the last real token (BIGRec: ``hidden_states[-1][:, -1]`` with left
   padding). Found from the attention mask, so left and right padding give the same vector.
 * ``"mean"``: the mean over real tokens (LC-Rec's item text embeddings).
+
+A sentence encoder (a model with ``embed``) always gives its own embedding: the mean over real tokens
+of the last layer, L2-normalised (sentence-transformers' all-MiniLM), from right-padded batches.
 
 The forward is jitted once per (batch shape, pooling, layer); :meth:`Embedder.embed_texts` pads
 every batch to ``batch_size`` rows and a power-of-two length so a catalog needs few compilations,
@@ -16,7 +20,7 @@ parameters are placed by their logical axes and each batch is split over the dat
 from __future__ import annotations
 
 from functools import partial
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +35,8 @@ POOLINGS = ("last", "mean")
 @partial(jax.jit, static_argnums=(0, 4, 5))
 def _embed_batch(graphdef, state, input_ids, attention_mask, pooling: str, layer: int):
     model = nnx.merge(graphdef, state)
+    if hasattr(model, "embed"):  # a sentence encoder: its own pooling
+        return model.embed(input_ids, attention_mask, normalize=True)
     hidden = model(input_ids, attention_mask=attention_mask, return_hidden="all")[layer].astype(jnp.float32)
     mask = attention_mask.astype(jnp.float32)
     if pooling == "mean":
@@ -41,12 +47,17 @@ def _embed_batch(graphdef, state, input_ids, attention_mask, pooling: str, layer
 
 
 class Embedder:
-    """Pooled hidden states [B,d] float32 of a decoder-only ``model`` (``return_hidden`` protocol)."""
+    """Pooled hidden states [B,d] float32 of a decoder-only ``model`` (``return_hidden`` protocol), or
+    a sentence encoder's embeddings (``pooling``/``layer`` must then be ``"mean"``/-1)."""
 
     def __init__(self, model: nnx.Module, *, pooling: str = "last", layer: int = -1, mesh=None):
         if pooling not in POOLINGS:
             raise JaxrecError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
         num_layers = model.config.num_layers
+        self.encoder = hasattr(model, "embed")
+        if self.encoder and (pooling != "mean" or layer != -1):
+            raise JaxrecError(f"a sentence encoder ({model.config.model_type}) embeds with its own mean pooling of "
+                              f"the last layer; got pooling={pooling!r}, layer={layer}")
         if not -(num_layers + 1) <= layer <= num_layers:
             raise JaxrecError(f"layer must be in [{-(num_layers + 1)}, {num_layers}] (hidden_states of a "
                               f"{num_layers}-layer model: 0 = embeddings, -1 = last), got {layer}")
@@ -84,6 +95,7 @@ class Embedder:
         """
         if padding_side not in ("left", "right"):
             raise JaxrecError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        padding_side = "right" if self.encoder else padding_side  # absolute positions start at the first token
         pad_id = pad_id if pad_id is not None else (getattr(tokenizer, "pad_token_id", None) or 0)
         texts = list(texts)
         for start in range(0, len(texts), batch_size):
@@ -99,3 +111,24 @@ class Embedder:
                 span = slice(length - len(row), length) if padding_side == "left" else slice(0, len(row))
                 ids[i, span], mask[i, span] = row, 1
             yield np.asarray(self(ids, mask))[:len(rows)]
+
+
+def encode_texts(pretrained: str, texts: Sequence[str], *, batch_size: int = 64, max_length: int = 128,
+                 pooling: str = "mean", dtype: str = "float32") -> np.ndarray:
+    """float32 [N,d]: each text embedded by a pretrained model (a name such as ``minilm-l6`` or
+    ``smollm2-135m``, a ``.gguf`` file or an HF directory): a sentence encoder's own embedding, or an
+    LLM's ``pooling`` of its last layer. Texts are batched in length order (little padding, few
+    compiled shapes) and returned in input order."""
+    from jaxrec.models import load_pretrained
+    from jaxrec.models.tokenizer import load_tokenizer
+
+    texts = list(texts)
+    if not texts:
+        raise JaxrecError("encode_texts: no texts")
+    model, tokenizer = load_pretrained(pretrained, dtype=dtype), load_tokenizer(pretrained)
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    blocks = Embedder(model, pooling=pooling).embed_texts(tokenizer, [texts[i] for i in order], batch_size=batch_size,
+                                                          max_length=max_length, pad_id=tokenizer.pad_token_id)
+    out = np.empty((len(texts), model.config.hidden_size), np.float32)
+    out[order] = np.concatenate(list(blocks))
+    return out

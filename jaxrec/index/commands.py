@@ -10,20 +10,39 @@ from jaxrec.atomic import atomic_file
 from jaxrec.config import load_config, to_dict
 
 
+def _embeddings(args: argparse.Namespace):
+    """(float32 [N, d] item embeddings, a description of where they came from) for ``index build``."""
+    from jaxrec.index.item_embeddings import load_item_embeddings
+
+    if args.embeddings:
+        return load_item_embeddings(args.embeddings, args.source), {"embeddings": str(args.embeddings),
+                                                                     "source": args.source}
+    from jaxrec.data.dataset import Dataset
+    from jaxrec.data.tasks.item_text import documents
+    from jaxrec.errors import DataError
+    from jaxrec.ground.embed import encode_texts
+
+    fields = [f.strip() for f in args.fields.split(",") if f.strip()]
+    texts = documents(Dataset.load(args.item_text), fields)
+    empty = [i for i, t in enumerate(texts) if not t]
+    if empty:
+        raise DataError(f"{args.item_text}: {len(empty)} items have none of the fields {fields} (first: item {empty[0]})")
+    table = encode_texts(args.encoder, texts, pooling="mean", batch_size=args.batch_size)
+    return table, {"item_text": str(args.item_text), "encoder": args.encoder, "fields": fields}
+
+
 def _build(args: argparse.Namespace) -> int:
     from jaxrec.index.build import IndexConfig, build_semantic_index
     from jaxrec.index.index_io import write_index
-    from jaxrec.index.item_embeddings import load_item_embeddings
 
     config = load_config(IndexConfig, args.config, args.overrides)
-    embeddings = load_item_embeddings(args.embeddings, args.source)
+    embeddings, source = _embeddings(args)
     codes, report = build_semantic_index(embeddings, config, seed=args.seed, progress=True)
     out = Path(args.out)
     write_index(out, codes)
     report_path = out.with_name(out.name.removesuffix(".json") + ".report.json")
     with atomic_file(report_path) as f:
-        json.dump({"embeddings": str(args.embeddings), "source": args.source, "config": to_dict(config),
-                   **report}, f, indent=1)
+        json.dump({**source, "config": to_dict(config), **report}, f, indent=1)
     summary = {k: report[k] for k in ("items", "levels", "collision_rate_before", "rounds_run",
                                       "collision_rate_after_rounds", "extra_level", "collision_rate_final",
                                       "code_usage", "wall_s")}
@@ -49,8 +68,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = index_sub.add_parser("build", help="train an RQ-VAE on item embeddings and write an index file",
                              description="Train an RQ-VAE on item embeddings, resolve collisions, write "
                                          "OUT (the index) and OUT's .report.json (history, collision "
-                                         "rates, code usage).")
-    b.add_argument("--embeddings", required=True, help=".npy item embeddings [items, dim]")
+                                         "rates, code usage). The embeddings come from a .npy file, or "
+                                         "from item text: --item-text DATASET --encoder minilm-l6 (a "
+                                         "sentence encoder, as TIGER) or --encoder smollm2-135m (an LLM's "
+                                         "mean-pooled last layer, as LC-Rec).")
+    source = b.add_mutually_exclusive_group(required=True)
+    source.add_argument("--embeddings", help=".npy item embeddings [items, dim]")
+    source.add_argument("--item-text", metavar="DATASET", help="a prepared dataset whose item text is embedded")
+    b.add_argument("--encoder", default="minilm-l6",
+                   help="with --item-text: a pretrained name, .gguf file or HF directory (default minilm-l6)")
+    b.add_argument("--fields", default="title,description",
+                   help="with --item-text: item fields to embed, comma-separated (e.g. title,categories)")
+    b.add_argument("--batch-size", type=int, default=64, help="with --item-text: texts per forward pass")
     b.add_argument("--source", choices=("npy", "sasrec"), default="npy",
                    help="npy: row i = item i; sasrec: a SASRec item table whose row 0 is padding")
     b.add_argument("--out", required=True, help="index file to write, e.g. Beauty.index.json")

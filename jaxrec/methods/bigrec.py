@@ -22,19 +22,21 @@ Recipe:
    so HR/NDCG@K for K > num_beams count only those (MRR likewise).
 
 Metrics: HR/NDCG@K (``eval.ks``, default 1,3,5,10,20,50) over the full catalog, plus the expected
-values of a random ranking. ``evaluate`` writes ``out_dir/results.json``.
+values of a random ranking. ``evaluate`` writes ``out_dir/results.json`` and ``out_dir/generations.jsonl``
+(per evaluated example: part, user, target, the free generation and the constrained top item).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from jaxrec.atomic import write_json
+from jaxrec.atomic import atomic_file, write_json
 from jaxrec.data.splits import TemporalSplit, temporal_split
 from jaxrec.data.tasks import bigrec_eval_examples, bigrec_train_examples
 from jaxrec.data.tasks.domains import DomainName
@@ -77,7 +79,12 @@ class GenerationConfig:
 
 @dataclasses.dataclass
 class GroundConfig:
+    """How generated text meets the catalog. ``encoder`` null: BIGRec's own way, the LLM's last-token
+    final hidden state (of the ``model`` it names); else a sentence encoder (e.g. ``minilm-l6``)
+    embeds the generations and the titles (``model`` is then unused)."""
+
     model: Literal["base", "fine_tuned"] = "base"
+    encoder: str | None = None
     fusion: bool = True  # popularity fusion with gamma chosen on validation
     batch_size: int = 64  # texts per embedding forward
 
@@ -128,7 +135,7 @@ def train(config: Config) -> dict:
     model = llm.build_model(config.model, tokenizer)
     llm.start_run(out_dir, config.model, model, tokenizer)
     train_cfg = config.train if config.train.log_dir else dataclasses.replace(config.train, log_dir=str(out_dir / "logs"))
-    model, summary = llm.finetune(model, tokenizer, examples, train_cfg)
+    model, summary = llm.finetune(model, tokenizer, llm.chat_examples(tokenizer, config.model, examples), train_cfg)
     llm.save_run(out_dir, config.model, model, train_cfg, config)
     return {"method": "bigrec", "data": config.data.describe(), "model": config.model.describe(),
             "train_examples": len(examples), **summary, "out_dir": str(out_dir)}
@@ -176,7 +183,8 @@ def evaluate(config: Config) -> dict:
     raw_titles = item_titles(ds)
     trie = ItemTrie.from_sequences(llm.encode(tokenizer, [quoted(t) for t in raw_titles]), eos_id=eos,
                                    vocab_size=model.config.vocab_size)
-    prompts = {part: llm.prompt_ids(tokenizer, model, [e.prompt for e in ex]) for part, ex in parts.items()}
+    prompts = {part: llm.prompt_ids(tokenizer, model, llm.chat_prompts(tokenizer, config.model, [e.prompt for e in ex]))
+               for part, ex in parts.items()}
     targets = {part: np.asarray([e.target for e in ex], np.int32) for part, ex in parts.items()}
     beams = dict(num_beams=g.num_beams, eos_id=eos, pad_id=pad, length_penalty=g.length_penalty,
                  batch_size=g.batch_size, length=llm.padded_length(prompts["valid"] + prompts["test"]))
@@ -184,6 +192,8 @@ def evaluate(config: Config) -> dict:
               "catalog_items": ds.num_items, "examples": {k: len(v) for k, v in parts.items()},
               "num_beams": g.num_beams, "random": random_ranking_metrics(ds.num_items, ks)}
     samples = [{"target": raw_titles[t]} for t in targets["test"][:3]]
+    rows = {part: [{"part": part, "user": e.user, "target": raw_titles[e.target]} for e in ex]
+            for part, ex in parts.items()}
     seconds = {}
 
     if config.eval.constrained:
@@ -193,6 +203,8 @@ def evaluate(config: Config) -> dict:
             seqs, _, items = llm.generate(model, prompts[part], constraint=trie, max_new_tokens=trie.max_length + 1,
                                           **beams)
             out[part] = list_metrics(items, targets[part], ks)
+            for row, item in zip(rows[part], items[:, 0]):
+                row["constrained"] = raw_titles[item] if item >= 0 else None
             if part == "test":
                 for s, text in zip(samples, llm.decode_texts(tokenizer, seqs[:3, 0], eos)):
                     s["constrained"] = text
@@ -208,17 +220,27 @@ def evaluate(config: Config) -> dict:
                                           num_return_sequences=1, **beams)
             texts[part] = llm.decode_texts(tokenizer, seqs[:, 0], eos)
             exact[part] = float(np.mean(items[:, 0] >= 0))
+            for row, text in zip(rows[part], texts[part]):
+                row["free"] = text
         for s, text in zip(samples, texts["test"]):
             s["free"] = text
         seconds["free_generation"] = round(time.perf_counter() - t0, 2)
         t0 = time.perf_counter()
-        if config.ground.model == "base":
-            model, _ = llm.load_run(config.out_dir, "base", config.model.dtype)
-        queries = llm.embed_texts(model, tokenizer, {"items": raw_titles, **{part: [t.strip().strip('"') for t in tx]
-                                                                        for part, tx in texts.items()}},
-                              config.ground.batch_size)
+        generated = {part: [t.strip().strip('"') for t in tx] for part, tx in texts.items()}
+        if config.ground.encoder:
+            from jaxrec.ground.embed import encode_texts
+
+            groups = {"items": raw_titles, **generated}
+            flat = encode_texts(config.ground.encoder, [t for group in groups.values() for t in group],
+                                batch_size=config.ground.batch_size)
+            ends = np.cumsum([len(group) for group in groups.values()])
+            queries = dict(zip(groups, np.split(flat, ends[:-1])))
+        else:
+            if config.ground.model == "base":
+                model, _ = llm.load_run(config.out_dir, "base", config.model.dtype)
+            queries = llm.embed_texts(model, tokenizer, {"items": raw_titles, **generated}, config.ground.batch_size)
         items_emb = queries.pop("items")
-        free = {"ground_model": config.ground.model, "exact_title_rate": exact}
+        free = {"ground_model": config.ground.encoder or config.ground.model, "exact_title_rate": exact}
         for part, q in queries.items():
             free[part] = metrics_from_ranks(llm.ground_ranks(q, items_emb, targets[part]), ks)
         if config.ground.fusion:
@@ -230,5 +252,7 @@ def evaluate(config: Config) -> dict:
 
     result["samples"] = samples
     result["seconds"] = {**seconds, "total": round(time.perf_counter() - start, 2)}
+    with atomic_file(Path(config.out_dir) / "generations.jsonl") as f:
+        f.writelines(json.dumps(row) + "\n" for part in ("valid", "test") for row in rows[part])
     write_json(Path(config.out_dir) / "results.json", result)
     return result

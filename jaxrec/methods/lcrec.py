@@ -62,14 +62,16 @@ log = logging.getLogger("jaxrec.methods.lcrec")
 
 @dataclasses.dataclass
 class EmbeddingSection:
-    """Item embeddings to index. ``text``: mean-pooled last hidden states of ``title description``
-    from ``model`` (a local HF directory; null = the run's model); ``npy``: ``path`` holds [N, d],
+    """Item embeddings to index. ``text``: mean-pooled last hidden states of each item's ``fields``
+    (default ``title description``, as LC-Rec) from ``model`` (null = the run's model; or a pretrained
+    name/path: an LLM, or a sentence encoder such as ``minilm-l6``, TIGER's choice); ``npy``: ``path`` holds [N, d],
     row i = item i (SASRec's exported ``item_embeddings.npy`` is such a file); ``sasrec``: ``path`` is
     a raw SASRec item table [N+1, d] whose row 0 is padding."""
 
     source: Literal["text", "npy", "sasrec"] = "text"
     path: str | None = None
     model: str | None = None
+    fields: list[str] = dataclasses.field(default_factory=lambda: ["title", "description"])
     batch_size: int = 64
     max_length: int = 128
 
@@ -156,19 +158,13 @@ class Config:
 # ----------------------------------------------------------------------------- embeddings and index
 
 
-def item_texts(ds: Dataset) -> list[str]:
-    """Per item ``"title description"`` (LC-Rec's text to embed); ``""`` for items with neither."""
-    titles = [str(it.get("title") or "").strip() for it in ds.items]
-    return [" ".join(t for t in pair if t) for pair in zip(titles, item_text.descriptions(ds))]
-
-
 def text_embeddings(model, tokenizer, texts: list[str], section: EmbeddingSection) -> np.ndarray:
     """float32 [N, d]: mean-pooled last-layer states of each text (LC-Rec's item embeddings)."""
     from jaxrec.ground.embed import Embedder
 
     empty = [i for i, t in enumerate(texts) if not t]
     if empty:
-        raise DataError(f"embeddings.source='text': {len(empty)} items have no title or description (first: "
+        raise DataError(f"embeddings.source='text': {len(empty)} items have none of embeddings.fields (first: "
                         f"item {empty[0]}); use embeddings.source npy/sasrec, or index.source file/dataset")
     blocks = Embedder(model, pooling="mean").embed_texts(tokenizer, texts, batch_size=section.batch_size,
                                                          max_length=section.max_length,
@@ -188,7 +184,7 @@ def item_embeddings(config: Config, ds: Dataset, model, tokenizer) -> np.ndarray
         from jaxrec.models.tokenizer import load_tokenizer
 
         model, tokenizer = load_pretrained(e.model, dtype=config.model.dtype), load_tokenizer(e.model)
-    return text_embeddings(model, tokenizer, item_texts(ds), e)
+    return text_embeddings(model, tokenizer, item_text.documents(ds, e.fields), e)
 
 
 def index_codes(config: Config, ds: Dataset, embeddings=None) -> tuple[np.ndarray, dict]:
@@ -269,7 +265,7 @@ def add_index_tokens(model, tokenizer, codes: np.ndarray, config: Config) -> int
 def tokenizer_texts(ds: Dataset, template_weight: int = 100) -> list[str]:
     """From-scratch BPE training text: item titles and descriptions, and every task template's
     words repeated ``template_weight`` times (they fill every training prompt, so they deserve merges)."""
-    texts = [t for t in item_texts(ds) if t]
+    texts = [t for t in item_text.documents(ds) if t]
     for templates in TEMPLATES.values():
         for t in templates:
             instruction, response = t.render({f: "" for f in t.fields})

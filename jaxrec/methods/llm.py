@@ -44,12 +44,15 @@ log = logging.getLogger("jaxrec.methods.llm")
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
-    """The LLM: ``pretrained`` (a local HF model directory, never downloaded) or, when it is null,
-    a small ``arch`` model trained from scratch with a ``vocab_size`` BPE tokenizer trained on the
-    dataset's prompts and item titles. The size fields apply to from-scratch models only."""
+    """The LLM: ``pretrained`` (a local HF model directory, a ``.gguf`` file or a named small checkpoint
+    such as ``smollm2-135m``; never downloaded) or, when it is null, a small ``arch`` model trained from
+    scratch with a ``vocab_size`` BPE tokenizer trained on the dataset's prompts and item titles. The
+    size fields apply to from-scratch models only. ``chat_template``: every prompt becomes one user
+    turn of the tokenizer's chat template, the response the assistant's turn ended by EOS."""
 
     pretrained: str | None = None
     dtype: Literal["float32", "bfloat16"] = "float32"
+    chat_template: bool = False  # wrap each prompt in the tokenizer's chat template (instruct models)
     arch: Literal["llama", "t5"] = "llama"
     vocab_size: int = 2048
     hidden_size: int = 128
@@ -103,12 +106,37 @@ def is_seq2seq(model) -> bool:
     return hasattr(model, "encode")
 
 
+def bos_id(tokenizer) -> int | None:
+    """The BOS id to put before every prompt, or None (see :func:`jaxrec.models.tokenizer.adds_bos`)."""
+    from jaxrec.models.tokenizer import adds_bos
+
+    return tokenizer.bos_token_id if adds_bos(tokenizer) else None
+
+
+def chat_prompts(tokenizer, section: ModelSection, prompts: Sequence[str]) -> list[str]:
+    """``prompts`` as the model reads them: unchanged, or each one user turn of the tokenizer's chat
+    template followed by the assistant's turn opening (``model.chat_template: true``)."""
+    if not section.chat_template:
+        return list(prompts)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"model.chat_template is true, but the tokenizer of {section.describe()} has no chat "
+                          f"template; set model.chat_template: false")
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                          add_generation_prompt=True) for p in prompts]
+
+
+def chat_examples(tokenizer, section: ModelSection, examples: Sequence[Example]) -> list[Example]:
+    """``examples`` with their prompts passed through :func:`chat_prompts`."""
+    prompts = chat_prompts(tokenizer, section, [e.prompt for e in examples])
+    return [dataclasses.replace(e, prompt=p) for e, p in zip(examples, prompts)]
+
+
 def prompt_ids(tokenizer, model, prompts: Sequence[str]) -> list[list[int]]:
-    """Model inputs: decoder-only ``[BOS] + prompt`` (when the tokenizer has a BOS); T5 ``prompt + EOS``."""
+    """Model inputs: decoder-only ``[BOS] + prompt`` (when the tokenizer adds a BOS); T5 ``prompt + EOS``."""
     ids = encode(tokenizer, prompts)
     if is_seq2seq(model):
         return [x + [tokenizer.eos_token_id] for x in ids]
-    bos = tokenizer.bos_token_id
+    bos = bos_id(tokenizer)
     return [([bos] if bos is not None else []) + x for x in ids]
 
 
@@ -165,7 +193,7 @@ def finetune(model, tokenizer, examples: Sequence[Example], train: TrainConfig, 
         loss_fn = loss_fn or seq2seq_lm_loss
         truncated = sum(len(p) + 1 > seq_len or len(r) + 1 > target_len for p, r in zip(prompts, responses))
     else:
-        features = CausalFeatures(seq_len, eos, tokenizer.bos_token_id, train.data.train_on_inputs)
+        features = CausalFeatures(seq_len, eos, bos_id(tokenizer), train.data.train_on_inputs)
         loss_fn = loss_fn or causal_lm_loss
         truncated = sum(len(p) + len(r) + 2 > seq_len for p, r in zip(prompts, responses))
     if truncated:

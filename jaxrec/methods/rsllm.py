@@ -205,7 +205,7 @@ def encode_prompts(tokenizer, examples: Sequence[Example]) -> list[list[int]]:
 
 def model_inputs(tokenizer, examples: Sequence[Example]) -> list[list[int]]:
     """Decoder-only model inputs: ``[BOS] +`` :func:`encode_prompts`."""
-    bos = tokenizer.bos_token_id
+    bos = llm.bos_id(tokenizer)
     return [([bos] if bos is not None else []) + ids for ids in encode_prompts(tokenizer, examples)]
 
 
@@ -285,7 +285,7 @@ def fit_stage2(model, tokenizer, examples: Sequence[Example], train: TrainConfig
     if truncated:
         llm.log.warning("stage2: %d of %d training examples are longer than seq_len=%d and are cut", truncated,
                         len(rows), train.data.seq_len)
-    features = TaggedFeatures(train.data.seq_len, tokenizer.eos_token_id, tokenizer.bos_token_id,
+    features = TaggedFeatures(train.data.seq_len, tokenizer.eos_token_id, llm.bos_id(tokenizer),
                               train.data.train_on_inputs)
     model, summary = llm.train_rows(model, rows, features, train, loss_fn, pad_id=tokenizer.pad_token_id)
     return model, {**summary, "truncated_examples": truncated}

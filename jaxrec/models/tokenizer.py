@@ -8,6 +8,7 @@ Special tokens of a trained tokenizer, in id order: ``<pad>`` 0, ``</s>`` 1, ``<
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -19,6 +20,7 @@ from flax import nnx
 
 from jaxrec.errors import JaxrecError
 
+PROMPT_BOS_KEY = "jaxrec_prompt_bos"
 SPECIAL_TOKENS = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
                   "bos_token": "<s>"}
 
@@ -71,14 +73,30 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int,
 
 
 def save_tokenizer(tokenizer, path: str | os.PathLike) -> Path:
-    """Write the tokenizer's HF files into ``path`` (each file replaced atomically)."""
+    """Write the tokenizer's HF files into ``path`` (each file replaced atomically), with
+    :func:`adds_bos` recorded in tokenizer_config.json as ``jaxrec_prompt_bos`` (transformers does not
+    keep an explicit ``add_bos_token: false`` through a save and load)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".tokenizer-", dir=path) as tmp:
         tokenizer.save_pretrained(tmp)
+        config_file = Path(tmp) / "tokenizer_config.json"
+        if config_file.is_file():
+            config = json.loads(config_file.read_text())
+            config[PROMPT_BOS_KEY] = adds_bos(tokenizer)
+            config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         for file in Path(tmp).iterdir():
             os.replace(file, path / file.name)
     return path
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether a BOS goes before every prompt: the tokenizer has one and neither its config
+    (``add_bos_token: false``, e.g. SmolLM2's GGUF: its chat template opens each turn itself) nor a
+    saved ``jaxrec_prompt_bos: false`` says no."""
+    kwargs = tokenizer.init_kwargs
+    return (tokenizer.bos_token_id is not None and kwargs.get(PROMPT_BOS_KEY, True) is not False
+            and kwargs.get("add_bos_token", True) is not False)
 
 
 def add_tokens(tokenizer, tokens: Sequence[str], special: bool = False) -> list[int]:

@@ -24,6 +24,24 @@ def descriptions(ds: Dataset) -> list[str]:
     return [str(it.get("description") or "").strip() for it in ds.items]
 
 
+DOCUMENT_FIELDS = ("title", "description", "brand", "categories", "attributes")
+
+
+def documents(ds: Dataset, fields: Sequence[str] = ("title", "description")) -> list[str]:
+    """Per item the text to embed: its non-empty ``fields`` joined by spaces, list fields by ", "
+    (LC-Rec embeds ``"title description"``; ML-100K ``title categories``: ``"Kolya (1996) Comedy"``);
+    ``""`` for an item with none of them."""
+    unknown = [f for f in fields if f not in DOCUMENT_FIELDS]
+    if unknown or not fields:
+        raise DataError(f"item text fields {list(fields)}: expected a non-empty list of {', '.join(DOCUMENT_FIELDS)}")
+    out = []
+    for item in ds.items:
+        values = [item.get(field) for field in fields]
+        values = [", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v or "") for v in values]
+        out.append(" ".join(v.strip() for v in values if v.strip()))
+    return out
+
+
 def quoted(title: str) -> str:
     """A title in double quotes, as BIGRec writes items: ``"Toy Story (1995)"``."""
     return f'"{title}"'
