@@ -47,6 +47,31 @@ def test_end_to_end_output_structure(run):
     assert saved == json.loads(json.dumps(result))
 
 
+def test_popularity_row_equals_brute_force(run):
+    """The popularity row ranks the catalog by training-target count, ties to the lower id."""
+    from jaxrec.data.tasks import bigrec_eval_examples
+    from jaxrec.eval.metrics import metrics_from_ranks
+    from jaxrec.methods import bigrec
+    from jaxrec.methods.data_source import load_dataset
+
+    config, _, result = run
+    ds = load_dataset(config.data)
+    split = bigrec.split_of(config, ds)
+    counts = np.bincount(split.train.target, minlength=ds.num_items)
+    order = sorted(range(ds.num_items), key=lambda i: (-counts[i], i))
+    examples = bigrec_eval_examples(ds, split, "test", "items", sample=8)
+    ranks = np.array([order.index(e.target) + 1 for e in examples])
+    assert result["popularity"]["test"] == pytest.approx(metrics_from_ranks(ranks, [1, 5, 10]))
+
+
+def test_generations_file_lists_every_evaluated_example(run):
+    config, _, result = run
+    rows = [json.loads(line) for line in (Path(config.out_dir) / "generations.jsonl").read_text().splitlines()]
+    assert [r["part"] for r in rows] == ["valid"] * 8 + ["test"] * 8
+    assert {"user", "target", "free", "constrained"} <= set(rows[-1])
+    assert [r["free"] for r in rows if r["part"] == "test"][:3] == [s["free"] for s in result["samples"]]
+
+
 def test_constrained_generation_returns_only_real_items(run):
     from jaxrec.data.tasks import bigrec_eval_examples
     from jaxrec.data.tasks.item_text import quoted, titles

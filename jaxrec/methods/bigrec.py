@@ -42,7 +42,7 @@ from jaxrec.data.tasks import bigrec_eval_examples, bigrec_train_examples
 from jaxrec.data.tasks.domains import DomainName
 from jaxrec.data.tasks.item_text import quoted, titles as item_titles
 from jaxrec.decode import ItemTrie
-from jaxrec.eval.metrics import list_metrics, metrics_from_ranks, random_ranking_metrics
+from jaxrec.eval.metrics import list_metrics, metrics_from_ranks, random_ranking_metrics, ranks_from_scores
 from jaxrec.ground.fusion import POPULARITY_GAMMAS, choose_gamma, fused_target_ranks, minmax
 from jaxrec.methods import llm
 from jaxrec.methods.data_source import DataConfig, SyntheticData, load_dataset
@@ -149,6 +149,14 @@ def popularity(split: TemporalSplit, num_items: int) -> np.ndarray:
     return minmax(np.bincount(split.train.target, minlength=num_items).astype(np.float32))
 
 
+def popularity_metrics(split: TemporalSplit, num_items: int, targets: dict[str, np.ndarray], ks: list[int]) -> dict:
+    """The popularity baseline on the same examples: every user gets the catalog ranked by training-target
+    count (ties to the lower id); ``targets``: part -> item ids [Q]."""
+    counts = np.bincount(split.train.target, minlength=num_items).astype(np.float32)
+    return {part: metrics_from_ranks(ranks_from_scores(np.broadcast_to(counts, (len(t), num_items)), t), ks)
+            for part, t in targets.items()}
+
+
 def fusion_metrics(valid: tuple, test: tuple, weights: np.ndarray, ks: list[int]) -> dict:
     """Popularity fusion: per metric the gamma best on validation and its valid/test values.
 
@@ -190,7 +198,8 @@ def evaluate(config: Config) -> dict:
                  batch_size=g.batch_size, length=llm.padded_length(prompts["valid"] + prompts["test"]))
     result = {"method": "bigrec", "data": config.data.describe(), "model": config.model.describe(),
               "catalog_items": ds.num_items, "examples": {k: len(v) for k, v in parts.items()},
-              "num_beams": g.num_beams, "random": random_ranking_metrics(ds.num_items, ks)}
+              "num_beams": g.num_beams, "random": random_ranking_metrics(ds.num_items, ks),
+              "popularity": popularity_metrics(split, ds.num_items, targets, ks)}
     samples = [{"target": raw_titles[t]} for t in targets["test"][:3]]
     rows = {part: [{"part": part, "user": e.user, "target": raw_titles[e.target]} for e in ex]
             for part, ex in parts.items()}
