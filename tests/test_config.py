@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 from typing import Literal, Optional
 
 import pytest
@@ -51,3 +52,16 @@ def test_override_syntax_errors():
         apply_overrides({}, ["novalue"])
     with pytest.raises(ConfigError, match="is a value, not a section"):
         apply_overrides({"a": 1}, ["a.b=2"])
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (Path(__file__).resolve().parents[1] / "configs").glob("*/*.yaml")
+                                        if p.parent.name not in ("scale", "rqvae")),
+                         ids=lambda p: "/".join(Path(p).parts[-2:]))
+def test_every_method_config_loads(path):
+    """Each configs/<method>/*.yaml is a valid config of its method (keys, types, ranges)."""
+    import argparse
+
+    from jaxrec.methods.run_commands import load_method_config
+
+    method, config = load_method_config(argparse.Namespace(config=path, overrides=[]))
+    assert config.method == Path(path).parent.name
