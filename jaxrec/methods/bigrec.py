@@ -210,7 +210,7 @@ def evaluate(config: Config) -> dict:
         out = {"list_length": g.num_beams}
         for part in ("valid", "test"):
             seqs, _, items = llm.generate(model, prompts[part], constraint=trie, max_new_tokens=trie.max_length + 1,
-                                          **beams)
+                                          desc=f"constrained {part}", **beams)
             out[part] = list_metrics(items, targets[part], ks)
             for row, item in zip(rows[part], items[:, 0]):
                 row["constrained"] = raw_titles[item] if item >= 0 else None
@@ -226,7 +226,7 @@ def evaluate(config: Config) -> dict:
         texts, exact = {}, {}
         for part in ("valid", "test") if config.ground.fusion else ("test",):
             seqs, _, items = llm.generate(model, prompts[part], constraint=trie, mode="none", max_new_tokens=max_new,
-                                          num_return_sequences=1, **beams)
+                                          num_return_sequences=1, desc=f"free {part}", **beams)
             texts[part] = llm.decode_texts(tokenizer, seqs[:, 0], eos)
             exact[part] = float(np.mean(items[:, 0] >= 0))
             for row, text in zip(rows[part], texts[part]):

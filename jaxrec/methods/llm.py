@@ -315,27 +315,32 @@ def padded_length(seqs: Sequence[Sequence[int]], multiple: int = 16) -> int:
 
 
 def batched(fn: Callable[[np.ndarray, np.ndarray], tuple], seqs: Sequence[Sequence[int]], batch_size: int,
-            pad_id: int, length: int | None = None) -> tuple[np.ndarray, ...]:
+            pad_id: int, length: int | None = None, desc: str | None = None) -> tuple[np.ndarray, ...]:
     """Apply ``fn(ids [batch_size,L], mask)`` → tuple of arrays [batch_size,...] over all ``seqs``;
-    the last batch is filled with copies of its last row; results concatenated (numpy)."""
+    the last batch is filled with copies of its last row; results concatenated (numpy). ``desc``: a
+    progress bar (rows done) on stderr under that name."""
+    from tqdm.auto import tqdm
+
     length = length or padded_length(seqs)
     parts = []
-    for start in range(0, len(seqs), batch_size):
-        chunk = list(seqs[start:start + batch_size])
-        real = len(chunk)
-        chunk += [chunk[-1]] * (batch_size - real)
-        ids, mask = left_pad(chunk, length, pad_id)
-        parts.append(tuple(np.asarray(x)[:real] for x in fn(ids, mask)))
+    with tqdm(total=len(seqs), desc=desc, unit="row", leave=False, disable=desc is None) as bar:
+        for start in range(0, len(seqs), batch_size):
+            chunk = list(seqs[start:start + batch_size])
+            real = len(chunk)
+            chunk += [chunk[-1]] * (batch_size - real)
+            ids, mask = left_pad(chunk, length, pad_id)
+            parts.append(tuple(np.asarray(x)[:real] for x in fn(ids, mask)))
+            bar.update(real)
     return tuple(np.concatenate(cols) for cols in zip(*parts))
 
 
 def generate(model, prompts: Sequence[Sequence[int]], *, num_beams: int, max_new_tokens: int, eos_id: int, pad_id: int,
              constraint=None, mode: str | None = None, num_return_sequences: int | None = None,
-             length_penalty: float = 1.0, batch_size: int = 32, length: int | None = None):
+             length_penalty: float = 1.0, batch_size: int = 32, length: int | None = None, desc: str | None = None):
     """Beam search over every prompt (token ids); returns numpy ``(sequences [P,R,S], scores [P,R],
     item_ids [P,R])`` as :func:`jaxrec.decode.beam_search` (``constraint`` with ``mode="none"``:
     free generation that still reports which generations are exactly an item). ``length``: the
-    padded prompt length (default :func:`padded_length` of ``prompts``)."""
+    padded prompt length (default :func:`padded_length` of ``prompts``); ``desc``: a progress bar name."""
     from jaxrec.decode import beam_search
 
     def run(ids, mask):
@@ -344,7 +349,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, num_beams: int, max_new
                           length_penalty=length_penalty, eos_token_id=eos_id, pad_token_id=pad_id)
         return out.sequences, out.scores, out.item_ids
 
-    return batched(run, prompts, batch_size, pad_id, length)
+    return batched(run, prompts, batch_size, pad_id, length, desc)
 
 
 def decode_texts(tokenizer, sequences: np.ndarray, eos_id: int) -> list[str]:
@@ -378,7 +383,7 @@ def embed_texts(model, tokenizer, texts: dict[str, list[str]], batch_size: int) 
             for name, group in texts.items()}
     length = padded_length([s for group in seqs.values() for s in group])
     return {name: batched(lambda ids, mask: (embedder(ids, mask),), group, batch_size, tokenizer.pad_token_id,
-                              length)[0] for name, group in seqs.items()}
+                          length, f"embed {name}")[0] for name, group in seqs.items()}
 
 
 def ground_ranks(queries: np.ndarray, items: np.ndarray, targets: np.ndarray) -> np.ndarray:

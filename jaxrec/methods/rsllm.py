@@ -455,7 +455,7 @@ def evaluate(config: Config) -> dict:
         out = {"list_length": g.num_beams}
         for part in parts:
             _, _, items = llm.generate(model, prompts[part], constraint=trie, num_beams=g.num_beams, length=length,
-                                       **beams)
+                                       desc=f"constrained {part}", **beams)
             out[part] = list_metrics(items, targets[part], ks)
         result["constrained"] = out
         seconds["constrained"] = round(time.perf_counter() - t0, 2)
@@ -465,7 +465,7 @@ def evaluate(config: Config) -> dict:
         texts, exact = {}, {}
         for part in parts:
             seqs, _, items = llm.generate(model, prompts[part], constraint=trie, mode="none", num_beams=g.num_beams,
-                                          num_return_sequences=1, length=length, **beams)
+                                          num_return_sequences=1, length=length, desc=f"free {part}", **beams)
             texts[part] = [clean(t) for t in llm.decode_texts(tokenizer, seqs[:, 0], eos)]
             exact[part] = float(np.mean(items[:, 0] >= 0))
         embeddings = llm.embed_texts(model, tokenizer, {"items": titles, **texts}, g.batch_size)
@@ -482,7 +482,7 @@ def evaluate(config: Config) -> dict:
         examples = sample_examples(rsllm_eval_examples(ds, split, "test", 2, p.domain, p.max_history,
                                                        candidates=e.num_candidates, seed=e.seed), e.users, e.seed)
         seqs, _, _ = llm.generate(model, model_inputs(tokenizer, examples), constraint=trie, mode="none", num_beams=1,
-                                  **beams)
+                                  desc="LLaRA candidates", **beams)
         answers = [clean(t) for t in llm.decode_texts(tokenizer, seqs[:, 0], eos)]
         result["llara"] = {"protocol": examples[0].meta["protocol"] if examples else None,
                            "test": llara_metrics(answers, examples, titles),
