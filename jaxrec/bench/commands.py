@@ -16,13 +16,18 @@ BENCHMARKS = {
     "tiger": "jaxrec.bench.tiger",
     "all": "jaxrec.bench.all",
 }
+# Registered as commands but not run by `jaxrec bench all`: they need a real pretrained model and take
+# minutes on a CPU host.
+STANDALONE = {
+    "llm-eval": "jaxrec.bench.llm_eval",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="throughput benchmarks against a peer (prints JSON)",
                        description="Run a benchmark; each prints JSON with the figure, the hardware and the peer.")
     bench_sub = p.add_subparsers(dest="bench", metavar="<benchmark>", required=True)
-    for module_name in BENCHMARKS.values():
+    for module_name in (*BENCHMARKS.values(), *STANDALONE.values()):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:

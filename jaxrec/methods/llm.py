@@ -375,15 +375,21 @@ def eval_subset(total: int, limit: int | None, seed: int) -> np.ndarray:
 def embed_texts(model, tokenizer, texts: dict[str, list[str]], batch_size: int) -> dict[str, np.ndarray]:
     """float32 [P,d] per group of texts: BIGRec's grounding embedding, the final hidden state at the
     last token of ``[BOS] + text`` (an empty text embeds its BOS, or EOS when the tokenizer has none).
-    All groups share one padded length (one compilation)."""
+    Texts of all groups are bucketed by length (multiples of 16 tokens: a few compilations, little
+    padding) and returned in their groups' order."""
     from jaxrec.ground.embed import Embedder
 
     embedder = Embedder(model, pooling="last")
-    seqs = {name: [ids or [tokenizer.eos_token_id] for ids in prompt_ids(tokenizer, model, group)]
-            for name, group in texts.items()}
-    length = padded_length([s for group in seqs.values() for s in group])
-    return {name: batched(lambda ids, mask: (embedder(ids, mask),), group, batch_size, tokenizer.pad_token_id,
-                          length, f"embed {name}")[0] for name, group in seqs.items()}
+    names = list(texts)
+    seqs = [ids or [tokenizer.eos_token_id] for name in names for ids in prompt_ids(tokenizer, model, texts[name])]
+    buckets = np.asarray([padded_length([s]) for s in seqs])
+    out = np.empty((len(seqs), model.config.hidden_size), np.float32)
+    for length in np.unique(buckets):
+        rows = np.flatnonzero(buckets == length)
+        out[rows] = batched(lambda ids, mask: (embedder(ids, mask),), [seqs[i] for i in rows], batch_size,
+                            tokenizer.pad_token_id, int(length), f"embed {length}-token texts")[0]
+    ends = np.cumsum([len(texts[name]) for name in names])
+    return dict(zip(names, np.split(out, ends[:-1])))
 
 
 def ground_ranks(queries: np.ndarray, items: np.ndarray, targets: np.ndarray) -> np.ndarray:
