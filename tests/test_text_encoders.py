@@ -99,3 +99,42 @@ def test_chat_prompts_use_the_template_or_say_there_is_none(tmp_path):
     tokenizer.init_kwargs["add_bos_token"] = False  # as a GGUF file's metadata says for SmolLM2
     assert llm.bos_id(tokenizer) is None
     assert llm.bos_id(load_tokenizer(save_tokenizer(tokenizer, tmp_path / "no_bos"))) is None
+
+
+def test_bigrec_grounding_with_a_sentence_encoder_matches_hf_brute_force(tiny_bert, tmp_path):
+    """BIGRec with ``ground.encoder``: every test generation (generations.jsonl) and every title embedded by
+    HF torch one at a time, ranked by numpy L2 with the tie rule, gives the run's free-generation metrics."""
+    from test_bigrec import TINY
+
+    from jaxrec.config import from_dict
+    from jaxrec.data.tasks.item_text import titles
+    from jaxrec.eval.metrics import metrics_from_ranks
+    from jaxrec.methods import bigrec
+    from jaxrec.methods.data_source import load_dataset
+
+    path, model = tiny_bert
+    config = from_dict(bigrec.Config, {**TINY, "out_dir": str(tmp_path / "run"), "ground": {"encoder": str(path)},
+                                       "eval": {"ks": [1, 5, 10], "constrained": False}})
+    bigrec.train(config)
+    result = bigrec.evaluate(config)
+    assert result["free"]["ground_model"] == str(path)
+    item_titles = titles(load_dataset(config.data))
+    items = np.stack([hf_embedding(path, model, t) for t in item_titles])
+    rows = [json.loads(line) for line in (tmp_path / "run" / "generations.jsonl").read_text().splitlines()]
+    test = [r for r in rows if r["part"] == "test"]
+    ranks = []
+    for row in test:
+        query = hf_embedding(path, model, row["free"].strip().strip('"'))
+        dist = ((items - query) ** 2).sum(1)
+        target = item_titles.index(row["target"])
+        ranks.append(1 + np.sum(dist < dist[target] - 1e-9) + np.sum((np.abs(dist - dist[target]) <= 1e-9)
+                                                                     & (np.arange(len(items)) < target)))
+    expected = metrics_from_ranks(np.asarray(ranks), [1, 5, 10])
+    assert {k: result["free"]["test"][k] for k in expected} == pytest.approx(expected)
+
+
+def test_chat_template_is_refused_by_recipes_that_do_not_apply_it(tmp_path):
+    from jaxrec.methods import llm
+
+    with pytest.raises(ConfigError, match="supported by the bigrec recipe only"):
+        llm.make_tokenizer(llm.ModelSection(chat_template=True), lambda: ["a b"], tmp_path)

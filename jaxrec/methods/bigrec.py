@@ -131,7 +131,8 @@ def train(config: Config) -> dict:
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     titles = [quoted(t) for t in item_titles(ds)]
-    tokenizer = llm.make_tokenizer(config.model, lambda: [e.prompt + e.response for e in examples] + titles, out_dir)
+    tokenizer = llm.make_tokenizer(config.model, lambda: [e.prompt + e.response for e in examples] + titles, out_dir,
+                                   chat=True)
     model = llm.build_model(config.model, tokenizer)
     llm.start_run(out_dir, config.model, model, tokenizer)
     train_cfg = config.train if config.train.log_dir else dataclasses.replace(config.train, log_dir=str(out_dir / "logs"))

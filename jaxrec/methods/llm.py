@@ -77,14 +77,19 @@ class ModelSection:
 # ----------------------------------------------------------------------------- tokenizer
 
 
-def make_tokenizer(section: ModelSection, texts: Callable[[], Iterable[str]], run_dir: str | Path):
+def make_tokenizer(section: ModelSection, texts: Callable[[], Iterable[str]], run_dir: str | Path, *,
+                   chat: bool = False):
     """Build the run's tokenizer and save it to ``run_dir/tokenizer`` (where :func:`load_run` reads it).
 
     Pretrained: the model directory's tokenizer (a missing pad token is set to unk or eos).
     From scratch: a byte-level BPE of ``section.vocab_size`` tokens trained on ``texts()``.
+    ``chat``: the recipe formats its prompts with :func:`chat_prompts`; others refuse
+    ``model.chat_template: true`` rather than ignore it.
     """
     from jaxrec.models.tokenizer import load_tokenizer, save_tokenizer, train_bpe_tokenizer
 
+    if section.chat_template and not chat:
+        raise ConfigError("model.chat_template: true is supported by the bigrec recipe only; set it to false")
     path = Path(run_dir) / "tokenizer"
     if not section.pretrained:
         return train_bpe_tokenizer(texts(), section.vocab_size, path)

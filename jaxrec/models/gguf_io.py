@@ -147,9 +147,9 @@ class GGUFCheckpoint:
             config["sliding_window"] = int(window)
         return {k: (int(v) if isinstance(v, np.integer) else v) for k, v in config.items()}
 
-    def tensors(self) -> dict[str, _LazyTensor]:
-        """HF tensor name -> lazily dequantized tensor (HF layout: Linear weights [out, in])."""
-        config = self.hf_config()
+    def tensors(self, config: dict[str, Any]) -> dict[str, _LazyTensor]:
+        """HF tensor name -> lazily dequantized tensor (HF layout: Linear weights [out, in]);
+        ``config``: :meth:`hf_config` (its head counts undo the q/k permutation)."""
         out = {}
         for tensor in self._reader.tensors:
             name = hf_tensor_name(tensor.name)

@@ -128,8 +128,9 @@ def _checkpoint_tensors(path: Path, **overrides) -> tuple[Any, dict[str, Any], s
         from jaxrec.models.gguf_io import GGUFCheckpoint
 
         gguf = GGUFCheckpoint(path)
-        tensors = gguf.tensors()
-        return config_from_hf(gguf.hf_config(), set(tensors), source=str(path), **overrides), tensors, str(path)
+        hf = gguf.hf_config()
+        tensors = gguf.tensors(hf)
+        return config_from_hf(hf, set(tensors), source=str(path), **overrides), tensors, str(path)
     if path.is_file():
         raise JaxrecError(f"{path}: expected an HF model directory (config.json + safetensors) or a .gguf file")
     hf = read_hf_config(path)
@@ -140,21 +141,8 @@ def _checkpoint_tensors(path: Path, **overrides) -> tuple[Any, dict[str, Any], s
             handles[file] = safe_open(str(file), framework="flax")
         except Exception as e:  # safetensors raises its own error types on damage
             raise JaxrecError(f"{file}: not a readable safetensors file: {e}") from None
-    tensors = {name: _SafetensorsTensor(handles[file], name) for name, file in files.items()}
+    tensors = {name: handles[file].get_slice(name) for name, file in files.items()}
     return config_from_hf(hf, set(files), source=str(path / "config.json"), **overrides), tensors, str(path)
-
-
-class _SafetensorsTensor:
-    """A tensor of an open safetensors file, read on demand (whole or by slice)."""
-
-    def __init__(self, handle, name: str):
-        self._slice = handle.get_slice(name)
-
-    def get_shape(self) -> list[int]:
-        return list(self._slice.get_shape())
-
-    def __getitem__(self, index):
-        return self._slice[index]
 
 
 def load_pretrained(path: str | Path, dtype: str = "float32", param_dtype: str | None = None,
