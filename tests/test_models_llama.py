@@ -164,8 +164,8 @@ def test_prefill_decode_step_reorder_match_full_forward(checkpoints):
     beams, steps = 3, 4
     rng = np.random.RandomState(1)
     state, logits0 = prefill(model, ids, mask, beams, steps)
-    assert state.prefix_k[0].shape == (batch, prompt_len, 2, 16)  # shared per user
-    assert state.gen_k[0].shape == (batch, beams, steps, 2, 16)  # per beam, generated only
+    assert state.prefix_k[0].shape == (batch, 2, prompt_len, 16)  # shared per user, head-major
+    assert state.gen_k[0].shape == (batch, beams, 2, steps, 16)  # per beam, generated only
     history = np.zeros((batch, beams, 0), np.int32)  # each beam's tokens so far
     logits_history = np.zeros((batch, beams, 0, VOCAB), np.float32)  # and its logits
     for step in range(steps):

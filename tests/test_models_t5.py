@@ -94,7 +94,7 @@ def test_prefill_decode_step_reorder_match_full_forward(checkpoints):
     rng = np.random.RandomState(2)
     state, logits0 = prefill(model, ids, mask, beams, steps)
     assert state.cross_k[0].shape == (batch, 20, 4, 8)  # encoder K/V once per user
-    assert state.gen_k[0].shape == (batch, beams, steps, 4, 8)
+    assert state.gen_k[0].shape == (batch, beams, 4, steps, 8)  # per beam, head-major
     history = np.zeros((batch, beams, 0), np.int32)
     logits_history = np.zeros((batch, beams, 0, VOCAB), np.float32)
     for step in range(steps):

@@ -36,26 +36,31 @@ def attend_prefix_and_generated(q: jax.Array, prefix_k: jax.Array, prefix_v: jax
                                 gen_bias: jax.Array | None = None) -> jax.Array:
     """One decoding step of K beams over [shared prefix ; per-beam generated tokens], one softmax.
 
-    q [B,K,N,H] (one new token per beam); prefix_k/v [B,P,Nkv,H] shared by the K beams of a user;
-    prefix_mask bool [B,P]; gen_k/v [B,K,G,Nkv,H]; gen_mask bool broadcastable to [B,K,G];
+    q [B,K,N,H] (one new token per beam); prefix_k/v [B,Nkv,P,H] shared by the K beams of a user;
+    prefix_mask bool [B,P]; gen_k/v [B,K,Nkv,G,H]; gen_mask bool broadcastable to [B,K,G];
     prefix_bias [N,P] / gen_bias [N,G] optional additive biases. Returns [B,K,N,H].
+
+    Scores are [B,Nkv,K,R,*] (R = N // Nkv query heads per K/V head): the K beams' R heads of a
+    K/V head form one [K*R, P] block against the prefix, a plain batched matmul over (B, Nkv).
     """
     batch, beams, heads, head_dim = q.shape
-    kv_heads = prefix_k.shape[2]
-    qg = q.reshape(batch, beams, kv_heads, heads // kv_heads, head_dim)
-    s_prefix = jnp.einsum("bkngh,bpnh->bkngp", qg, prefix_k,
-                          preferred_element_type=jnp.float32) * scale
-    s_gen = jnp.einsum("bkngh,bksnh->bkngs", qg, gen_k,
-                       preferred_element_type=jnp.float32) * scale
+    kv_heads, prefix_len = prefix_k.shape[1], prefix_k.shape[2]
+    group = heads // kv_heads
+    qg = q.reshape(batch, beams, kv_heads, group, head_dim).transpose(0, 2, 1, 3, 4)  # [B,Nkv,K,R,H]
+    s_prefix = jnp.einsum("bnqh,bnph->bnqp", qg.reshape(batch, kv_heads, beams * group, head_dim), prefix_k,
+                          preferred_element_type=jnp.float32).reshape(batch, kv_heads, beams, group, prefix_len)
+    s_gen = jnp.einsum("bnkrh,bknsh->bnkrs", qg, gen_k, preferred_element_type=jnp.float32)
+    s_prefix, s_gen = s_prefix * scale, s_gen * scale
     if prefix_bias is not None:
-        s_prefix = s_prefix + prefix_bias.reshape(kv_heads, heads // kv_heads, -1)
+        s_prefix = s_prefix + prefix_bias.reshape(kv_heads, 1, group, -1)
     if gen_bias is not None:
-        s_gen = s_gen + gen_bias.reshape(kv_heads, heads // kv_heads, -1)
+        s_gen = s_gen + gen_bias.reshape(kv_heads, 1, group, -1)
     s_prefix = jnp.where(prefix_mask[:, None, None, None, :], s_prefix, MASKED)
-    gen_mask = jnp.broadcast_to(gen_mask, (batch, beams, gen_k.shape[2]))
-    s_gen = jnp.where(gen_mask[:, :, None, None, :], s_gen, MASKED)
+    gen_mask = jnp.broadcast_to(gen_mask, (batch, beams, gen_k.shape[3]))
+    s_gen = jnp.where(gen_mask[:, None, :, None, :], s_gen, MASKED)
     weights = jax.nn.softmax(jnp.concatenate([s_prefix, s_gen], axis=-1), axis=-1)
-    w_prefix, w_gen = jnp.split(weights.astype(q.dtype), [prefix_k.shape[1]], axis=-1)
-    out = (jnp.einsum("bkngp,bpnh->bkngh", w_prefix, prefix_v)
-           + jnp.einsum("bkngs,bksnh->bkngh", w_gen, gen_v))
-    return out.reshape(batch, beams, heads, head_dim)
+    w_prefix, w_gen = jnp.split(weights.astype(q.dtype), [prefix_len], axis=-1)
+    out = (jnp.einsum("bnqp,bnph->bnqh", w_prefix.reshape(batch, kv_heads, beams * group, prefix_len),
+                      prefix_v).reshape(batch, kv_heads, beams, group, head_dim)
+           + jnp.einsum("bnkrs,bknsh->bnkrh", w_gen, gen_v))
+    return out.transpose(0, 2, 1, 3, 4).reshape(batch, beams, heads, head_dim)

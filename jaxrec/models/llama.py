@@ -19,7 +19,7 @@ from flax import nnx
 
 from jaxrec.errors import JaxrecError
 from jaxrec.models.attention import attend, attend_prefix_and_generated, causal_mask
-from jaxrec.models.decoding import (DecodeState, empty_generated_cache, reorder_beams,
+from jaxrec.models.decoding import (DecodeState, empty_generated_cache, heads_major, reorder_beams,
                                     write_generated)
 from jaxrec.models.layer_stack import hidden_states, run_layers
 from jaxrec.models.layers import Embed, Linear, RMSNorm, ResidualDropout, activation, as_dtype
@@ -357,7 +357,7 @@ class LlamaForCausalLM(nnx.Module):
             input_ids.shape[0], num_beams, max_new_tokens, c.num_kv_heads, c.head_dim,
             c.num_layers, kvs[0][0].dtype)
         state = DecodeState(
-            prefix_k=tuple(k for k, _ in kvs), prefix_v=tuple(v for _, v in kvs),
+            prefix_k=tuple(heads_major(k) for k, _ in kvs), prefix_v=tuple(heads_major(v) for _, v in kvs),
             prefix_mask=attention_mask.astype(bool), prefix_positions=positions,
             next_position=jnp.sum(attention_mask.astype(jnp.int32), axis=1),
             gen_k=gen_k, gen_v=gen_v)

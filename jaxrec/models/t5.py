@@ -22,7 +22,7 @@ from flax import nnx
 
 from jaxrec.errors import JaxrecError
 from jaxrec.models.attention import attend, attend_prefix_and_generated, causal_mask
-from jaxrec.models.decoding import (DecodeState, empty_generated_cache, reorder_beams,
+from jaxrec.models.decoding import (DecodeState, empty_generated_cache, heads_major, reorder_beams,
                                     write_generated)
 from jaxrec.models.layer_stack import hidden_states, run_layers
 from jaxrec.models.layers import (Embed, Linear, RMSNorm, ResidualDropout, activation, as_dtype,
@@ -354,7 +354,7 @@ class T5ForConditionalGeneration(nnx.Module):
         gen_k, gen_v = empty_generated_cache(batch, num_beams, max_new_tokens, c.num_heads,
                                              c.d_kv, c.num_decoder_layers, self_kv[0][0].dtype)
         state = DecodeState(
-            prefix_k=tuple(k for k, _ in self_kv), prefix_v=tuple(v for _, v in self_kv),
+            prefix_k=tuple(heads_major(k) for k, _ in self_kv), prefix_v=tuple(heads_major(v) for _, v in self_kv),
             prefix_mask=jnp.ones((batch, 1), bool),
             prefix_positions=jnp.zeros((batch, 1), jnp.int32),
             next_position=jnp.ones((batch,), jnp.int32),
