@@ -16,8 +16,12 @@ Recipe (every step configured by a section of :class:`Config`):
    model reads and writes an item with the same tokens.
 3. **Model**: a local (FLAN-)T5 directory (``model.pretrained``) or a small T5 trained from scratch
    with a byte-level BPE tokenizer trained on the samples and item text; T5's sentinels
-   ``<extra_id_k>`` (MIM/MLM) are added to a from-scratch tokenizer. Full fine-tuning or LoRA
+   ``<extra_id_k>`` (MIM/MLM) are added to a tokenizer that lacks them. Full fine-tuning or LoRA
    through the shared engine, loss on the response + EOS; the decoder is padded to ``target_len``.
+   *Extension beyond the paper*: a decoder-only LLM (``model.pretrained: smollm2-135m``, a GGUF or an
+   HF Llama/Qwen2/Mistral directory, or ``model.arch: llama`` from scratch) reads ``[BOS] prompt``
+   and writes the answer after it in one sequence (loss on the answer + EOS); the same task mixture
+   and the same evaluation (its prompt cache is shared by the candidates exactly as T5's encoder is).
 4. **Evaluation** (leave-one-out users, ``eval.parts``):
 
    * *retrieval* over the full catalog: beam search (``eval.num_beams``) constrained by a trie over
@@ -34,7 +38,8 @@ Recipe (every step configured by a section of :class:`Config`):
      mean rating as a baseline.
 
    Scoring candidates uses the decoding protocol: the prompt is encoded once per user and the
-   candidates are fed teacher-forced as beams (encoder output and cross-attention K/V shared).
+   candidates are fed teacher-forced as beams (T5: encoder output and cross-attention K/V shared;
+   decoder-only: the prompt's K/V cache shared).
 
 Run directory: ``item_keys.json`` + the files of :mod:`jaxrec.methods.llm`; ``results.json``.
 """
@@ -123,13 +128,9 @@ class Config:
     ids: IdSection = dataclasses.field(default_factory=IdSection)
     model: llm.ModelSection = dataclasses.field(default_factory=lambda: llm.ModelSection(
         arch="t5", vocab_size=2048, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4))
-    target_len: int = 64  # decoder tokens per training row (response + EOS; longer ones are cut)
+    target_len: int = 64  # T5: decoder tokens per training row (response + EOS; longer ones are cut)
     train: TrainConfig = dataclasses.field(default_factory=_default_train)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
-
-    def __post_init__(self):
-        if not self.model.pretrained and self.model.arch != "t5":
-            raise ValueError("aligned_t5 trains an encoder-decoder: model.arch must be 't5' (or a pretrained T5)")
 
 
 # ----------------------------------------------------------------------------- item keys and samples
@@ -221,8 +222,6 @@ def train(config: Config) -> dict:
     add_tokens(tokenizer, added_tokens(config, keys))
     save_tokenizer(tokenizer, out_dir / "tokenizer")
     model = llm.build_model(config.model, tokenizer)
-    if not llm.is_seq2seq(model):
-        raise ConfigError(f"model.pretrained={config.model.pretrained}: aligned_t5 needs a T5 (encoder-decoder) model")
     llm.grow_vocab(model, tokenizer, out_dir, seed=config.model.seed)
     llm.start_run(out_dir, config.model, model, tokenizer)
     save_item_keys(out_dir, keys, config, space)
