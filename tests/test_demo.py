@@ -35,3 +35,46 @@ def test_table_format():
     row = {"method": "x", "seconds": 1.0, **{f"{m}@{k}": 0.5 for m in ("HR", "NDCG") for k in (1, 5, 10, 20)}}
     lines = format_table([row]).splitlines()
     assert lines[0].split()[:3] == ["method", "HR@1", "NDCG@1"] and lines[1].startswith("x")
+
+
+def test_llm_row_needs_llm_and_an_existing_checkpoint(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--methods", "popularity,lcrec-llm"]) == 2
+    assert "needs --llm" in capsys.readouterr().err
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--llm", str(tmp_path / "missing.gguf")]) == 2
+    assert "missing.gguf" in capsys.readouterr().err
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_llm_row_runs_lcrec_on_a_pretrained_model(tmp_path):
+    """--llm with a saved tiny "pretrained" Llama: LC-Rec with LoRA on it; its popularity line is popularity
+    on exactly the sampled test users."""
+    import numpy as np
+
+    from jaxrec.data.splits import leave_one_out
+    from jaxrec.data.synthetic import make_preset
+    from jaxrec.data.tasks.rows import leave_one_out_rows
+    from jaxrec.eval.metrics import metrics_from_ranks
+    from jaxrec.methods import lcrec, llm
+    from jaxrec.methods.demo import run_demo
+    from jaxrec.methods.popularity import item_counts, rank_table
+    from jaxrec.models import save_pretrained
+    from jaxrec.models.tokenizer import save_tokenizer
+
+    ds = make_preset("tiny", seed=0)
+    section = llm.ModelSection(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                               num_kv_heads=1, max_position_embeddings=512)
+    tokenizer = llm.make_tokenizer(section, lambda: lcrec.tokenizer_texts(ds), tmp_path / "bpe")
+    save_pretrained(llm.build_model(section, tokenizer), tmp_path / "hf")
+    save_tokenizer(tokenizer, tmp_path / "hf")
+
+    result = run_demo(tmp_path / "demo", quick=True, methods=["lcrec-llm"], llm=str(tmp_path / "hf"))
+    (row,) = result["rows"]
+    assert row["method"] == "lcrec-llm" and row["users"] == 4 and result["llm"] == str(tmp_path / "hf")
+    run = json.loads((tmp_path / "demo" / "lcrec-llm" / "run.json").read_text())
+    assert run["mode"] == "lora" and run["config"]["train"]["steps"] == 2
+    split = leave_one_out(ds)
+    chosen = llm.eval_subset(len(leave_one_out_rows(split, "test").users), 4, 0)
+    targets = leave_one_out_rows(split, "test").targets[chosen]
+    expected = metrics_from_ranks(rank_table(item_counts(split.train, ds.num_items))[targets], (1, 5, 10, 20))
+    assert row["popularity"] == {k: v for k, v in expected.items() if k.split("@")[0] in ("HR", "NDCG")}
+    assert "popularity" in format_table(result["rows"]).splitlines()[2]

@@ -94,3 +94,8 @@ def resolve_pretrained(name_or_path: str | os.PathLike) -> Path:
         return path
     file = packaged_file(checkpoint)
     return _extracted(file, checkpoint) if file.suffix == ".zip" else file
+
+
+def installed_checkpoints() -> list[str]:
+    """Names of the named checkpoints whose package is installed (located, not imported)."""
+    return [name for name, c in NAMED_CHECKPOINTS.items() if importlib.util.find_spec(c.module) is not None]
