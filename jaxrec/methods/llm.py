@@ -197,16 +197,21 @@ def finetune(model, tokenizer, examples: Sequence[Example], train: TrainConfig, 
         features = Seq2SeqFeatures(seq_len, target_len, eos, model.config.decoder_start_token_id)
         loss_fn = loss_fn or seq2seq_lm_loss
         truncated = sum(len(p) + 1 > seq_len or len(r) + 1 > target_len for p, r in zip(prompts, responses))
+        no_response = 0  # the decoder keeps its own target_len
     else:
         features = CausalFeatures(seq_len, eos, bos_id(tokenizer), train.data.train_on_inputs)
         loss_fn = loss_fn or causal_lm_loss
         truncated = sum(len(p) + len(r) + 2 > seq_len for p, r in zip(prompts, responses))
+        # rows keep their first seq_len tokens: a prompt that fills them leaves no response token to learn
+        no_response = sum(len(p) + 1 >= seq_len for p in prompts)
     if truncated:
-        log.warning("%d of %d training examples are longer than train.data.seq_len=%d%s and are cut", truncated,
-                    len(rows), seq_len, f" / target_len={target_len}" if seq2seq else "")
+        log.warning("%d of %d training examples are longer than train.data.seq_len=%d%s and are cut%s", truncated,
+                    len(rows), seq_len, f" / target_len={target_len}" if seq2seq else "",
+                    f"; {no_response} of them lose their whole response (raise seq_len or shorten the history)"
+                    if no_response else "")
     model, summary = train_rows(model, rows, features, train, loss_fn, pad_id=tokenizer.pad_token_id,
                                 target_len=target_len if seq2seq else None, evaluate=evaluate)
-    return model, {**summary, "truncated_examples": truncated}
+    return model, {**summary, "truncated_examples": truncated, "examples_without_response": no_response}
 
 
 def train_rows(model, rows: Sequence[dict], features, train: TrainConfig, loss_fn, *, pad_id: int,
