@@ -108,3 +108,11 @@ def test_group_by_length_permutes_rows_into_batches_of_similar_length():
     with pytest.raises(Exception, match="pre-tokenized"):
         next(iter(host_batches([{"prompt": "a b", "response": "c"}] * 8, features,
                                DataConfig(seq_len=16, group_by_length=2), global_batch=4)))
+
+
+@pytest.mark.parametrize("bos_id", [1, None])
+def test_keeps_response_says_whether_a_cut_row_still_scores_the_response(bos_id):
+    features = CausalFeatures(8, eos_id=2, bos_id=bos_id)
+    for prompt_len in range(4, 12):
+        row = features.map({"prompt_ids": list(range(10, 10 + prompt_len)), "response_ids": [7, 7, 7]})
+        assert features.keeps_response(prompt_len) == bool(row["loss_mask"].any()), prompt_len

@@ -61,6 +61,11 @@ class CausalFeatures(grain.transforms.Map):
     train_on_inputs: bool = False
     encode: Encode | None = None
 
+    def keeps_response(self, prompt_len: int) -> bool:
+        """Whether a row still scores a response token after a prompt of ``prompt_len`` ids (BOS not counted):
+        rows keep their first ``seq_len + 1`` tokens, so a longer prompt leaves nothing to learn."""
+        return prompt_len + (self.bos_id is not None) <= self.seq_len
+
     def map(self, example: dict) -> dict:
         prompt = ([self.bos_id] if self.bos_id is not None else []) + _ids(example, "prompt", self.encode)
         tokens = (prompt + _ids(example, "response", self.encode) + [self.eos_id])[: self.seq_len + 1]

@@ -202,8 +202,7 @@ def finetune(model, tokenizer, examples: Sequence[Example], train: TrainConfig, 
         features = CausalFeatures(seq_len, eos, bos_id(tokenizer), train.data.train_on_inputs)
         loss_fn = loss_fn or causal_lm_loss
         truncated = sum(len(p) + len(r) + 2 > seq_len for p, r in zip(prompts, responses))
-        # rows keep their first seq_len tokens: a prompt that fills them leaves no response token to learn
-        no_response = sum(len(p) + 1 >= seq_len for p in prompts)
+        no_response = sum(not features.keeps_response(len(p)) for p in prompts)
     if truncated:
         log.warning("%d of %d training examples are longer than train.data.seq_len=%d%s and are cut%s", truncated,
                     len(rows), seq_len, f" / target_len={target_len}" if seq2seq else "",
