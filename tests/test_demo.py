@@ -42,6 +42,8 @@ def test_llm_row_needs_llm_and_an_existing_checkpoint(tmp_path, capsys):
     assert "needs --llm" in capsys.readouterr().err
     assert main(["demo", "--quick", "--out", str(tmp_path), "--llm", str(tmp_path / "missing.gguf")]) == 2
     assert "missing.gguf" in capsys.readouterr().err
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--llm", "minilm-l6"]) == 2
+    assert "sentence encoder" in capsys.readouterr().err
     assert not (tmp_path / "results.json").exists()
 
 

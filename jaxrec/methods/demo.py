@@ -109,9 +109,12 @@ def run_demo(out_dir: str | Path, seed: int = 0, quick: bool = False, methods: l
     if not llm and any(m in NEEDS_LLM for m in methods):
         raise JaxrecError(f"--methods {','.join(NEEDS_LLM)} needs --llm (e.g. --llm smollm2-135m)")
     if llm:
-        from jaxrec.models.checkpoints import resolve_pretrained
+        from jaxrec.models.checkpoints import NAMED_CHECKPOINTS, resolve_pretrained
 
-        if not resolve_pretrained(llm).exists():  # fail now, not after the other methods ran
+        named = NAMED_CHECKPOINTS.get(llm)
+        if named is not None and named.kind != "decoder":  # fail now, not after the other methods ran
+            raise JaxrecError(f"--llm {llm}: a sentence encoder, not a language model; e.g. --llm smollm2-135m")
+        if not resolve_pretrained(llm).exists():
             raise JaxrecError(f"--llm {llm}: no such file or directory")
     out_dir = Path(out_dir)
     preset = "tiny" if quick else "demo"
@@ -153,7 +156,7 @@ def _demo(args: argparse.Namespace) -> int:
 
         if "smollm2-135m" in installed_checkpoints():
             print("note: SmolLM2 is installed; `jaxrec demo --llm smollm2-135m` adds LC-Rec on it "
-                  "(about 15 more minutes on a 2-core CPU)", file=sys.stderr)
+                  "(about 20 more minutes on a 2-core CPU)", file=sys.stderr)
     result = run_demo(args.out, seed=args.seed, quick=args.quick, methods=methods, llm=args.llm)
     print(format_table(result["rows"]), file=sys.stderr)
     print(json.dumps(result, indent=2))
