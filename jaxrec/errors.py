@@ -16,3 +16,7 @@ class ConfigError(JaxrecError):
 
 class DataError(JaxrecError):
     """Invalid input data (malformed line, missing field, inconsistent ids)."""
+
+
+class TrainingDiverged(JaxrecError):
+    """The loss or gradient norm became NaN/Inf (see ``train.nan_policy``)."""

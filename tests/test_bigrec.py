@@ -136,7 +136,7 @@ def test_embeddings_ignore_left_padding_and_run_io_round_trips(tmp_path):
     for _, m in lora_modules(model):
         m.lora_b[...] = jax.random.normal(jax.random.key(1), m.lora_b.shape) * 0.1
     expected = model(np.asarray([ids[0]]))
-    llm.save_run(tmp_path, section, model, TrainConfig(lora=lora), {"note": "test"})
+    llm.save_run(tmp_path, section, model, TrainConfig(lora=lora), {"note": "test"}, {"stopped": "steps", "step": 0})
     reloaded, _ = llm.load_run(tmp_path)
     assert not lora_modules(reloaded)
     np.testing.assert_allclose(reloaded(np.asarray([ids[0]])), expected, atol=1e-4)
@@ -158,3 +158,41 @@ def test_grow_vocab_records_growth_and_clears_a_stale_record(tmp_path):
     assert model.config.vocab_size == len(tokenizer) and (tmp_path / llm.VOCAB_GROWTH_FILE).is_file()
     assert llm.grow_vocab(model, tokenizer, tmp_path, seed=1) == len(tokenizer)  # nothing to add this time
     assert not (tmp_path / llm.VOCAB_GROWTH_FILE).exists()  # so load_run will not regrow a stale size
+
+
+def test_a_run_stopped_by_sigterm_exits_143_looks_unfinished_and_resumes(tmp_path, caplog):
+    """`jaxrec train` ended by SIGTERM (a preemption) after a few steps: exit 143 with one line saying so,
+    run.json records state "preempted" (so evaluation warns), and the same command resumes it to a finished run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from jaxrec.methods import llm
+
+    out = tmp_path / "run"
+    cfg = {**TINY, "out_dir": str(out),
+           "train": {**TINY["train"], "steps": 100000, "checkpoint": {"dir": str(out / "ck"), "every": 1}}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    cli = [sys.executable, "-c", "import sys; from jaxrec.cli import main; sys.exit(main(sys.argv[1:]))", "train",
+           "--config", str(tmp_path / "c.yaml")]
+    proc = subprocess.Popen(cli, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log, deadline = out / "logs" / "metrics.jsonl", time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["state"] == "preempted" and meta["step"] >= 2
+    assert f"stopped by SIGTERM at step {meta['step']} before it finished" in err.strip().splitlines()[-1]
+    with caplog.at_level("WARNING"):
+        llm.load_run(out)
+    assert f"stopped (SIGTERM) at step {meta['step']} before training finished" in caplog.text
+
+    done = subprocess.run(cli + ["--set", f"train.steps={meta['step'] + 2}"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "run.json").read_text())["state"] == "finished"
+    assert json.loads((out / "run.json").read_text())["step"] == meta["step"] + 2

@@ -46,7 +46,8 @@ def measured_peak(config: PlanConfig) -> int:
                             batch_shardings(batch, mesh), mesh)
     abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)  # noqa: E731
     with jax.set_mesh(mesh):  # as the trainer compiles (activations pinned to the batch sharding)
-        stats = jitted.lower(abstract(state), abstract(frozen), batch).compile().memory_analysis()
+        stats = jitted.lower(abstract(state), abstract(frozen), batch, jax.ShapeDtypeStruct((2,), jnp.int32)
+                              ).compile().memory_analysis()
     return (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
             + stats.temp_size_in_bytes)
 

@@ -47,7 +47,7 @@ def config(mesh=(8, 1, 1), ckdir=None, log_dir=None, dropout=0.1, **train):
         data=DataConfig(seq_len=16), checkpoint=CheckpointConfig(dir=ckdir, every=2), **train)
 
 
-def run(cfg, steps=None, evaluate=None, data=None):
+def run(cfg, steps=None, evaluate=None, data=None, loss_fn=None):
     """Train on ``data`` (default :func:`examples`) for ``steps`` (default the config's: ``steps`` or
     ``epochs``); returns (per-step losses from the JSONL log, final trained params in the layer-list
     layout, fit result)."""
@@ -56,10 +56,11 @@ def run(cfg, steps=None, evaluate=None, data=None):
 
     from jaxrec.data.pipeline import CausalFeatures, make_batches
     from jaxrec.models.lora import trainable_filter
+    from jaxrec.train.losses import causal_lm_loss
     from jaxrec.train.trainer import Trainer
 
     data = examples() if data is None else data
-    trainer = Trainer(tiny_model(), cfg, num_examples=len(data))
+    trainer = Trainer(tiny_model(), cfg, loss_fn or causal_lm_loss, num_examples=len(data))
     batches = make_batches(data, CausalFeatures(cfg.data.seq_len, eos_id=2, bos_id=1), cfg.data,
                            trainer.mesh, global_batch=cfg.batch_size, seed=cfg.seed, num_epochs=cfg.epochs)
     result = trainer.fit(batches, evaluate=evaluate, steps=steps)
@@ -217,6 +218,62 @@ def test_two_process_run_matches_single_process(reference, tmp_path):
     ref_losses = reference[0]
     np.testing.assert_allclose([losses[s] for s in sorted(ref_losses)], [ref_losses[s] for s in sorted(ref_losses)],
                                atol=1e-5)
+
+
+POISON = 61  # a token id absent from examples(): a batch holding it has a NaN loss and NaN gradients
+
+
+def poisoned_loss(model, batch):
+    import jax.numpy as jnp
+
+    from jaxrec.train.losses import causal_lm_loss
+
+    loss, weight, metrics = causal_lm_loss(model, batch)
+    return loss * jnp.where(jnp.any(batch["input_ids"] == POISON), jnp.nan, 1.0), weight, metrics
+
+
+def poisoned_at_step(step, n=64):
+    """examples() in order (no shuffling) with one example of batch ``step`` (1-based) poisoned."""
+    data = examples(n)
+    data[(step - 1) * 8 + 3] = dict(prompt_ids=[5, POISON, 7], response_ids=[9])
+    return data
+
+
+def nan_config(tmp_path, **train):
+    cfg = config(ckdir=str(tmp_path / "ck"), log_dir=str(tmp_path / "log"), dropout=0.0)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, shuffle=False), **{"steps": 8, **train})
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    """NaN at step 5, noticed at the step-6 log: one error naming step 5, no checkpoint after step 4, and
+    the model left in memory is exactly the one trained for 4 clean steps."""
+    from jaxrec.errors import TrainingDiverged
+
+    clean = run(nan_config(tmp_path / "clean"), steps=4, data=poisoned_at_step(5), loss_fn=poisoned_loss)
+    with pytest.raises(TrainingDiverged, match=r"NaN/Inf at step 5 .*last checkpoint \(step 4\)"):
+        run(nan_config(tmp_path, log_every=3), data=poisoned_at_step(5), loss_fn=poisoned_loss)
+    assert sorted(p.name for p in (tmp_path / "ck" / "last").iterdir() if p.name.isdigit()) == ["4"]
+    # resuming the kept checkpoint for 0 more steps gives back the clean step-4 weights, all finite
+    _, params, result = run(nan_config(tmp_path), steps=4, data=poisoned_at_step(5), loss_fn=poisoned_loss)
+    assert result["step"] == 4 and result["nonfinite_steps"] == 0
+    for k in clean[1]:
+        np.testing.assert_array_equal(params[k], clean[1][k], err_msg=k)
+
+
+def test_skip_batch_drops_a_non_finite_step_as_if_the_batch_were_absent(tmp_path):
+    data = poisoned_at_step(3)
+    losses, params, result = run(nan_config(tmp_path, nan_policy="skip_batch", steps=5), data=data,
+                                 loss_fn=poisoned_loss)
+    assert result["nonfinite_steps"] == 1 and np.isnan(losses[3])
+    without = data[:16] + data[24:]  # batch 3 removed
+    _, expected, _ = run(nan_config(tmp_path / "without", steps=5), steps=4, data=without, loss_fn=poisoned_loss)
+    for k in expected:
+        np.testing.assert_allclose(params[k], expected[k], atol=1e-6, err_msg=k)
+    from jaxrec.errors import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match=r"1 non-finite steps > train.nan_skip_limit=0"):
+        run(nan_config(tmp_path / "limit", nan_policy="skip_batch", nan_skip_limit=0), data=data,
+            loss_fn=poisoned_loss)
 
 
 def test_bad_setups_fail_before_compiling():

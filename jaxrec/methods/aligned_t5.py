@@ -229,7 +229,7 @@ def train(config: Config) -> dict:
     if not examples:
         raise ConfigError("aligned_t5: no training examples (every task switched off or skipped)")
     model, summary = llm.finetune(model, tokenizer, examples, train_cfg, target_len=config.target_len)
-    llm.save_run(out_dir, config.model, model, train_cfg, config)
+    llm.save_run(out_dir, config.model, model, train_cfg, config, summary)
     return {"method": "aligned_t5", "data": config.data.describe(), "model": config.model.describe(),
             "id_mode": config.tasks.id_mode, "train_examples": dict(Counter(e.task for e in examples)), **summary,
             "seconds_total": round(time.perf_counter() - start, 2), "out_dir": str(out_dir)}

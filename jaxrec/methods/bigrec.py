@@ -137,7 +137,7 @@ def train(config: Config) -> dict:
     llm.start_run(out_dir, config.model, model, tokenizer)
     train_cfg = config.train if config.train.log_dir else dataclasses.replace(config.train, log_dir=str(out_dir / "logs"))
     model, summary = llm.finetune(model, tokenizer, llm.chat_examples(tokenizer, config.model, examples), train_cfg)
-    llm.save_run(out_dir, config.model, model, train_cfg, config)
+    llm.save_run(out_dir, config.model, model, train_cfg, config, summary)
     return {"method": "bigrec", "data": config.data.describe(), "model": config.model.describe(),
             "train_examples": len(examples), **summary, "out_dir": str(out_dir)}
 

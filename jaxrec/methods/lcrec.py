@@ -328,7 +328,7 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     tc = train_config(config, first_new_row)
     clock.lap("tasks")
     model, summary = llm.finetune(model, tokenizer, examples, tc)
-    llm.save_run(out_dir, config.model, model, tc, config)
+    llm.save_run(out_dir, config.model, model, tc, config, summary)
     clock.lap("train")
     tasks = {}
     for e in examples:

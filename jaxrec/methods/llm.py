@@ -9,7 +9,8 @@
   training engine (LoRA or full fine-tuning, as ``train.lora.mode`` says).
 * :func:`save_run` / :func:`load_run` — a run directory that evaluation reloads::
 
-      run.json          {"base_model": dir, "mode": "lora"|"full", "config": {...}}
+      run.json          {"base_model": dir, "mode": "lora"|"full", "state": "finished"|"preempted",
+                         "step": N, "config": {...}}
       tokenizer/        HF tokenizer files (pad token set)
       base_model/       from-scratch runs only: the initial weights (HF safetensors)
       adapter/          mode lora: PEFT adapter (adapter_config.json + adapter_model.safetensors)
@@ -259,9 +260,22 @@ def grow_vocab(model, tokenizer, run_dir: str | Path, *, seed: int, noise_scale:
     return old
 
 
-def save_run(run_dir: str | Path, section: ModelSection, model, train: TrainConfig, config) -> None:
+def run_state(summary: dict) -> dict:
+    """What ``run.json`` records of a fit summary: ``state`` "preempted" (stopped by SIGTERM before its
+    last step: ``jaxrec train`` resumes it) or "finished", and the ``step`` reached."""
+    return {"state": "preempted" if summary["stopped"] == "sigterm" else "finished", "step": int(summary["step"])}
+
+
+def warn_if_preempted(run_dir: str | Path, meta: dict) -> None:
+    """Evaluating a run that was stopped before its last step: say so, loudly."""
+    if meta.get("state") == "preempted":
+        log.warning("%s was stopped (SIGTERM) at step %s before training finished: evaluating the partial model; "
+                    "`jaxrec train` with the same config resumes it", run_dir, meta.get("step"))
+
+
+def save_run(run_dir: str | Path, section: ModelSection, model, train: TrainConfig, config, summary: dict) -> None:
     """Write the trained weights (adapter or full model) and ``run.json`` (last, so a run dir with
-    ``run.json`` is complete)."""
+    ``run.json`` is complete; ``summary``: the fit summary, see :func:`run_state`)."""
     from jaxrec.models import save_pretrained
     from jaxrec.models.peft_io import save_adapter
 
@@ -271,7 +285,8 @@ def save_run(run_dir: str | Path, section: ModelSection, model, train: TrainConf
         save_adapter(model, run_dir / "adapter", train.lora, base_model=base)
     else:
         save_pretrained(model, run_dir / "model")
-    write_json(run_dir / RUN_FILE, {"base_model": base, "mode": train.lora.mode, "config": to_dict(config)})
+    write_json(run_dir / RUN_FILE, {"base_model": base, "mode": train.lora.mode, **run_state(summary),
+                                    "config": to_dict(config)})
 
 
 def load_run(run_dir: str | Path, which: Literal["fine_tuned", "base"] = "fine_tuned", dtype: str = "float32"):
@@ -286,6 +301,7 @@ def load_run(run_dir: str | Path, which: Literal["fine_tuned", "base"] = "fine_t
     if not meta_file.is_file():
         raise ConfigError(f"{run_dir}: no {RUN_FILE}; train this config first (jaxrec train --config ...)")
     meta = json.loads(meta_file.read_text())
+    warn_if_preempted(run_dir, meta)
     tokenizer = load_tokenizer(run_dir / "tokenizer")
     if which == "base":
         return load_pretrained(meta["base_model"], dtype=dtype), tokenizer

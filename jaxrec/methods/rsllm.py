@@ -314,7 +314,7 @@ def _projector_params(projector: proj.ItemProjector) -> dict:
     return traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(projector, nnx.Param)), sep=".")
 
 
-def save_stage2(run_dir: Path, model, train: TrainConfig, config: Config) -> None:
+def save_stage2(run_dir: Path, model, train: TrainConfig, config: Config, summary: dict) -> None:
     """Detach the injecting layer and write stage 2 (weights, projector, ID table, ``run.json`` last)."""
     import safetensors.numpy
 
@@ -331,7 +331,7 @@ def save_stage2(run_dir: Path, model, train: TrainConfig, config: Config) -> Non
     with atomic_file(run_dir / "item_table.npy", "wb") as f:
         np.save(f, np.asarray(layer.item_table[...], np.float32))
     write_json(run_dir / llm.RUN_FILE, {"mode": train.lora.mode, "stage1": str(run_dir.parent / "stage1"),
-                                        "config": to_dict(config)})
+                                        **llm.run_state(summary), "config": to_dict(config)})
 
 
 def load_stage2(config: Config):
@@ -347,6 +347,7 @@ def load_stage2(config: Config):
     if not (out / "stage2" / llm.RUN_FILE).is_file():
         raise ConfigError(f"{out}: no stage2/{llm.RUN_FILE}; train this config first (jaxrec train --config ...)")
     meta = json.loads((out / "stage2" / llm.RUN_FILE).read_text())
+    llm.warn_if_preempted(out / "stage2", meta)
     if meta["mode"] == "lora":
         model, tokenizer = llm.load_run(out / "stage1", "fine_tuned", config.model.dtype)
         load_adapter(model, out / "stage2" / "adapter")
@@ -388,7 +389,7 @@ def train(config: Config) -> dict:
     llm.start_run(stage1_dir, config.model, model, tokenizer)
     train1 = with_log_dir(config.stage1, out / "logs" / "stage1")
     model, summary1 = llm.finetune(model, tokenizer, text_examples, train1)
-    llm.save_run(stage1_dir, config.model, model, train1, config)
+    llm.save_run(stage1_dir, config.model, model, train1, config, summary1)
     result = {"method": "rsllm", "data": config.data.describe(), "model": config.model.describe(),
               "train_examples": len(text_examples), "stage1": summary1, "out_dir": str(out)}
     if summary1["stopped"] == "sigterm":  # preempted: do not start stage 2
@@ -403,7 +404,7 @@ def train(config: Config) -> dict:
                                  stage2_loss(config.contrastive, max_placeholders(p)))
     stage2_dir = out / "stage2"
     stage2_dir.mkdir(parents=True, exist_ok=True)
-    save_stage2(stage2_dir, model, dataclasses.replace(train2, lora=config.stage2.lora), config)
+    save_stage2(stage2_dir, model, dataclasses.replace(train2, lora=config.stage2.lora), config, summary2)
     return {**result, "stage2": summary2}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from jaxrec.bench.commands import add_profile_arg
 from jaxrec.config import load_config, read_yaml
@@ -30,9 +31,20 @@ def load_method_config(args: argparse.Namespace):
     return method, load_config(method.Config, args.config, args.overrides)
 
 
+PREEMPTED_EXIT = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
+
+
 def _train(args: argparse.Namespace) -> int:
+    """Exit 0 when training finished; :data:`PREEMPTED_EXIT` when a SIGTERM stopped it (the same command
+    resumes it)."""
     method, config = load_method_config(args)
-    print(json.dumps(method.train(config), indent=2))
+    result = method.train(config)
+    print(json.dumps(result, indent=2))
+    stopped = [s for s in (result, *(v for v in result.values() if isinstance(v, dict))) if s.get("stopped") == "sigterm"]
+    if stopped:
+        print(f"jaxrec: training stopped by SIGTERM at step {stopped[0]['step']} before it finished; run the same "
+              f"command to resume it", file=sys.stderr)
+        return PREEMPTED_EXIT
     return 0
 
 

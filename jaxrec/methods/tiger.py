@@ -225,7 +225,7 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut, embeddings: np.ndarray 
     clock.lap("examples")
     curve = validation_curve(config, split, codes, tokenizer, model.config.vocab_size) if tc.eval_every else None
     model, summary = llm.finetune(model, tokenizer, examples, tc, target_len=codes.shape[1] + 1, evaluate=curve)
-    llm.save_run(out_dir, config.model, model, tc, config)
+    llm.save_run(out_dir, config.model, model, tc, config, summary)
     clock.lap("train")
     return {"method": "tiger", "data": config.data.describe(), "model": config.model.describe(),
             "index": {"source": config.index.source, "items": int(codes.shape[0]), "levels": int(codes.shape[1]),

@@ -76,9 +76,13 @@ class Checkpointer:
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
         return ocp.args.Composite(**items)
 
+    def due(self, step: int) -> bool:
+        """Whether :meth:`save` writes a periodic checkpoint at ``step``."""
+        return bool(self.config.every) and step % self.config.every == 0
+
     def save(self, step: int, state, data_iter=None, *, force: bool = False) -> bool:
         """Save the resumable state at ``step`` (every ``config.every`` steps, or when ``force``)."""
-        if not force and not (self.config.every and step % self.config.every == 0):
+        if not force and not self.due(step):
             return False
         if step in self.last.all_steps():
             return False

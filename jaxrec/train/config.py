@@ -106,6 +106,10 @@ class TrainConfig:
     eval_every: int = 0  # 0: no periodic validation
     patience: int | None = None  # early stopping after this many validations without improvement
     log_every: int = 10
+    # a step with a NaN/Inf loss or gradient norm: "stop" the run (error naming the step; the last
+    # checkpoint is kept, nothing later is saved) or "skip_batch" (no update; stop after nan_skip_limit)
+    nan_policy: Literal["stop", "skip_batch"] = "stop"
+    nan_skip_limit: int = 10
     log_dir: str | None = None
     progress: bool = True
     peak_flops: float | None = None  # for MFU; None: datasheet figure, or a measured matmul on CPU
@@ -120,6 +124,8 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.nan_skip_limit < 0:
+            raise ValueError(f"nan_skip_limit must be at least 0, got {self.nan_skip_limit}")
 
     def num_steps(self, num_examples: int | None = None) -> int:
         """Optimizer steps of the run: ``steps``, or with ``epochs`` the whole global batches in

@@ -5,6 +5,12 @@ weights, updated by the optimizer), RNG state (dropout), and everything frozen. 
 cast to the compute dtype → forward/backward over ``grad_accum`` micro-batches (``lax.scan``) →
 optax update. It is compiled with explicit in/out shardings derived from the parameters' logical
 axes, and the train state is donated (updated in place).
+
+The non-finite guard rides along on the device: a step whose loss or gradient norm is NaN/Inf leaves
+the parameters and optimizer state as they were and is counted in ``guard`` ([2] int32: non-finite
+steps so far, the first such step). With ``nan_policy="stop"`` every update after the first
+non-finite step is dropped too, so the state stays the last good one until the host (which reads the
+guard only when it already syncs: logging, saving, the end) stops the run.
 """
 
 from __future__ import annotations
@@ -57,9 +63,15 @@ def _split_micro_batches(batch: Mapping[str, jax.Array], n: int) -> dict[str, ja
     return {k: one(v) for k, v in batch.items()}
 
 
+def new_guard() -> jax.Array:
+    """The initial non-finite guard: no bad step, first bad step 0 (none)."""
+    return jnp.zeros((2,), jnp.int32)
+
+
 def make_step_fn(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
-                 grad_accum: int = 1, compute_dtype=jnp.float32) -> Callable:
-    """The pure step ``(state, frozen, batch) -> (state, metrics)`` (not yet jitted)."""
+                 grad_accum: int = 1, compute_dtype=jnp.float32, nan_policy: str = "stop") -> Callable:
+    """The pure step ``(state, frozen, batch, guard) -> (state, metrics, guard)`` (not yet jitted);
+    ``guard`` as :func:`new_guard` (see the module docstring)."""
 
     def micro(params, rngs, frozen, batch):
         def objective(p, rngs, frozen):
@@ -73,7 +85,7 @@ def make_step_fn(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.Gradi
         metrics = {k: v * weight for k, v in metrics.items()}
         return wsum, weight, metrics, grads, new_rngs
 
-    def step(state: TrainState, frozen, batch):
+    def step(state: TrainState, frozen, batch, guard):
         if grad_accum == 1:
             wsum, weight, metrics, grads, rngs = micro(state.params, state.rngs, frozen, batch)
         else:
@@ -96,7 +108,14 @@ def make_step_fn(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.Gradi
         params = optax.apply_updates(state.params, updates)
         out = {k: v / denom for k, v in metrics.items()}
         out.update(loss=wsum / denom, tokens=weight, grad_norm=optax.tree.norm(grads))
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rngs=rngs), out
+        finite = jnp.isfinite(out["loss"]) & jnp.isfinite(out["grad_norm"])
+        keep = finite & (guard[0] == 0) if nan_policy == "stop" else finite
+        params, opt_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old),
+                                         (params, opt_state), (state.params, state.opt_state))
+        bad = (~finite).astype(jnp.int32)
+        guard = jnp.stack([guard[0] + bad, jnp.where((guard[0] == 0) & ~finite, state.step + 1, guard[1])])
+        out["nonfinite_steps"] = guard[0]
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rngs=rngs), out, guard
 
     return step
 
@@ -114,9 +133,9 @@ def batch_shardings(batch_spec: Mapping[str, Any], mesh: Mesh, rules=DEFAULT_RUL
 
 
 def jit_train_step(step_fn: Callable, state_sh: TrainState, frozen_sh: Any, batch_sh: dict, mesh: Mesh) -> Callable:
-    """``jax.jit`` with explicit shardings; the train state (argument 0) is donated."""
-    return jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, batch_sh),
-                   out_shardings=(state_sh, replicated(mesh)), donate_argnums=(0,))
+    """``jax.jit`` with explicit shardings; the train state (argument 0) and guard (3) are donated."""
+    return jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, batch_sh, replicated(mesh)),
+                   out_shardings=(state_sh, replicated(mesh), replicated(mesh)), donate_argnums=(0, 3))
 
 
 _EXECUTABLES: collections.OrderedDict = collections.OrderedDict()

@@ -6,7 +6,9 @@ shards parameters/optimizer state by their logical axes, and ``fit(batches, eval
 jitted step → every ``log_every`` steps loss / tokens/s / MFU to the progress bar, JSONL and
 TensorBoard → every ``eval_every`` steps ``evaluate(model) -> {metric: value}``, best-N checkpoints
 and early stopping → periodic resumable checkpoints. SIGTERM (TPU preemption) makes the loop save
-and stop at the next step. A run whose checkpoint directory holds a checkpoint resumes from it
+and stop at the next step. A NaN/Inf loss or gradient norm never reaches the parameters (see
+:mod:`jaxrec.train.train_step`): with ``train.nan_policy: stop`` the run ends with
+:class:`TrainingDiverged` naming the step and saves nothing after it, so the last good checkpoint stays. A run whose checkpoint directory holds a checkpoint resumes from it
 exactly (same parameters, optimizer, RNG and data position).
 
 Layer execution (``train.remat``, ``train.scan_layers``, ``train.dropout``; see
@@ -31,11 +33,11 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from jaxrec.data.pipeline import DeviceIterator, batch_spec
-from jaxrec.errors import ConfigError
+from jaxrec.errors import ConfigError, TrainingDiverged
 from jaxrec.models.layer_stack import set_dropout, set_remat, stack_layers, stacked_filter, unstack_layers
 from jaxrec.models.lora import apply_lora, check_trainable, row_masks, trainable_filter
 from jaxrec.parallel.mesh import batch_divisor, check_batch_size, make_mesh
-from jaxrec.parallel.rules import place, state_shardings
+from jaxrec.parallel.rules import place, replicated, state_shardings
 from jaxrec.train import mfu
 from jaxrec.train.checkpoint import Checkpointer, abstract_like, fingerprint
 from jaxrec.train.config import TrainConfig
@@ -43,7 +45,7 @@ from jaxrec.train.losses import LossFn, causal_lm_loss
 from jaxrec.train.metrics_log import MetricsLogger
 from jaxrec.train.optimizer import make_optimizer
 from jaxrec.train.train_step import (TrainState, batch_shardings, cast_floats, compile_cached, jit_train_step,
-                                     make_step_fn, split_model, train_state_shardings)
+                                     make_step_fn, new_guard, split_model, train_state_shardings)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -90,7 +92,8 @@ class Trainer:
                                 opt_state=opt_init(params), rngs=_place_copy(rngs, self.state_sh.rngs))
         self.frozen = place(frozen, self.frozen_sh)
         self.step_fn = make_step_fn(graphdef, loss_fn, self.optimizer, grad_accum=config.grad_accum,
-                                    compute_dtype=self.compute_dtype)
+                                    compute_dtype=self.compute_dtype, nan_policy=config.nan_policy)
+        self.guard = place(new_guard(), replicated(self.mesh))  # [non-finite steps, first one] (on device)
         self._compiled: dict[tuple, Callable] = {}
         model_config = getattr(model, "config", None)
         self.fingerprint = fingerprint(params, lora=config.lora, grad_accum=config.grad_accum,
@@ -118,9 +121,32 @@ class Trainer:
             spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
             jitted = jit_train_step(self.step_fn, self.state_sh, self.frozen_sh, batch_shardings(spec, self.mesh),
                                     self.mesh)
-            self._compiled[key] = compile_cached(jitted, self.mesh, self.state, self.frozen, batch)
-        self.state, metrics = self._compiled[key](self.state, self.frozen, batch)
+            self._compiled[key] = compile_cached(jitted, self.mesh, self.state, self.frozen, batch, self.guard)
+        self.state, metrics, self.guard = self._compiled[key](self.state, self.frozen, batch, self.guard)
         return metrics
+
+    def diverged(self) -> tuple[int, int] | None:
+        """``(non-finite steps, first such step)`` if ``train.nan_policy`` says the run must stop, else
+        None (reads the device guard: call it where the host syncs anyway)."""
+        count, first = (int(x) for x in jax.device_get(self.guard))
+        if count == 0 or (self.config.nan_policy == "skip_batch" and count <= self.config.nan_skip_limit):
+            return None
+        return count, first
+
+    def _stop_if_diverged(self) -> None:
+        bad = self.diverged()
+        if bad is None:
+            return
+        count, first = bad
+        kept = self.checkpointer.latest_step() if self.checkpointer is not None else None
+        where = (f"the last checkpoint (step {kept}) in {self.config.checkpoint.dir} is kept" if kept is not None
+                 else "no checkpoint was written")
+        policy = (f"train.nan_policy: stop" if self.config.nan_policy == "stop" else
+                  f"{count} non-finite steps > train.nan_skip_limit={self.config.nan_skip_limit}")
+        raise TrainingDiverged(
+            f"training diverged: the loss or gradient norm is NaN/Inf at step {first} ({policy}); nothing after it "
+            f"was saved and {where}. Lower train.optim.learning_rate, check the data, or set "
+            f"train.nan_policy: skip_batch")
 
     def restore(self, batches: DeviceIterator | None = None) -> int:
         """Resume from the latest checkpoint if there is one; returns the step reached (0: fresh)."""
@@ -172,10 +198,12 @@ class Trainer:
                     flops_s = self.batch_flops(batch) * (step - logged_step) / elapsed
                     host.update(tokens_per_s=tps, mfu=flops_s / peak if peak else 0.0)
                     logger.log(step, host, prefix="train/")
+                    self._stop_if_diverged()
                     bar.set_postfix(loss=f"{host['loss']:.4f}", tok_s=f"{tps:,.0f}", mfu=f"{host['mfu']:.1%}")
                     last, t0, logged_step = host, time.perf_counter(), step
                 bar.update(1)
                 if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
+                    self._stop_if_diverged()
                     scores = {k: float(v) for k, v in evaluate(self.model()).items()}
                     logger.log(step, scores, prefix="eval/")
                     if self.checkpointer is not None and metric is not None:
@@ -189,20 +217,24 @@ class Trainer:
                         if cfg.patience is not None and stale >= cfg.patience:
                             stopped = "early_stopping"
                             break
-                if self.checkpointer is not None:
+                if self.checkpointer is not None and self.checkpointer.due(step):
+                    self._stop_if_diverged()
                     self.checkpointer.save(step, self.state, batches)
                 if self._preempted(step):
                     stopped = "sigterm"
                     break
+            self._stop_if_diverged()
         finally:
             if self.checkpointer is not None:
-                self.checkpointer.save(step, self.state, batches, force=True)
+                if self.diverged() is None:
+                    self.checkpointer.save(step, self.state, batches, force=True)
                 self.checkpointer.wait()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
             bar.close()
             logger.close()
-        return {**last, "step": step, "best_metric": best, "stopped": stopped}
+        return {**last, "step": step, "best_metric": best, "stopped": stopped,
+                "nonfinite_steps": int(jax.device_get(self.guard)[0])}
 
     def batch_flops(self, batch: dict) -> float:
         """Model FLOPs (forward + backward, :mod:`jaxrec.train.mfu`) of one step on ``batch``; for an
