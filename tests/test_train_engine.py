@@ -246,7 +246,7 @@ def nan_config(tmp_path, **train):
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     """NaN at step 5, noticed at the step-6 log: one error naming step 5, no checkpoint after step 4, and
-    the model left in memory is exactly the one trained for 4 clean steps."""
+    that checkpoint is exactly the model trained for 4 clean steps."""
     from jaxrec.errors import TrainingDiverged
 
     clean = run(nan_config(tmp_path / "clean"), steps=4, data=poisoned_at_step(5), loss_fn=poisoned_loss)

@@ -6,11 +6,11 @@ cast to the compute dtype → forward/backward over ``grad_accum`` micro-batches
 optax update. It is compiled with explicit in/out shardings derived from the parameters' logical
 axes, and the train state is donated (updated in place).
 
-The non-finite guard rides along on the device: a step whose loss or gradient norm is NaN/Inf leaves
-the parameters and optimizer state as they were and is counted in ``guard`` ([2] int32: non-finite
-steps so far, the first such step). With ``nan_policy="stop"`` every update after the first
-non-finite step is dropped too, so the state stays the last good one until the host (which reads the
-guard only when it already syncs: logging, saving, the end) stops the run.
+The non-finite guard rides along on the device: ``guard`` ([2] int32) counts the steps whose loss or
+gradient norm is NaN/Inf and keeps the first one. The host reads it only where it syncs anyway
+(logging, saving, the end). ``nan_policy="stop"``: the host ends the run and saves nothing from the
+first bad step on (the state in memory is discarded). ``"skip_batch"``: such a step leaves the
+parameters and optimizer state as they were, as if the batch were absent.
 """
 
 from __future__ import annotations
@@ -109,9 +109,9 @@ def make_step_fn(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.Gradi
         out = {k: v / denom for k, v in metrics.items()}
         out.update(loss=wsum / denom, tokens=weight, grad_norm=optax.tree.norm(grads))
         finite = jnp.isfinite(out["loss"]) & jnp.isfinite(out["grad_norm"])
-        keep = finite & (guard[0] == 0) if nan_policy == "stop" else finite
-        params, opt_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old),
-                                         (params, opt_state), (state.params, state.opt_state))
+        if nan_policy == "skip_batch":  # keeps the old state alive beside the new one: one more copy in memory
+            params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                             (params, opt_state), (state.params, state.opt_state))
         bad = (~finite).astype(jnp.int32)
         guard = jnp.stack([guard[0] + bad, jnp.where((guard[0] == 0) & ~finite, state.step + 1, guard[1])])
         out["nonfinite_steps"] = guard[0]

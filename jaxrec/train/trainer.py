@@ -6,9 +6,9 @@ shards parameters/optimizer state by their logical axes, and ``fit(batches, eval
 jitted step → every ``log_every`` steps loss / tokens/s / MFU to the progress bar, JSONL and
 TensorBoard → every ``eval_every`` steps ``evaluate(model) -> {metric: value}``, best-N checkpoints
 and early stopping → periodic resumable checkpoints. SIGTERM (TPU preemption) makes the loop save
-and stop at the next step. A NaN/Inf loss or gradient norm never reaches the parameters (see
-:mod:`jaxrec.train.train_step`): with ``train.nan_policy: stop`` the run ends with
-:class:`TrainingDiverged` naming the step and saves nothing after it, so the last good checkpoint stays. A run whose checkpoint directory holds a checkpoint resumes from it
+and stop at the next step. A NaN/Inf loss or gradient norm (see :mod:`jaxrec.train.train_step`) ends the run
+with :class:`TrainingDiverged` naming the step (``train.nan_policy: stop``), and nothing from that step
+on is saved, so the last good checkpoint stays; ``skip_batch`` drops such steps up to a limit. A run whose checkpoint directory holds a checkpoint resumes from it
 exactly (same parameters, optimizer, RNG and data position).
 
 Layer execution (``train.remat``, ``train.scan_layers``, ``train.dropout``; see
