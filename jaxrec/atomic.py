@@ -1,38 +1,106 @@
 """Write outputs so that a failure never leaves a half-written file or directory behind.
 
-Every helper writes to a temporary sibling path and renames it into place only on success.
+Every helper writes to a temporary sibling path and renames it into place only on success, and a
+directory output never replaces something that is not an output of the same kind (see
+:func:`check_output_dir`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+from jaxrec.errors import JaxrecError
+
+log = logging.getLogger("jaxrec.atomic")
+
+
+def check_output_dir(path: str | os.PathLike, replaces: Callable[[Path], bool], what: str,
+                     overwrite: bool = False) -> None:
+    """Refuse (one :class:`JaxrecError`) to replace an existing ``path`` unless it is an empty directory,
+    ``replaces(path)`` says it is a ``what`` (an output of the same kind), or ``overwrite``."""
+    final = Path(path)
+    if overwrite or not (final.exists() or final.is_symlink()):
+        return
+    if final.is_dir() and not final.is_symlink() and (not any(final.iterdir()) or replaces(final)):
+        return
+    kind = "a file" if final.is_file() else "a link" if final.is_symlink() else "a directory with other content"
+    raise JaxrecError(f"{final} exists and is {kind}, not a {what}; refusing to replace it: choose another output "
+                      f"path, or pass --overwrite to replace it")
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``path`` when the block exits without error."""
+def atomic_dir(path: str | os.PathLike, replaces: Callable[[Path], bool] = lambda p: False, what: str = "output",
+               overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``path`` when the block exits without error. An
+    existing ``path`` is replaced only as :func:`check_output_dir` allows (checked before and after).
+    Temporary siblings left by a killed run on this host are removed first."""
     final = Path(path)
+    check_output_dir(final, replaces, what, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    _remove_leftovers(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(final)}{_HOST}-{os.getpid()}-", dir=final.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; use the usual directory permissions
     try:
         yield tmp
+        check_output_dir(final, replaces, what, overwrite)  # it may have appeared meanwhile
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.exists():
-        backup = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists() or final.is_symlink():
+        backup = final.with_name(f"{_temp_prefix(final)}{_HOST}-{os.getpid()}-old")
         final.rename(backup)
         tmp.rename(final)
-        shutil.rmtree(backup, ignore_errors=True)
+        if backup.is_dir() and not backup.is_symlink():
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            backup.unlink()
     else:
         tmp.rename(final)
+
+
+_HOST = socket.gethostname().replace("-", "_")
+
+
+def _temp_prefix(final: Path) -> str:
+    return f".{final.name}.tmp-"
+
+
+def _remove_leftovers(final: Path) -> None:
+    """Delete ``final``'s temporary siblings made on this host by processes that no longer run."""
+    prefix = _temp_prefix(final)
+    for leftover in final.parent.glob(f"{glob.escape(prefix)}*"):
+        host, _, rest = leftover.name[len(prefix):].partition("-")
+        pid = rest.partition("-")[0]
+        if host != _HOST or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if leftover.name.endswith("-old") and not (final.exists() or final.is_symlink()):
+            log.warning("restoring %s from %s: a run was killed while replacing it", final, leftover)
+            leftover.rename(final)
+            continue
+        log.info("removing %s, left by a killed run (pid %s)", leftover, pid)
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager

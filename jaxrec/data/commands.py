@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from jaxrec.data.dataset import Dataset
+from jaxrec.atomic import check_output_dir
+from jaxrec.data.dataset import Dataset, is_dataset_dir
 from jaxrec.data.processing import process
 from jaxrec.data.readers import FORMATS, get_reader, raw_from_dataset
 from jaxrec.data.synthetic import PRESETS, make_preset
@@ -15,12 +16,14 @@ from jaxrec.errors import DataError
 
 def prepare(fmt: str, input: str | None, out: str | Path, meta: str | None = None, kcore: int = 0,
             min_rating: float | None = None, drop_items_without_meta: bool = False, remap: str = "first",
-            seed: int = 0, **reader_options) -> Dataset:
+            seed: int = 0, overwrite: bool = False, **reader_options) -> Dataset:
     """Read ``input`` in format ``fmt``, process it and save the canonical dataset at ``out`` (atomically).
 
     For ``fmt="synthetic"`` ``input`` names a preset (``tiny`` or ``demo``; default ``demo``) and
-    ``seed`` also seeds the generator.
+    ``seed`` also seeds the generator. An existing ``out`` that is not a dataset directory is refused
+    before anything is read, unless ``overwrite``.
     """
+    check_output_dir(out, is_dataset_dir, "jaxrec dataset directory", overwrite)
     if fmt == "synthetic":
         raw = raw_from_dataset(make_preset(input or "demo", seed=seed))
     else:
@@ -29,14 +32,15 @@ def prepare(fmt: str, input: str | None, out: str | Path, meta: str | None = Non
         raw = get_reader(fmt).read(Path(input), Path(meta) if meta else None, **reader_options)
     ds = process(raw, kcore=kcore, min_rating=min_rating, drop_items_without_meta=drop_items_without_meta,
                  remap=remap, seed=seed)
-    ds.save(out)
+    ds.save(out, overwrite)
     return ds
 
 
 def _prepare(args: argparse.Namespace) -> int:
     options = {"csv_columns": args.csv_columns} if args.csv_columns else {}
     ds = prepare(args.format, args.input, args.out, meta=args.meta, kcore=args.kcore, min_rating=args.min_rating,
-                 drop_items_without_meta=args.drop_items_without_meta, remap=args.remap, seed=args.seed, **options)
+                 drop_items_without_meta=args.drop_items_without_meta, remap=args.remap, seed=args.seed,
+                 overwrite=args.overwrite, **options)
     print(json.dumps({"out": str(args.out), **ds.stats()}, indent=2))
     return 0
 
@@ -47,8 +51,9 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    check_output_dir(args.out, is_dataset_dir, "jaxrec dataset directory", args.overwrite)
     ds = make_preset(args.preset, seed=args.seed)
-    ds.save(args.out)
+    ds.save(args.out, args.overwrite)
     print(json.dumps({"out": str(args.out), **ds.stats()}, indent=2))
     return 0
 
@@ -65,6 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="source format (synthetic: --input names a preset: " + ", ".join(PRESETS) + ")")
     p.add_argument("--input", help="ratings/reviews/sequence file or folder of the source")
     p.add_argument("--out", required=True, help="output dataset directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out even if it is not a jaxrec dataset directory (default: refuse)")
     p.add_argument("--meta", help="item metadata file (default: found next to --input where the format has one)")
     p.add_argument("--kcore", type=int, default=0, help="iterative k-core filter (0 = off; papers use 5)")
     p.add_argument("--min-rating", type=float, default=None, help="keep interactions rated >= this")
@@ -83,6 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = commands.add_parser("synth", help="write the embedded synthetic dataset",
                             description="Write the embedded synthetic dataset (deterministic by seed).")
     p.add_argument("--out", required=True, help="output dataset directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out even if it is not a jaxrec dataset directory (default: refuse)")
     p.add_argument("--preset", choices=tuple(PRESETS), default="demo", help="size preset (default demo)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_synth)

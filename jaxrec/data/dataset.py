@@ -169,10 +169,11 @@ class Dataset:
                    timestamps=ts, ratings=rt, name=name, info=dict(info or {}))
 
     # ----------------------------------------------------------------- io
-    def save(self, path: str | Path) -> Path:
-        """Write the dataset directory atomically (a temp dir renamed on success)."""
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the dataset directory atomically (a temp dir renamed on success); an existing ``path``
+        is replaced only if it is a dataset directory, empty, or ``overwrite``."""
         path = Path(path)
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, is_dataset_dir, "jaxrec dataset directory", overwrite) as tmp:
             meta = {
                 "format": FORMAT,
                 "version": VERSION,
@@ -237,6 +238,14 @@ class Dataset:
             if meta.get(key) != value:
                 raise DataError(f"{meta_path}: '{key}' says {meta.get(key)} but the files hold {value}")
         return ds
+
+
+def is_dataset_dir(path: Path) -> bool:
+    """Whether ``path`` holds a jaxrec dataset (its meta.json names the format)."""
+    try:
+        return json.loads((path / "meta.json").read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -39,7 +39,7 @@ def write_item_table(path, blocks: Iterable, n_items: int, dim: int, dtype="floa
     The table appears at ``path`` only when all ``n_items`` rows were written (atomic rename).
     """
     dtype = np.dtype(jnp.dtype(dtype))
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, lambda p: (p / "table").is_dir(), "jaxrec item table") as tmp:
         store = ts.open({**_spec(tmp / "table"), "metadata": {
             "shape": [n_items, dim], "data_type": dtype.name,
             "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [min(chunk_rows, max(n_items, 1)), dim]}},

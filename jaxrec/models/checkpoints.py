@@ -74,7 +74,7 @@ def _extracted(archive: Path, checkpoint: NamedCheckpoint) -> Path:
     if (target / "config.json").is_file():
         return target
     try:
-        with zipfile.ZipFile(archive) as zf, atomic_dir(target) as tmp:
+        with zipfile.ZipFile(archive) as zf, atomic_dir(target, lambda p: True) as tmp:  # our cache
             zf.extractall(tmp)
     except (zipfile.BadZipFile, OSError) as e:
         raise JaxrecError(f"{archive}: cannot extract {checkpoint.name!r} into {target}: {e}") from None

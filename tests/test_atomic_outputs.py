@@ -1,0 +1,70 @@
+"""Outputs never destroy what jaxrec did not write: `data prepare`/`synth` refuse an --out that is a file
+or a directory of other content (unless --overwrite), replace their own dataset directories, and clean up
+(or restore) what a killed run left beside the output."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxrec.atomic import _HOST, atomic_dir
+from jaxrec.cli import main
+
+
+def prepare(out, *extra):
+    return main(["data", "prepare", "--format", "synthetic", "--input", "tiny", "--out", str(out), *extra])
+
+
+def test_a_directory_of_other_content_or_a_file_is_refused_and_left_intact(tmp_path, capsys):
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    assert prepare(mine) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"jaxrec: error: {mine} exists and is a directory with other content, not a jaxrec dataset "
+                   f"directory; refusing to replace it: choose another output path, or pass --overwrite to replace it"]
+    assert (mine / "thesis.tex").read_text() == "years of work" and sorted(os.listdir(tmp_path)) == ["notes"]
+
+    file = tmp_path / "data.csv"
+    file.write_text("u,i\n")
+    assert main(["data", "synth", "--preset", "tiny", "--out", str(file)]) == 2
+    assert "exists and is a file" in capsys.readouterr().err and file.read_text() == "u,i\n"
+
+    assert prepare(mine, "--overwrite") == 0  # asked for explicitly
+    assert json.loads((mine / "meta.json").read_text())["format"] == "jaxrec-dataset"
+
+
+def test_a_dataset_directory_or_an_empty_one_is_replaced(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert prepare(empty) == 0
+    before = (empty / "meta.json").stat().st_mtime_ns
+    assert prepare(empty, "--seed", "1") == 0  # our own output: replaced without asking
+    assert (empty / "meta.json").stat().st_mtime_ns != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no temp or backup left
+
+
+def test_leftovers_of_killed_runs_are_removed_or_restored(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    out = tmp_path / "ds"
+    stale = tmp_path / f".ds.tmp-{_HOST}-{dead}-x1y2"  # a killed writer's half-written temp dir
+    stale.mkdir()
+    (stale / "offsets.npy").write_bytes(b"half")
+    running = tmp_path / f".ds.tmp-{_HOST}-{os.getpid()}-live"  # a writer still running: not touched
+    running.mkdir()
+    other_host = tmp_path / f".ds.tmp-otherhost-{dead}-z"  # another machine's: cannot tell, not touched
+    other_host.mkdir()
+    assert prepare(out) == 0
+    assert not stale.exists() and running.is_dir() and other_host.is_dir()
+
+    # killed between moving the old output aside and moving the new one in: the old one comes back
+    aside = tmp_path / f".ds.tmp-{_HOST}-{dead}-old"
+    out.rename(aside)
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out, lambda p: True) as tmp:
+            assert (out / "meta.json").is_file()  # restored before this write began
+            raise RuntimeError("the new write fails")
+    assert (out / "meta.json").is_file() and not aside.exists()
