@@ -47,7 +47,7 @@ def atomic_dir(path: str | os.PathLike, replaces: Callable[[Path], bool] = lambd
     check_output_dir(final, replaces, what, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(final)}{_HOST}-{os.getpid()}-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(final)}{HOST}-{os.getpid()}-", dir=final.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; use the usual directory permissions
     try:
         yield tmp
@@ -56,7 +56,7 @@ def atomic_dir(path: str | os.PathLike, replaces: Callable[[Path], bool] = lambd
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if final.exists() or final.is_symlink():
-        backup = final.with_name(f"{_temp_prefix(final)}{_HOST}-{os.getpid()}-old")
+        backup = final.with_name(f"{_temp_prefix(final)}{HOST}-{os.getpid()}-old")
         final.rename(backup)
         tmp.rename(final)
         if backup.is_dir() and not backup.is_symlink():
@@ -67,7 +67,7 @@ def atomic_dir(path: str | os.PathLike, replaces: Callable[[Path], bool] = lambd
         tmp.rename(final)
 
 
-_HOST = socket.gethostname().replace("-", "_")
+HOST = socket.gethostname().replace("-", "_")
 
 
 def _temp_prefix(final: Path) -> str:
@@ -80,7 +80,7 @@ def _remove_leftovers(final: Path) -> None:
     for leftover in final.parent.glob(f"{glob.escape(prefix)}*"):
         host, _, rest = leftover.name[len(prefix):].partition("-")
         pid = rest.partition("-")[0]
-        if host != _HOST or not pid.isdigit() or _alive(int(pid)):
+        if host != HOST or not pid.isdigit() or pid_alive(int(pid)):
             continue
         if leftover.name.endswith("-old") and not (final.exists() or final.is_symlink()):
             log.warning("restoring %s from %s: a run was killed while replacing it", final, leftover)
@@ -93,7 +93,7 @@ def _remove_leftovers(final: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

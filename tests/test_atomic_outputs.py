@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from jaxrec.atomic import _HOST, atomic_dir
+from jaxrec.atomic import HOST, atomic_dir
 from jaxrec.cli import main
 
 
@@ -50,10 +50,10 @@ def test_leftovers_of_killed_runs_are_removed_or_restored(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
     out = tmp_path / "ds"
-    stale = tmp_path / f".ds.tmp-{_HOST}-{dead}-x1y2"  # a killed writer's half-written temp dir
+    stale = tmp_path / f".ds.tmp-{HOST}-{dead}-x1y2"  # a killed writer's half-written temp dir
     stale.mkdir()
     (stale / "offsets.npy").write_bytes(b"half")
-    running = tmp_path / f".ds.tmp-{_HOST}-{os.getpid()}-live"  # a writer still running: not touched
+    running = tmp_path / f".ds.tmp-{HOST}-{os.getpid()}-live"  # a writer still running: not touched
     running.mkdir()
     other_host = tmp_path / f".ds.tmp-otherhost-{dead}-z"  # another machine's: cannot tell, not touched
     other_host.mkdir()
@@ -61,7 +61,7 @@ def test_leftovers_of_killed_runs_are_removed_or_restored(tmp_path):
     assert not stale.exists() and running.is_dir() and other_host.is_dir()
 
     # killed between moving the old output aside and moving the new one in: the old one comes back
-    aside = tmp_path / f".ds.tmp-{_HOST}-{dead}-old"
+    aside = tmp_path / f".ds.tmp-{HOST}-{dead}-old"
     out.rename(aside)
     with pytest.raises(RuntimeError):
         with atomic_dir(out, lambda p: True) as tmp:

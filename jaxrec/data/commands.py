@@ -12,6 +12,7 @@ from jaxrec.data.processing import process
 from jaxrec.data.readers import FORMATS, get_reader, raw_from_dataset
 from jaxrec.data.synthetic import PRESETS, make_preset
 from jaxrec.errors import DataError
+from jaxrec.run_lock import output_lock
 
 
 def prepare(fmt: str, input: str | None, out: str | Path, meta: str | None = None, kcore: int = 0,
@@ -38,9 +39,10 @@ def prepare(fmt: str, input: str | None, out: str | Path, meta: str | None = Non
 
 def _prepare(args: argparse.Namespace) -> int:
     options = {"csv_columns": args.csv_columns} if args.csv_columns else {}
-    ds = prepare(args.format, args.input, args.out, meta=args.meta, kcore=args.kcore, min_rating=args.min_rating,
-                 drop_items_without_meta=args.drop_items_without_meta, remap=args.remap, seed=args.seed,
-                 overwrite=args.overwrite, **options)
+    with output_lock(args.out, "data prepare"):
+        ds = prepare(args.format, args.input, args.out, meta=args.meta, kcore=args.kcore, min_rating=args.min_rating,
+                     drop_items_without_meta=args.drop_items_without_meta, remap=args.remap, seed=args.seed,
+                     overwrite=args.overwrite, **options)
     print(json.dumps({"out": str(args.out), **ds.stats()}, indent=2))
     return 0
 
@@ -53,7 +55,8 @@ def _stats(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     check_output_dir(args.out, is_dataset_dir, "jaxrec dataset directory", args.overwrite)
     ds = make_preset(args.preset, seed=args.seed)
-    ds.save(args.out, args.overwrite)
+    with output_lock(args.out, "data synth"):
+        ds.save(args.out, args.overwrite)
     print(json.dumps({"out": str(args.out), **ds.stats()}, indent=2))
     return 0
 

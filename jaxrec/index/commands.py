@@ -8,6 +8,7 @@ from pathlib import Path
 
 from jaxrec.atomic import atomic_file
 from jaxrec.config import load_config, to_dict
+from jaxrec.run_lock import output_lock
 
 
 def _embeddings(args: argparse.Namespace):
@@ -36,13 +37,14 @@ def _build(args: argparse.Namespace) -> int:
     from jaxrec.index.index_io import write_index
 
     config = load_config(IndexConfig, args.config, args.overrides)
-    embeddings, source = _embeddings(args)
-    codes, report = build_semantic_index(embeddings, config, seed=args.seed, progress=True)
     out = Path(args.out)
-    write_index(out, codes)
     report_path = out.with_name(out.name.removesuffix(".json") + ".report.json")
-    with atomic_file(report_path) as f:
-        json.dump({**source, "config": to_dict(config), **report}, f, indent=1)
+    with output_lock(out, "index build"):
+        embeddings, source = _embeddings(args)
+        codes, report = build_semantic_index(embeddings, config, seed=args.seed, progress=True)
+        write_index(out, codes)
+        with atomic_file(report_path) as f:
+            json.dump({**source, "config": to_dict(config), **report}, f, indent=1)
     summary = {k: report[k] for k in ("items", "levels", "collision_rate_before", "rounds_run",
                                       "collision_rate_after_rounds", "extra_level", "collision_rate_final",
                                       "code_usage", "wall_s")}

@@ -10,6 +10,7 @@ from jaxrec.bench.commands import add_profile_arg
 from jaxrec.config import load_config, read_yaml
 from jaxrec.errors import ConfigError
 from jaxrec.methods import get_method
+from jaxrec.run_lock import output_lock
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +39,8 @@ def _train(args: argparse.Namespace) -> int:
     """Exit 0 when training finished; :data:`PREEMPTED_EXIT` when a SIGTERM stopped it (the same command
     resumes it)."""
     method, config = load_method_config(args)
-    result = method.train(config)
+    with output_lock(config.out_dir, "train"):
+        result = method.train(config)
     print(json.dumps(result, indent=2))
     stopped = [s for s in (result, *(v for v in result.values() if isinstance(v, dict))) if s.get("stopped") == "sigterm"]
     if stopped:
@@ -50,7 +52,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     method, config = load_method_config(args)
-    print(json.dumps(method.evaluate(config), indent=2))
+    with output_lock(config.out_dir, "eval"):
+        result = method.evaluate(config)
+    print(json.dumps(result, indent=2))
     return 0
 
 
