@@ -13,6 +13,7 @@ keys are merged over it, recursively. ``--set`` values are parsed as YAML scalar
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from pathlib import Path
@@ -25,9 +26,60 @@ from jaxrec.errors import ConfigError
 T = TypeVar("T")
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric config field: ``steps: Annotated[int, Range(min=1)] = 1000``."""
+
+    min: float | None = None
+    max: float | None = None
+    min_open: bool = False  # exclusive lower bound (e.g. a learning rate > 0)
+    max_open: bool = False
+
+    def check(self, value: Any, where: str, key: str) -> None:
+        if value is None:
+            return
+        low = self.min is not None and (value <= self.min if self.min_open else value < self.min)
+        high = self.max is not None and (value >= self.max if self.max_open else value > self.max)
+        if low or high:
+            raise ConfigError(f"{where}: '{key}' must be {self}, got {value!r}")
+
+    def __str__(self) -> str:
+        parts = []
+        if self.min is not None:
+            parts.append(f"{'>' if self.min_open else '>='} {_number(self.min)}")
+        if self.max is not None:
+            parts.append(f"{'<' if self.max_open else '<='} {_number(self.max)}")
+        return " and ".join(parts)
+
+
+def check_ranges(config: Any) -> None:
+    """Check a dataclass instance's :class:`Range`-annotated fields (for ``__post_init__``: configs built
+    in Python get the same bounds as those read from YAML); raises ValueError naming the field."""
+    for name, bounds in _ranges(type(config)):
+        for bound in bounds:
+            try:
+                bound.check(getattr(config, name), "", name)
+            except ConfigError as e:
+                raise ValueError(str(e).removeprefix(": ")) from None
+
+
+@functools.cache
+def _ranges(schema: type) -> tuple[tuple[str, tuple[Range, ...]], ...]:
+    hints = get_type_hints(schema, include_extras=True)
+    return tuple((name, tuple(m for m in tp.__metadata__ if isinstance(m, Range))) for name, tp in hints.items()
+                 if get_origin(tp) is typing.Annotated)
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML mapping, resolving ``base:`` inheritance. Errors name the file."""
     path = Path(path)
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise ConfigError(f"{_chain[-1]}: 'base:' files form a cycle: {cycle}")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -38,7 +90,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     base = data.pop("base", None)
     if base is not None:
-        data = deep_merge(read_yaml(path.parent / base), data)
+        data = deep_merge(read_yaml(path.parent / base, (*_chain, path.resolve())), data)
     return data
 
 
@@ -85,7 +137,7 @@ def from_dict(schema: type[T], data: Mapping[str, Any], *, where: str = "config"
     """Build dataclass ``schema`` from ``data`` strictly (unknown keys and wrong types are errors)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: '{prefix or '<root>'}' must be a mapping, got {_describe(data)}")
-    hints = get_type_hints(schema)
+    hints = get_type_hints(schema, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(schema) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -122,7 +174,14 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
     data = read_yaml(path) if path is not None else {}
     data = apply_overrides(data, overrides)
     where = str(path) if path is not None else "config"
-    return from_dict(schema, data, where=where)
+    try:
+        return from_dict(schema, data, where=where)
+    except ConfigError as e:  # a bad value given with --set: say so, not the file
+        keys = [item.split("=", 1)[0].strip() for item in overrides]
+        culprit = next((k for k in reversed(keys) if f"'{k}'" in str(e) or f"'{k}." in str(e)), None)
+        if culprit is None:
+            raise
+        raise ConfigError(str(e).replace(f"{where}:", f"--set {culprit}:", 1)) from None
 
 
 def _join(prefix: str, name: str) -> str:
@@ -138,6 +197,12 @@ def _convert(tp: Any, value: Any, where: str, key: str) -> Any:
     args = get_args(tp)
     if tp is Any:
         return value
+    if origin is typing.Annotated:
+        out = _convert(args[0], value, where, key)
+        for bound in tp.__metadata__:
+            if isinstance(bound, Range):
+                bound.check(out, where, key)
+        return out
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

@@ -65,3 +65,30 @@ def test_every_method_config_loads(path):
 
     method, config = load_method_config(argparse.Namespace(config=path, overrides=[]))
     assert config.method == Path(path).parent.name
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.steps=0", "'train.steps' must be >= 1, got 0"),
+    ("train.batch_size=-4", "'train.batch_size' must be >= 1, got -4"),
+    ("train.optim.learning_rate=-1e-3", "'train.optim.learning_rate' must be > 0, got -0.001"),
+    ("train.checkpoint.every=-1", "'train.checkpoint.every' must be >= 0, got -1"),
+    ("train.lora.dropout=1", "'train.lora.dropout' must be >= 0 and < 1, got 1.0"),
+])
+def test_out_of_range_values_are_one_error_naming_the_key_and_where_it_came_from(override, message):
+    from jaxrec.methods import bigrec
+
+    path = Path(__file__).parents[1] / "configs" / "bigrec" / "embedded.yaml"
+    with pytest.raises(ConfigError) as e:
+        load_config(bigrec.Config, path, [override])
+    assert str(e.value) == f"--set {override.split('=')[0]}: {message}"
+
+
+def test_ranges_hold_for_configs_built_in_python_and_base_cycles_are_named(tmp_path):
+    from jaxrec.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="'batch_size' must be >= 1, got 0"):
+        TrainConfig(batch_size=0)
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nx: 1\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"b.yaml: 'base:' files form a cycle: .*a.yaml -> .*b.yaml -> .*a.yaml"):
+        load_config(dict, tmp_path / "a.yaml")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +37,7 @@ from tqdm import tqdm
 from jaxrec.atomic import atomic_file, write_json
 from jaxrec.config import to_dict
 from jaxrec.data.dataset import Dataset
+from jaxrec.config import Range, check_ranges
 from jaxrec.data.splits import LeaveOneOut, leave_one_out
 from jaxrec.errors import DataError
 from jaxrec.eval.metrics import DEFAULT_KS, metrics_from_ranks, ranks_from_scores
@@ -50,28 +51,30 @@ SELECT_METRIC = "NDCG@10"
 
 @dataclasses.dataclass
 class ModelConfig:
-    max_len: int = 50
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 1
-    dropout: float = 0.2
+    max_len: Annotated[int, Range(min=1)] = 50
+    hidden_size: Annotated[int, Range(min=1)] = 64
+    num_layers: Annotated[int, Range(min=1)] = 2
+    num_heads: Annotated[int, Range(min=1)] = 1
+    dropout: Annotated[float, Range(min=0, max=1, max_open=True)] = 0.2
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    epochs: Annotated[int, Range(min=1)] = 200
+    batch_size: Annotated[int, Range(min=1)] = 128
+    lr: Annotated[float, Range(min=0, min_open=True)] = 1e-3
+    weight_decay: Annotated[float, Range(min=0)] = 0.0
     loss: Literal["softmax", "bce"] = "softmax"
     seed: int = 0
-    eval_every: int = 1  # epochs between validation runs
-    patience: int = 10  # validation runs without a better NDCG@10 before stopping
+    eval_every: Annotated[int, Range(min=1)] = 1  # epochs between validation runs
+    patience: Annotated[int, Range(min=1)] = 10  # validation runs without a better NDCG@10 before stopping
     progress: bool = True  # tqdm bar on stderr
 
     def __post_init__(self):
-        if min(self.epochs, self.batch_size, self.eval_every, self.patience) < 1:
-            raise ValueError("epochs, batch_size, eval_every and patience must be >= 1")
+        check_ranges(self)
 
 
 @dataclasses.dataclass

@@ -6,8 +6,9 @@ All are plain dataclasses read strictly by :func:`jaxrec.config.from_dict` (``--
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Annotated, Literal
 
+from jaxrec.config import Range, check_ranges
 from jaxrec.errors import ConfigError
 from jaxrec.parallel.mesh import MeshConfig
 
@@ -26,18 +27,15 @@ class LoraConfig:
     """
 
     mode: Literal["lora", "full"] = "lora"
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
+    rank: Annotated[int, Range(min=1)] = 8
+    alpha: Annotated[float, Range(min=0, min_open=True)] = 16.0
+    dropout: Annotated[float, Range(min=0, max=1, max_open=True)] = 0.0
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     trainable: tuple[str, ...] = ()
-    new_token_rows_from: int | None = None
+    new_token_rows_from: Annotated[int | None, Range(min=0)] = None
 
     def __post_init__(self):
-        if self.rank <= 0:
-            raise ValueError(f"rank must be positive, got {self.rank}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_ranges(self)
 
     @property
     def scale(self) -> float:
@@ -49,15 +47,18 @@ class LoraConfig:
 class OptimConfig:
     """AdamW with linear warmup, then cosine / linear / constant decay, and global-norm clipping."""
 
-    learning_rate: float = 3e-4
-    warmup_steps: int = 0
+    learning_rate: Annotated[float, Range(min=0, min_open=True)] = 3e-4
+    warmup_steps: Annotated[int, Range(min=0)] = 0
     decay: Literal["cosine", "linear", "constant"] = "cosine"
-    end_lr_ratio: float = 0.0  # final learning rate = learning_rate * end_lr_ratio
-    weight_decay: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    clip_norm: float | None = 1.0
+    end_lr_ratio: Annotated[float, Range(min=0, max=1)] = 0.0  # final learning rate = learning_rate * end_lr_ratio
+    weight_decay: Annotated[float, Range(min=0)] = 0.0
+    b1: Annotated[float, Range(min=0, max=1, max_open=True)] = 0.9
+    b2: Annotated[float, Range(min=0, max=1, max_open=True)] = 0.999
+    eps: Annotated[float, Range(min=0, min_open=True)] = 1e-8
+    clip_norm: Annotated[float | None, Range(min=0, min_open=True)] = 1.0
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,54 +66,60 @@ class CheckpointConfig:
     """Orbax checkpointing: every ``every`` steps, keeping ``keep`` (best by ``best_metric`` if set)."""
 
     dir: str | None = None
-    every: int = 0  # 0: only at the end (and on SIGTERM)
-    keep: int = 2
+    every: Annotated[int, Range(min=0)] = 0  # 0: only at the end (and on SIGTERM)
+    keep: Annotated[int, Range(min=1)] = 2
     best_metric: str | None = None  # a validation metric name; keep the best ``keep`` by it
     best_mode: Literal["max", "min"] = "max"
     async_save: bool = True
     save_frozen: bool = False  # also save the frozen base weights (default: trainable state only)
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Token batches: fixed ``seq_len`` rows, built by bucketing (padding) or packing."""
 
-    seq_len: int = 256
+    seq_len: Annotated[int, Range(min=2)] = 256
     packing: bool = False
     bucket_lengths: tuple[int, ...] = ()  # pad each batch to the smallest bucket that fits (default: seq_len)
     # sort rows by length within windows of this many global batches, then shuffle the batches of the
     # window (0: off): batches of similar lengths pad to smaller buckets (pre-tokenized examples only)
-    group_by_length: int = 0
+    group_by_length: Annotated[int, Range(min=0)] = 0
     train_on_inputs: bool = False  # BIGRec's option: the loss covers the prompt tokens as well
     shuffle: bool = True
-    prefetch: int = 2
+    prefetch: Annotated[int, Range(min=0)] = 2
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """The training loop."""
 
-    batch_size: int = 8  # global, across all processes
-    grad_accum: int = 1  # micro-batches per optimizer step (batch_size is split into these)
-    steps: int = 1000
-    epochs: int | None = None  # if set, the number of passes over the data (overrides steps; see num_steps)
+    batch_size: Annotated[int, Range(min=1)] = 8  # global, across all processes
+    grad_accum: Annotated[int, Range(min=1)] = 1  # micro-batches per optimizer step (batch_size is split into these)
+    steps: Annotated[int, Range(min=1)] = 1000
+    epochs: Annotated[int | None, Range(min=1)] = None  # if set, the number of passes over the data (overrides steps; see num_steps)
     seed: int = 0
     compute_dtype: Literal["float32", "bfloat16"] = "float32"  # master weights and optimizer stay fp32
     # activation recompute per layer in the backward pass (jaxrec.models.layer_stack): none | full | dots |
     # dots_with_no_batch_dims (named jax.checkpoint_policies)
     remat: Literal["none", "full", "dots", "dots_with_no_batch_dims"] = "none"
     scan_layers: bool = False  # train with layer weights stacked [L, ...] and one lax.scan over the layers
-    dropout: float = 0.0  # dropout on every layer's attention/MLP residual branches (training only)
-    eval_every: int = 0  # 0: no periodic validation
-    patience: int | None = None  # early stopping after this many validations without improvement
-    log_every: int = 10
+    dropout: Annotated[float, Range(min=0, max=1, max_open=True)] = 0.0  # dropout on every layer's attention/MLP residual branches (training only)
+    eval_every: Annotated[int, Range(min=0)] = 0  # 0: no periodic validation
+    patience: Annotated[int | None, Range(min=1)] = None  # early stopping after this many validations without improvement
+    log_every: Annotated[int, Range(min=1)] = 10
     # a step with a NaN/Inf loss or gradient norm: "stop" the run (error naming the step; the last
     # checkpoint is kept, nothing later is saved) or "skip_batch" (no update; stop after nan_skip_limit)
     nan_policy: Literal["stop", "skip_batch"] = "stop"
-    nan_skip_limit: int = 10
+    nan_skip_limit: Annotated[int, Range(min=0)] = 10
     log_dir: str | None = None
     progress: bool = True
-    peak_flops: float | None = None  # for MFU; None: datasheet figure, or a measured matmul on CPU
+    peak_flops: Annotated[float | None, Range(min=0, min_open=True)] = None  # for MFU; None: datasheet figure, or a measured matmul on CPU
     mesh: MeshConfig = MeshConfig()
     lora: LoraConfig = LoraConfig()
     optim: OptimConfig = OptimConfig()
@@ -120,12 +127,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = CheckpointConfig()
 
     def __post_init__(self):
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
-        if self.nan_skip_limit < 0:
-            raise ValueError(f"nan_skip_limit must be at least 0, got {self.nan_skip_limit}")
+        check_ranges(self)
 
     def num_steps(self, num_examples: int | None = None) -> int:
         """Optimizer steps of the run: ``steps``, or with ``epochs`` the whole global batches in
