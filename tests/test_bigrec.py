@@ -192,7 +192,8 @@ def test_a_run_stopped_by_sigterm_exits_143_looks_unfinished_and_resumes(tmp_pat
         llm.load_run(out)
     assert f"stopped (SIGTERM) at step {meta['step']} before training finished" in caplog.text
 
-    done = subprocess.run(cli + ["--set", f"train.steps={meta['step'] + 2}"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cli + ["--set", f"train.steps={meta['step'] + 2}", "--set",
+                                 "train.checkpoint.allow_config_change=true"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "run.json").read_text())["state"] == "finished"
     assert json.loads((out / "run.json").read_text())["step"] == meta["step"] + 2

@@ -184,6 +184,12 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(reference, tmp_path):
     from jaxrec.train.trainer import Trainer
     with pytest.raises(ConfigError, match="different configuration.*'rank': checkpoint has 4, this run has 8"):
         Trainer(tiny_model(), dataclasses.replace(config(ckdir=ck), lora=other)).restore()
+    faster = dataclasses.replace(config(ckdir=ck), optim=dataclasses.replace(config().optim, learning_rate=1.0))
+    with pytest.raises(ConfigError, match="other settings \\(optim: 'learning_rate': checkpoint has 0.01, this run "
+                                          "has 1.0\\); resume with the same config, or set checkpoint.allow_config"):
+        Trainer(tiny_model(), faster).restore()
+    allowed = dataclasses.replace(faster, checkpoint=dataclasses.replace(faster.checkpoint, allow_config_change=True))
+    assert Trainer(tiny_model(), allowed).restore() == STEPS
 
 
 WORKER = textwrap.dedent("""

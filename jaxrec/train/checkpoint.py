@@ -10,7 +10,9 @@ Layout under ``CheckpointConfig.dir``::
 Saving is asynchronous (the train loop continues while arrays are written); :meth:`wait` blocks.
 Before restoring, the stored fingerprint (trainable parameter paths/shapes/dtypes, LoRA settings,
 model config) is compared with the current run's, so a checkpoint from another config fails with
-one clear :class:`~jaxrec.errors.ConfigError` instead of a shape error deep inside orbax.
+one clear :class:`~jaxrec.errors.ConfigError` instead of a shape error deep inside orbax. The
+training settings that shape the remaining steps (batch, schedule length, optimizer, data, seed) are
+compared too: a change is refused unless ``checkpoint.allow_config_change``, which logs it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
+
+import logging
 
 from jaxrec.config import to_dict
 from jaxrec.errors import ConfigError
@@ -51,14 +55,19 @@ def _first_difference(stored: dict, current: dict) -> str:
     return "no difference"
 
 
+log = logging.getLogger("jaxrec.train.checkpoint")
+
+
 class Checkpointer:
     """Saves/restores :class:`~jaxrec.train.train_step.TrainState` plus data-iterator state."""
 
-    def __init__(self, config: CheckpointConfig, fingerprint: dict):
+    def __init__(self, config: CheckpointConfig, fingerprint: dict, settings: dict | None = None):
+        """``settings``: the training settings a resumed run must share (see the module docstring)."""
         if config.dir is None:
             raise ConfigError("checkpoint.dir is not set")
         self.config = config
         self.fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from JSON
+        self.settings = json.loads(json.dumps(settings or {}))
         root = Path(config.dir).absolute()
         opts = dict(enable_async_checkpointing=config.async_save, create=True)
         self.last = ocp.CheckpointManager(root / "last", options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts))
@@ -71,7 +80,8 @@ class Checkpointer:
     # ------------------------------------------------------------------ save
     def _args(self, state, data_iter, metrics) -> ocp.args.Composite:
         items = {"state": ocp.args.StandardSave(state),
-                 "meta": ocp.args.JsonSave({"fingerprint": self.fingerprint, "metrics": metrics or {}})}
+                 "meta": ocp.args.JsonSave({"fingerprint": self.fingerprint, "settings": self.settings,
+                                            "metrics": metrics or {}})}
         if data_iter is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
         return ocp.args.Composite(**items)
@@ -117,6 +127,14 @@ class Checkpointer:
             raise ConfigError(
                 f"checkpoint {manager.directory}/{step} was written by a different configuration "
                 f"({_first_difference(stored, self.fingerprint)}); use a fresh checkpoint.dir or the same config")
+        settings = meta.get("settings")  # absent in checkpoints written before settings were recorded
+        if settings and self.settings and settings != self.settings:
+            change = _first_difference(settings, self.settings)
+            if not self.config.allow_config_change:
+                raise ConfigError(
+                    f"checkpoint {manager.directory}/{step} was trained with other settings ({change}); resume with "
+                    f"the same config, or set checkpoint.allow_config_change: true to continue with the new ones")
+            log.warning("resuming %s/%s with changed settings (%s)", manager.directory, step, change)
         return meta
 
     def restore(self, abstract_state, data_iter=None, *, step: int | None = None, best: bool = False):

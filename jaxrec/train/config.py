@@ -72,6 +72,7 @@ class CheckpointConfig:
     best_mode: Literal["max", "min"] = "max"
     async_save: bool = True
     save_frozen: bool = False  # also save the frozen base weights (default: trainable state only)
+    allow_config_change: bool = False  # resume although batch/schedule/optimizer/data settings changed (logged)
 
     def __post_init__(self):
         check_ranges(self)

@@ -32,6 +32,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
+from jaxrec.config import to_dict
 from jaxrec.data.pipeline import DeviceIterator, batch_spec
 from jaxrec.errors import ConfigError, TrainingDiverged
 from jaxrec.models.layer_stack import set_dropout, set_remat, stack_layers, stacked_filter, unstack_layers
@@ -99,7 +100,8 @@ class Trainer:
         self.fingerprint = fingerprint(params, lora=config.lora, grad_accum=config.grad_accum,
                                        model=repr(model_config) if model_config is not None else type(model).__name__,
                                        scan_layers=config.scan_layers, dropout=config.dropout)
-        self.checkpointer = Checkpointer(config.checkpoint, self.fingerprint) if config.checkpoint.dir else None
+        self.checkpointer = (Checkpointer(config.checkpoint, self.fingerprint, resume_settings(config, self.total_steps))
+                             if config.checkpoint.dir else None)
         self._dims = (getattr(model_config, "num_layers", 0) or getattr(model_config, "num_hidden_layers", 0),
                       getattr(model_config, "hidden_size", 0) or getattr(model_config, "d_model", 0))
         self._stop = False
@@ -262,6 +264,16 @@ class Trainer:
     def close(self) -> None:
         if self.checkpointer is not None:
             self.checkpointer.close()
+
+
+def resume_settings(config: TrainConfig, total_steps: int) -> dict:
+    """The settings that shape the steps still to run (a resumed run must share them; the model, LoRA
+    and layer execution are in the checkpoint's fingerprint, logging and the mesh may change)."""
+    data = to_dict(config.data)
+    data.pop("prefetch")
+    return {"batch_size": config.batch_size, "total_steps": total_steps, "seed": config.seed,
+            "compute_dtype": config.compute_dtype, "nan_policy": config.nan_policy, "optim": to_dict(config.optim),
+            "data": data}
 
 
 def _place_copy(tree: Any, shardings: Any) -> Any:
