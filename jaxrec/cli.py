@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from jaxrec import __version__
@@ -55,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except JaxrecError as e:
         print(f"jaxrec: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader of our output went away (e.g. `| head`): stop quietly, as a shell tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as e:  # the file system said no: read-only, full, missing, a file where a folder should be
+        where = f": {e.filename}" if e.filename else ""
+        print(f"jaxrec: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("jaxrec: interrupted", file=sys.stderr)

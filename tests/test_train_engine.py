@@ -282,6 +282,27 @@ def test_skip_batch_drops_a_non_finite_step_as_if_the_batch_were_absent(tmp_path
             loss_fn=poisoned_loss)
 
 
+@pytest.mark.parametrize("damage", ["truncate the arrays", "delete the metadata"])
+def test_a_damaged_checkpoint_is_one_error_and_is_left_as_it_was(tmp_path, damage):
+    import shutil
+
+    from jaxrec.train.trainer import Trainer
+
+    ck = tmp_path / "ck"
+    run(config(ckdir=str(ck), log_dir=str(tmp_path / "log")), steps=2)
+    step_dir = ck / "last" / "2"
+    if damage == "truncate the arrays":
+        for f in (step_dir / "state").rglob("*"):
+            if f.is_file() and f.stat().st_size > 64:
+                f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    else:
+        shutil.rmtree(step_dir / "meta")
+    before = sorted((str(p), p.stat().st_size) for p in step_dir.rglob("*"))
+    with pytest.raises(ConfigError, match=f"checkpoint {step_dir} cannot be read .*damaged or incomplete"):
+        Trainer(tiny_model(), config(ckdir=str(ck))).restore()
+    assert sorted((str(p), p.stat().st_size) for p in step_dir.rglob("*")) == before
+
+
 def test_bad_setups_fail_before_compiling():
     from jaxrec.train.trainer import Trainer
 

@@ -228,7 +228,11 @@ class Dataset:
                 if required:
                     raise DataError(f"{path}: missing {name}")
                 return None
-            return np.load(f, allow_pickle=False)
+            try:
+                return np.load(f, allow_pickle=False)
+            except (ValueError, EOFError, OSError) as e:  # truncated or not an .npy file
+                raise DataError(f"{f}: not a readable .npy array ({e}); the dataset is damaged: prepare it "
+                                f"again with `jaxrec data prepare`") from None
 
         ds = cls(items=items, user_raw_ids=users, offsets=arr("offsets.npy"), item_ids=arr("item_ids.npy"),
                  timestamps=arr("timestamps.npy", meta.get("has_timestamps", False)),

@@ -121,8 +121,11 @@ class Checkpointer:
         return None if self.best is None else self.best.best_step()
 
     def check(self, manager: ocp.CheckpointManager, step: int) -> dict:
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        stored = meta["fingerprint"]
+        try:
+            meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            stored = meta["fingerprint"]
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(self._unreadable(manager, step, e)) from None
         if stored != self.fingerprint:
             raise ConfigError(
                 f"checkpoint {manager.directory}/{step} was written by a different configuration "
@@ -151,8 +154,17 @@ class Checkpointer:
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if data_iter is not None and not best:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-        out = manager.restore(step, args=ocp.args.Composite(**items))
+        try:
+            out = manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # noqa: BLE001 -- orbax/tensorstore raise many kinds for damaged files
+            raise ConfigError(self._unreadable(manager, step, e)) from None
         return out["state"], step
+
+    @staticmethod
+    def _unreadable(manager: ocp.CheckpointManager, step: int, error: Exception) -> str:
+        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+        return (f"checkpoint {manager.directory}/{step} cannot be read ({type(error).__name__}: {first}); it is damaged "
+                f"or incomplete: move it away to start afresh (nothing was changed)")
 
     def close(self) -> None:
         self.wait()

@@ -93,6 +93,8 @@ def raw_from_dataset(ds: Dataset) -> RawInteractions:
 
 def open_text(path: Path, encoding: str = "utf-8"):
     """Open a text file, transparently decompressing ``.gz``/``.bz2``."""
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; expected a file (name the file itself, e.g. {path}/u.data)")
     if not path.is_file():
         raise DataError(f"file not found: {path}")
     if path.suffix == ".gz":
@@ -156,6 +158,14 @@ def load_json(path: Path) -> Any:
             return json.load(f)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def integer_id(path: Path, lineno: int, field: str, value: str) -> str:
+    """``value`` unchanged if it is a non-negative integer token (formats whose ids are numbers: MovieLens,
+    S3-Rec); otherwise DataError naming file and line (a stray token must not become a new id)."""
+    if not value.isascii() or not value.isdigit():
+        raise DataError(f"{path}:{lineno}: {field} must be an integer id, got {value!r}")
+    return value
 
 
 def to_int(path: Path, lineno: int, field: str, value: Any) -> int:

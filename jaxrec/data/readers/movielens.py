@@ -19,7 +19,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from jaxrec.data.readers.common import InteractionLog, RawInteractions, iter_lines, to_float, to_int
+from jaxrec.data.readers.common import (InteractionLog, RawInteractions, integer_id, iter_lines, to_float,
+                                       to_int)
 from jaxrec.errors import DataError
 
 RATINGS_FILES = ("u.data", "ratings.dat", "ratings.csv")
@@ -65,7 +66,7 @@ def _read_ratings(path: Path, log: InteractionLog, split, header: bool) -> None:
         if len(fields) != 4:
             raise DataError(f"{path}:{lineno}: expected 4 fields user, item, rating, timestamp; got {line[:60]!r}")
         user, item, rating, ts = (f.strip() for f in fields)
-        log.add(user, item, to_int(path, lineno, "timestamp", ts), to_float(path, lineno, "rating", rating))
+        log.add(integer_id(path, lineno, "user id", user), integer_id(path, lineno, "item id", item), to_int(path, lineno, "timestamp", ts), to_float(path, lineno, "rating", rating))
 
 
 def _read_movies(path: Path) -> dict[str, dict[str, Any]]:

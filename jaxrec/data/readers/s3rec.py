@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxrec.data.readers.common import InteractionLog, RawInteractions, iter_lines, load_json
+from jaxrec.data.readers.common import InteractionLog, RawInteractions, integer_id, iter_lines, load_json
 from jaxrec.errors import DataError
 
 
@@ -25,12 +25,12 @@ def read(path: Path, meta: Path | None = None) -> RawInteractions:
         fields = line.split()
         if len(fields) < 2:
             raise DataError(f"{path}:{lineno}: expected 'user item [item ...]', got {line[:60]!r}")
-        user = fields[0]
+        user = integer_id(path, lineno, "user id", fields[0])
         if user in seen_users:
             raise DataError(f"{path}:{lineno}: user {user!r} already listed on line {seen_users[user]}")
         seen_users[user] = lineno
         for item in fields[1:]:
-            log.add(user, item)
+            log.add(user, integer_id(path, lineno, "item id", item))
     meta = meta or default_meta(path)
     item_meta = {}
     if meta is not None:

@@ -1,0 +1,76 @@
+"""Bad input and hostile environments give one line naming what is wrong, never a traceback, and
+nothing half-written: file-system refusals, damaged datasets, stray tokens in raw files, a closed pipe."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxrec.cli import main
+
+CLI = [sys.executable, "-c", "import sys; from jaxrec.cli import main; sys.exit(main(sys.argv[1:]))"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ds") / "tiny"
+    assert main(["data", "prepare", "--format", "synthetic", "--input", "tiny", "--out", str(out)]) == 0
+    return out
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_an_output_path_the_file_system_refuses_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main(["data", "synth", "--preset", "tiny", "--out", str(blocker / "ds")]) == 2
+    assert one_line(capsys) == f"jaxrec: error: File exists: {blocker}"  # a file where a folder must go
+    assert blocker.read_text() == "x"
+
+
+def test_a_truncated_array_in_a_dataset_names_the_file(dataset, tmp_path, capsys):
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for f in dataset.iterdir():
+        (damaged / f.name).write_bytes(f.read_bytes())
+    data = (damaged / "item_ids.npy").read_bytes()
+    (damaged / "item_ids.npy").write_bytes(data[: len(data) // 2])
+    assert main(["data", "stats", str(damaged)]) == 2
+    line = one_line(capsys)
+    assert line.startswith(f"jaxrec: error: {damaged / 'item_ids.npy'}: not a readable .npy array (")
+    assert line.endswith("the dataset is damaged: prepare it again with `jaxrec data prepare`")
+
+
+def test_stray_tokens_in_raw_files_are_errors_at_file_and_line(tmp_path, capsys):
+    ml = tmp_path / "ml"
+    ml.mkdir()
+    rows = [f"{u}\t{i}\t4\t88125{u}{i}" for u in range(1, 4) for i in range(1, 6)]
+    rows[4] = "2\tfoo\t4\t881250949"  # line 5
+    (ml / "u.data").write_text("\n".join(rows) + "\n")
+    assert main(["data", "prepare", "--format", "movielens", "--input", str(ml / "u.data"), "--out",
+                 str(tmp_path / "out")]) == 2
+    assert one_line(capsys) == f"jaxrec: error: {ml / 'u.data'}:5: item id must be an integer id, got 'foo'"
+    (tmp_path / "s3.txt").write_text("1 2 3\n2 3 4.0\n")
+    assert main(["data", "prepare", "--format", "s3rec", "--input", str(tmp_path / "s3.txt"), "--out",
+                 str(tmp_path / "out")]) == 2
+    assert one_line(capsys) == f"jaxrec: error: {tmp_path / 's3.txt'}:2: item id must be an integer id, got '4.0'"
+    assert main(["data", "prepare", "--format", "movielens", "--input", str(ml / "u.data") + "x", "--out",
+                 str(tmp_path / "out")]) == 2
+    capsys.readouterr()
+    (ml / "u.item").mkdir()
+    assert main(["data", "prepare", "--format", "s3rec", "--input", str(ml), "--out", str(tmp_path / "out")]) == 2
+    assert one_line(capsys) == (f"jaxrec: error: {ml} is a directory; expected a file (name the file itself, "
+                                f"e.g. {ml}/u.data)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(dataset):
+    proc = subprocess.Popen(CLI + ["data", "stats", str(dataset)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # as `| head -c 0` would, before the command writes anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
