@@ -11,7 +11,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxrec.decode import ItemTrie, beam_search
-from jaxrec.errors import JaxrecError
+from jaxrec.errors import DataError, JaxrecError
 
 bs = importlib.import_module("jaxrec.decode.beam_search")
 
@@ -161,3 +161,30 @@ def test_item_token_outside_the_model_vocabulary(model, prompts):
     trie = ItemTrie.from_sequences([[3, VOCAB + 5]], eos_id=EOS)
     with pytest.raises(JaxrecError, match="outside the model's vocabulary"):
         beam_search(model, *prompts, constraint=trie)
+
+
+def test_bad_prompts_and_tries_raise_naming_the_problem(model, prompts):
+    trie = ItemTrie.from_sequences([[3, 4, 5]], eos_id=EOS)
+    ids, mask = prompts
+    oov = ids.copy()
+    oov[2, 3] = VOCAB + 1
+    with pytest.raises(JaxrecError, match=rf"input_ids\[2, 3\] = {VOCAB + 1} is outside the model's vocabulary"):
+        beam_search(model, oov, mask, constraint=trie)
+    negative = ids.copy()
+    negative[0, 5] = -1
+    with pytest.raises(JaxrecError, match=r"input_ids\[0, 5\] = -1 is outside"):
+        beam_search(model, negative, mask, constraint=trie)
+    padded = ids.copy()
+    padded[1, 0] = -1  # under the padding mask: never read, allowed
+    np.testing.assert_array_equal(beam_search(model, padded, mask, constraint=trie, num_beams=1).scores,
+                                  beam_search(model, ids, mask, constraint=trie, num_beams=1).scores)
+    with pytest.raises(JaxrecError, match="the batch is empty"):
+        beam_search(model, ids[:0], mask[:0], constraint=trie)
+    with pytest.raises(JaxrecError, match="must be integer token ids, got dtype float"):
+        beam_search(model, ids + 0.5, mask, constraint=trie)
+    with pytest.raises(DataError, match="eos_id must be a token id in the vocabulary, got -1"):
+        ItemTrie.from_sequences([[3, 4]], eos_id=-1)
+    with pytest.raises(DataError, match="token ids must be integers, got float64"):
+        ItemTrie.from_sequences([[3, 4.7]], eos_id=EOS)
+    with pytest.raises(DataError, match="token ids must be integers"):
+        ItemTrie.from_sequences(np.array([[3.0, 4.5]]), eos_id=EOS)

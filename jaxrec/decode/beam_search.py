@@ -259,6 +259,17 @@ def _check(trie: ItemTrie | None, mode: str, vocab_size: int, input_ids, attenti
     if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
         raise JaxrecError(f"beam_search: input_ids and attention_mask must both be [batch, length], got "
                           f"{input_ids.shape} and {attention_mask.shape}")
+    if input_ids.shape[0] == 0:
+        raise JaxrecError("beam_search: the batch is empty (input_ids has 0 rows)")
+    if not jnp.issubdtype(input_ids.dtype, jnp.integer):
+        raise JaxrecError(f"beam_search: input_ids must be integer token ids, got dtype {input_ids.dtype}")
+    attended = attention_mask.astype(bool)
+    lo, hi = (int(jnp.min(jnp.where(attended, input_ids, 0))), int(jnp.max(jnp.where(attended, input_ids, 0))))
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        row, col = np.argwhere(np.asarray(attended & (input_ids == bad)))[0]
+        raise JaxrecError(f"beam_search: input_ids[{row}, {col}] = {bad} is outside the model's vocabulary "
+                          f"(0..{vocab_size - 1})")
     if not 0 <= eos_token_id < vocab_size:
         raise JaxrecError(f"beam_search: eos_token_id {eos_token_id} is outside the vocabulary ({vocab_size})")
     if trie is not None:
@@ -303,10 +314,11 @@ def beam_search(model, input_ids, attention_mask, constraint: ItemTrie | None = 
         if constraint is None:
             raise JaxrecError("beam_search: without a constraint, max_new_tokens must be given")
         max_new_tokens = constraint.max_length + 1
-    input_ids, attention_mask = jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, jnp.int32)
+    input_ids, attention_mask = jnp.asarray(input_ids), jnp.asarray(attention_mask, jnp.int32)
     _check(constraint, mode, vocab_size, input_ids, attention_mask, num_beams, num_return_sequences,
            max_new_tokens, eos_token_id, early_stopping, config)
 
+    input_ids = input_ids.astype(jnp.int32)
     automaton, items, item_of_node = _automata(constraint, mode, vocab_size, dense_depths)
     scoring = Scoring(jnp.float32(length_penalty), jnp.bool_(early_stopping is True),
                       jnp.bool_(early_stopping == "never"))

@@ -113,10 +113,16 @@ class ItemTrie:
                        vocab_size: int | None = None) -> "ItemTrie":
         """Build from item token sequences (without EOS): a list of int lists, or an [N, L] int array.
 
-        Raises DataError for no items, a negative or out-of-vocabulary token id, or an EOS inside an item.
+        Raises DataError for no items, a non-integer, negative or out-of-vocabulary token id, an EOS
+        outside the vocabulary, or an EOS inside an item.
         """
         if len(seqs) == 0:
             raise DataError("item sequences: need at least one item, got none")
+        if not (isinstance(eos_id, (int, np.integer)) and 0 <= eos_id < (vocab_size or np.iinfo(np.int64).max)):
+            raise DataError(f"item sequences: eos_id must be a token id in the vocabulary, got {eos_id!r}")
+        values = seqs if isinstance(seqs, np.ndarray) else np.asarray([t for s in seqs for t in s])
+        if values.size and not np.issubdtype(values.dtype, np.integer):
+            raise DataError(f"item sequences: token ids must be integers, got {values.dtype} values")
         matrix, lengths = _item_matrix(seqs, eos_id)
         body = np.arange(matrix.shape[1])[None, :] < lengths[:, None]
         for bad, what in ((body & (matrix < 0), "a negative token id"),
