@@ -74,3 +74,31 @@ def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(dataset):
     proc.stdout.close()  # as `| head -c 0` would, before the command writes anything
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and err == ""
+
+
+def test_kill_9_at_random_points_of_prepare_leaves_nothing_half_written(tmp_path):
+    """SIGKILL `data prepare` (the demo preset: 3,000 users) at seeded random moments of its run time:
+    each time the output is either absent or complete, and the next run cleans up what the killed one
+    left (temp dir, lock) and writes the same dataset as an undisturbed run."""
+    import signal
+    import time
+
+    from jaxrec.data.dataset import Dataset
+
+    def command(out):
+        return CLI + ["data", "prepare", "--format", "synthetic", "--input", "demo", "--out", str(out)]
+
+    start = time.perf_counter()
+    assert subprocess.run(command(tmp_path / "reference"), capture_output=True, timeout=300).returncode == 0
+    duration, reference = time.perf_counter() - start, Dataset.load(tmp_path / "reference")
+    out = tmp_path / "work" / "ds"
+    for fraction in np.random.default_rng(0).uniform(0.2, 1.0, 4):
+        proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(fraction * duration)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        if out.exists():
+            np.testing.assert_array_equal(Dataset.load(out).item_ids, reference.item_ids)  # complete or absent
+    assert subprocess.run(command(out), capture_output=True, timeout=300).returncode == 0
+    np.testing.assert_array_equal(Dataset.load(out).item_ids, reference.item_ids)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ds"]
