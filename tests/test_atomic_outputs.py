@@ -68,3 +68,32 @@ def test_leftovers_of_killed_runs_are_removed_or_restored(tmp_path):
             assert (out / "meta.json").is_file()  # restored before this write began
             raise RuntimeError("the new write fails")
     assert (out / "meta.json").is_file() and not aside.exists()
+
+
+def test_index_build_refuses_to_replace_a_file_that_is_not_an_index(tmp_path, capsys):
+    import numpy as np
+
+    np.save(tmp_path / "emb.npy", np.zeros((4, 3), np.float32))
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"not": "an index"}')
+    assert main(["index", "build", "--embeddings", str(tmp_path / "emb.npy"), "--out", str(notes)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"jaxrec: error: {notes} exists and is not a semantic index file; refusing to replace it: choose another "
+        f"--out, or pass --overwrite to replace it")
+    assert notes.read_text() == '{"not": "an index"}'
+
+
+def test_a_run_dir_of_another_model_size_is_refused_before_anything_is_written(tmp_path):
+    from jaxrec.errors import ConfigError
+    from jaxrec.methods import llm
+    from jaxrec.models import build_model, tiny_llama_config
+
+    section = llm.ModelSection()
+    small = build_model(tiny_llama_config(64, hidden_size=16, intermediate_size=32, num_layers=1), seed=0)
+    llm.start_run(tmp_path, section, small, None)
+    before = (tmp_path / "base_model" / "model.safetensors").read_bytes()
+    llm.start_run(tmp_path, section, small, None)  # a resumed run: the base model is kept as it is
+    wider = build_model(tiny_llama_config(64, hidden_size=32, intermediate_size=32, num_layers=1), seed=0)
+    with pytest.raises(ConfigError, match="holds a run of another model .*hidden_size=16, this config 32"):
+        llm.start_run(tmp_path, section, wider, None)
+    assert (tmp_path / "base_model" / "model.safetensors").read_bytes() == before

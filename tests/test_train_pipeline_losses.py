@@ -103,7 +103,7 @@ def test_group_by_length_permutes_rows_into_batches_of_similar_length():
     assert spread(grouped) < spread(plain) and width(grouped) < width(plain)
     assert all((a["input_ids"] == b["input_ids"]).all() for a, b in zip(grouped, epoch(4)))  # deterministic
     assert [b["input_ids"].tolist() for b in grouped] != [b["input_ids"].tolist() for b in epoch(4, seed=1)]
-    with pytest.raises(Exception, match="group_by_length must be >= 0"):
+    with pytest.raises(Exception, match="'group_by_length' must be >= 0"):
         host_batches(data, features, DataConfig(seq_len=16, group_by_length=-1), global_batch=4)
     with pytest.raises(Exception, match="pre-tokenized"):
         next(iter(host_batches([{"prompt": "a b", "response": "c"}] * 8, features,

@@ -246,7 +246,7 @@ def _item_of_node(trie: ItemTrie | None, size: int) -> jax.Array:
 
 def _check(trie: ItemTrie | None, mode: str, vocab_size: int, input_ids, attention_mask, num_beams: int,
            num_return_sequences: int, max_new_tokens: int, eos_token_id: int, early_stopping,
-           model_config) -> None:
+           model_config, model) -> None:
     if mode not in ("trie", "per_level", "none"):
         raise JaxrecError(f"beam_search: mode must be 'trie', 'per_level' or 'none', got {mode!r}")
     if trie is None and mode != "none":
@@ -263,13 +263,15 @@ def _check(trie: ItemTrie | None, mode: str, vocab_size: int, input_ids, attenti
         raise JaxrecError("beam_search: the batch is empty (input_ids has 0 rows)")
     if not jnp.issubdtype(input_ids.dtype, jnp.integer):
         raise JaxrecError(f"beam_search: input_ids must be integer token ids, got dtype {input_ids.dtype}")
+    # a model that injects item embeddings (RSLLM) reads id -1-i as item i's placeholder
+    placeholders = int(getattr(getattr(model, "embed_tokens", None), "num_items", 0) or 0)
     attended = attention_mask.astype(bool)
     lo, hi = (int(jnp.min(jnp.where(attended, input_ids, 0))), int(jnp.max(jnp.where(attended, input_ids, 0))))
-    if lo < 0 or hi >= vocab_size:
-        bad = lo if lo < 0 else hi
+    if lo < -placeholders or hi >= vocab_size:
+        bad = lo if lo < -placeholders else hi
         row, col = np.argwhere(np.asarray(attended & (input_ids == bad)))[0]
         raise JaxrecError(f"beam_search: input_ids[{row}, {col}] = {bad} is outside the model's vocabulary "
-                          f"(0..{vocab_size - 1})")
+                          f"({-placeholders}..{vocab_size - 1})")
     if not 0 <= eos_token_id < vocab_size:
         raise JaxrecError(f"beam_search: eos_token_id {eos_token_id} is outside the vocabulary ({vocab_size})")
     if trie is not None:
@@ -316,7 +318,7 @@ def beam_search(model, input_ids, attention_mask, constraint: ItemTrie | None = 
         max_new_tokens = constraint.max_length + 1
     input_ids, attention_mask = jnp.asarray(input_ids), jnp.asarray(attention_mask, jnp.int32)
     _check(constraint, mode, vocab_size, input_ids, attention_mask, num_beams, num_return_sequences,
-           max_new_tokens, eos_token_id, early_stopping, config)
+           max_new_tokens, eos_token_id, early_stopping, config, model)
 
     input_ids = input_ids.astype(jnp.int32)
     automaton, items, item_of_node = _automata(constraint, mode, vocab_size, dense_depths)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from jaxrec.atomic import atomic_file
 from jaxrec.config import load_config, to_dict
+from jaxrec.errors import DataError, JaxrecError
 from jaxrec.run_lock import output_lock
 
 
@@ -20,7 +21,6 @@ def _embeddings(args: argparse.Namespace):
                                                                      "source": args.source}
     from jaxrec.data.dataset import Dataset
     from jaxrec.data.tasks.item_text import documents
-    from jaxrec.errors import DataError
     from jaxrec.ground.embed import encode_texts
 
     fields = [f.strip() for f in args.fields.split(",") if f.strip()]
@@ -39,6 +39,8 @@ def _build(args: argparse.Namespace) -> int:
     config = load_config(IndexConfig, args.config, args.overrides)
     out = Path(args.out)
     report_path = out.with_name(out.name.removesuffix(".json") + ".report.json")
+    if not args.overwrite:
+        _check_replaceable(out)
     with output_lock(out, "index build"):
         embeddings, source = _embeddings(args)
         codes, report = build_semantic_index(embeddings, config, seed=args.seed, progress=True)
@@ -50,6 +52,19 @@ def _build(args: argparse.Namespace) -> int:
                                       "code_usage", "wall_s")}
     print(json.dumps({"index": str(out), "report": str(report_path), **summary}, indent=1))
     return 0
+
+
+def _check_replaceable(out: Path) -> None:
+    """An existing ``out`` is replaced only if it is an index file (one jaxrec could have written)."""
+    from jaxrec.index.index_io import read_index
+
+    if not (out.exists() or out.is_symlink()):
+        return
+    try:
+        read_index(out)
+    except (DataError, OSError, ValueError):
+        raise JaxrecError(f"{out} exists and is not a semantic index file; refusing to replace it: choose another "
+                          f"--out, or pass --overwrite to replace it") from None
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -85,6 +100,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--source", choices=("npy", "sasrec"), default="npy",
                    help="npy: row i = item i; sasrec: a SASRec item table whose row 0 is padding")
     b.add_argument("--out", required=True, help="index file to write, e.g. Beauty.index.json")
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace --out even if it is not an index file (default: refuse)")
     b.add_argument("--config", default=None, help="YAML config (configs/rqvae/*.yaml); default: LC-Rec's recipe")
     b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=200 (repeatable)")

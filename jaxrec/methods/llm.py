@@ -238,11 +238,23 @@ def train_rows(model, rows: Sequence[dict], features, train: TrainConfig, loss_f
 
 
 def start_run(run_dir: str | Path, section: ModelSection, model, tokenizer) -> None:
-    """Before training: for a from-scratch model, keep its initial weights as the run's base model."""
+    """Before training: for a from-scratch model, keep its initial weights as the run's base model. A
+    base model already there (a resumed run) is kept; one of another architecture or size is refused,
+    before anything is written."""
     from jaxrec.models import save_pretrained
 
-    if not section.pretrained:
-        save_pretrained(model, Path(run_dir) / "base_model")
+    if section.pretrained:
+        return
+    base = Path(run_dir) / "base_model"
+    if (base / "config.json").is_file():
+        stored, current = json.loads((base / "config.json").read_text()), json.loads(json.dumps(model.config.to_hf()))
+        if stored != current:
+            key = next(k for k in sorted(set(stored) | set(current)) if stored.get(k) != current.get(k))
+            raise ConfigError(f"{run_dir} holds a run of another model ({base}/config.json has {key}="
+                              f"{stored.get(key)!r}, this config {current.get(key)!r}); use a fresh out_dir or the "
+                              f"run's own model settings")
+        return
+    save_pretrained(model, base)
 
 
 def grow_vocab(model, tokenizer, run_dir: str | Path, *, seed: int, noise_scale: float = 0.01) -> int:
