@@ -143,3 +143,19 @@ def test_bce_loss_step_decreases_loss():
         params, opt_state, loss = train_step(params, opt_state, inputs, inputs + 1, jax.random.key(step))
         losses.append(float(loss))
     assert losses[-1] < losses[0]
+
+
+def test_a_diverging_run_stops_with_one_line_and_saves_nothing(trained, tmp_path, capsys):
+    import shutil
+
+    out, _, sets = trained
+    rerun = tmp_path / "rerun"
+    shutil.copytree(out, rerun)
+    saved = (rerun / "params.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--config", str(CONFIGS / "embedded.yaml"), *sets, "--set", f"out_dir={rerun}",
+                 "--set", "train.lr=1e30", "--set", "train.epochs=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("jaxrec: error: SASRec diverged: the training loss of epoch 1 is ")
+    assert err[0].endswith("no model was saved. Lower train.lr")
+    assert (rerun / "params.safetensors").read_bytes() == saved  # the earlier run's model is untouched

@@ -39,7 +39,7 @@ from jaxrec.config import to_dict
 from jaxrec.data.dataset import Dataset
 from jaxrec.config import Range, check_ranges
 from jaxrec.data.splits import LeaveOneOut, leave_one_out
-from jaxrec.errors import DataError
+from jaxrec.errors import DataError, TrainingDiverged
 from jaxrec.eval.metrics import DEFAULT_KS, metrics_from_ranks, ranks_from_scores
 from jaxrec.eval.ranking import batched_ranks
 from jaxrec.methods.data_source import DataConfig, SyntheticData, load_dataset
@@ -258,6 +258,11 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
                 bar.update(1)
             epoch_loss = float(np.mean(jax.device_get(losses)))
             log.log(step, {"loss": epoch_loss, "epoch": epoch}, prefix="train/")
+            if not np.isfinite(epoch_loss):
+                kept = (f"the best model so far (epoch {best['epoch']}) is kept in {out_dir / 'params.safetensors'}"
+                        if best["epoch"] else "no model was saved")
+                raise TrainingDiverged(f"SASRec diverged: the training loss of epoch {epoch} is {epoch_loss}; {kept}. "
+                                       f"Lower train.lr")
             if epoch % tc.eval_every and epoch != tc.epochs:
                 continue
             metrics = split_metrics(rank_batch, params, valid, config.eval)
