@@ -19,9 +19,19 @@ def test_tpu_all_steps_dry_run():
     lines = [l for l in r.stdout.splitlines() if l.startswith("+ ")]
     joined = "\n".join(lines)
     assert lines[0].startswith("+ gcloud compute tpus tpu-vm create t1 --zone us-east5-a --accelerator-type v4-32")
-    assert "--worker=all" in joined and "jax\\[tpu\\]" in joined
+    assert "--version tpu-ubuntu2204-base" in lines[0]  # the v4 runtime, not v5p's
+    assert "--worker=all" in joined and "python3.11\\ -m\\ venv" in joined and "\\[tpu\\]" in joined
     assert "jaxrec\\ train\\ --config\\ configs/scale/x.yaml\\ --set\\ train.steps=10" in joined
     assert lines[-1] == "+ gcloud compute tpus tpu-vm delete t1 --zone us-east5-a --quiet"
+
+
+@pytest.mark.parametrize("accelerator, image", [("v5litepod-16", "v2-alpha-tpuv5-lite"), ("v5p-8", "v2-alpha-tpuv5"),
+                                                 ("v6e-8", "v2-alpha-tpuv6e")])
+def test_tpu_runtime_image_follows_the_accelerator_family(accelerator, image):
+    r = run("tpu_vm.sh", "create", "--zone", "z", "--accelerator", accelerator, "--dry-run")
+    assert r.returncode == 0 and f"--version {image}" in r.stdout
+    r = run("tpu_vm.sh", "create", "--zone", "z", "--accelerator", accelerator, "--version", "mine", "--dry-run")
+    assert "--version mine" in r.stdout
 
 
 @pytest.mark.parametrize("args, message", [

@@ -9,7 +9,11 @@
 #   --zone ZONE            e.g. us-east5-a                       (TPU_ZONE, required)
 #   --project PROJECT      GCP project                           (TPU_PROJECT, default: gcloud's)
 #   --accelerator TYPE     v5p-8, v4-32, v5litepod-16, ...       (TPU_ACCELERATOR, default v5p-8)
-#   --version VERSION      TPU runtime image                     (TPU_VERSION, default v2-alpha-tpuv5)
+#   --version VERSION      TPU runtime image                     (TPU_VERSION, default: the one of the
+#                          accelerator family: v4 tpu-ubuntu2204-base, v5litepod v2-alpha-tpuv5-lite,
+#                          v5p v2-alpha-tpuv5, v6e v2-alpha-tpuv6e)
+#   --python PYTHON        interpreter for the workers' venv, >= 3.11 (TPU_PYTHON, default python3.11,
+#                          installed with apt when missing: the images ship 3.10)
 #   --repo URL_OR_PATH     jaxrec source: a git URL or a local dir copied with scp (default: this checkout)
 #   --results REMOTE_DIR   directory the run writes, copied back by `copy` (default runs)
 #   --dest LOCAL_DIR       where `copy` puts it (default ./tpu-results/NAME)
@@ -22,7 +26,7 @@ set -euo pipefail
 
 STEP="${1:-}"; [[ -n "$STEP" ]] && shift || true
 NAME="${TPU_NAME:-jaxrec-tpu}"; ZONE="${TPU_ZONE:-}"; PROJECT="${TPU_PROJECT:-}"
-ACCEL="${TPU_ACCELERATOR:-v5p-8}"; VERSION="${TPU_VERSION:-v2-alpha-tpuv5}"
+ACCEL="${TPU_ACCELERATOR:-v5p-8}"; VERSION="${TPU_VERSION:-}"; PYTHON="${TPU_PYTHON:-python3.11}"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"; RESULTS="runs"; DEST=""; SPOT=0; DRY=0; JAXREC_ARGS=()
 
 usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -35,6 +39,7 @@ while [[ $# -gt 0 ]]; do
     --project) PROJECT="$2"; shift 2 ;;
     --accelerator) ACCEL="$2"; shift 2 ;;
     --version) VERSION="$2"; shift 2 ;;
+    --python) PYTHON="$2"; shift 2 ;;
     --repo) REPO="$2"; shift 2 ;;
     --results) RESULTS="$2"; shift 2 ;;
     --dest) DEST="$2"; shift 2 ;;
@@ -48,6 +53,17 @@ done
 case "$STEP" in create|install|run|logs|copy|delete|all) ;; ""|-h|--help) usage; exit 0 ;; *) die "unknown step '$STEP'; expected create|install|run|logs|copy|delete|all" ;; esac
 [[ -n "$ZONE" ]] || die "--zone (or TPU_ZONE) is required"
 DEST="${DEST:-./tpu-results/$NAME}"
+runtime_of() {  # the TPU software version matching an accelerator type's family
+  case "$1" in
+    v4-*) echo tpu-ubuntu2204-base ;;
+    v5litepod-*|v5e-*) echo v2-alpha-tpuv5-lite ;;
+    v5p-*) echo v2-alpha-tpuv5 ;;
+    v6e-*) echo v2-alpha-tpuv6e ;;
+    *) die "no default runtime image for accelerator '$1'; pass --version" ;;
+  esac
+}
+VERSION="${VERSION:-$(runtime_of "$ACCEL")}"
+VENV="~/jaxrec-venv"
 
 GCLOUD=(gcloud compute tpus tpu-vm)
 LOC=(--zone "$ZONE"); [[ -n "$PROJECT" ]] && LOC+=(--project "$PROJECT")
@@ -68,13 +84,14 @@ do_install() {
   else
     run "${GCLOUD[@]}" scp --recurse "$REPO" "$NAME:~/jaxrec" "${LOC[@]}" --worker=all
   fi
-  on_all_workers "cd ~/jaxrec && python3 -m pip install -U pip && python3 -m pip install 'jax[tpu]' -e ."
+  # a Python >= 3.11 virtual environment on every worker (the images ship 3.10), with jaxrec[tpu]
+  on_all_workers "command -v $PYTHON >/dev/null || (sudo apt-get update -q && sudo apt-get install -yq $PYTHON $PYTHON-venv) && $PYTHON -m venv $VENV && cd ~/jaxrec && $VENV/bin/pip install -q -U pip && $VENV/bin/pip install -e '.[tpu]'"
 }
 do_run() {
   [[ ${#JAXREC_ARGS[@]} -gt 0 ]] || die "run needs jaxrec arguments after --, e.g. -- train --config CONFIG"
   local args; args="$(printf ' %q' "${JAXREC_ARGS[@]}")"
   # every worker runs the same command; jax.distributed.initialize() discovers the slice on TPU VMs
-  on_all_workers "cd ~/jaxrec && JAXREC_DISTRIBUTED=auto nohup jaxrec${args} > ~/jaxrec-run.log 2>&1; echo exit=\$? >> ~/jaxrec-run.log"
+  on_all_workers "cd ~/jaxrec && JAXREC_DISTRIBUTED=auto nohup $VENV/bin/jaxrec${args} > ~/jaxrec-run.log 2>&1; echo exit=\$? >> ~/jaxrec-run.log"
 }
 do_logs() { run "${GCLOUD[@]}" ssh "$NAME" "${LOC[@]}" --worker=0 --command "tail -n +1 -f ~/jaxrec-run.log"; }
 do_copy() {
