@@ -12,6 +12,7 @@ import os
 import sys
 
 from jaxrec import __version__
+from jaxrec.compile_cache import enable_compilation_cache
 from jaxrec.errors import JaxrecError
 
 # command name -> module exposing register(subparsers)
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        enable_compilation_cache()
         _join_multi_process_run()
         result = args.func(args)
     except JaxrecError as e:
