@@ -102,3 +102,53 @@ def test_kill_9_at_random_points_of_prepare_leaves_nothing_half_written(tmp_path
     assert subprocess.run(command(out), capture_output=True, timeout=300).returncode == 0
     np.testing.assert_array_equal(Dataset.load(out).item_ids, reference.item_ids)
     assert sorted(p.name for p in out.parent.iterdir()) == ["ds"]
+
+
+def test_a_full_disk_while_writing_is_one_line_and_leaves_nothing(tmp_path):
+    """The file-size limit (RLIMIT_FSIZE) makes every write past 64 KiB fail as a full disk would: `data
+    prepare` exits 2 with one line, and neither the output nor a temp dir is left."""
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    out = tmp_path / "ds"
+    proc = subprocess.run(CLI + ["data", "prepare", "--format", "synthetic", "--input", "demo", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("jaxrec: error: File too large"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_kill_9_during_training_then_rerunning_gives_the_uninterrupted_model(tmp_path):
+    """SIGKILL `jaxrec train` (tiny BIGRec, a checkpoint every step) at two seeded moments of its run time,
+    rerun the same command each time: the final model is bit-identical to an undisturbed run's."""
+    import json
+    import signal
+    import time
+
+    import yaml
+    from test_bigrec import TINY
+
+    def command(out):
+        cfg = {**TINY, "out_dir": str(out),
+               "train": {**TINY["train"], "steps": 6, "checkpoint": {"dir": str(out / "ck"), "every": 1}}}
+        (tmp_path / f"{out.name}.yaml").write_text(yaml.safe_dump(cfg))
+        return CLI + ["train", "--config", str(tmp_path / f"{out.name}.yaml")]
+
+    start = time.perf_counter()
+    assert subprocess.run(command(tmp_path / "reference"), capture_output=True, timeout=600).returncode == 0
+    duration = time.perf_counter() - start
+    out = tmp_path / "killed"
+    for fraction in np.random.default_rng(1).uniform(0.5, 1.0, 2):
+        proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(fraction * duration)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert subprocess.run(command(out), capture_output=True, timeout=600).returncode == 0
+    assert json.loads((out / "run.json").read_text())["state"] == "finished"
+    for name in ("model/model.safetensors", "tokenizer/tokenizer.json"):
+        assert (out / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
