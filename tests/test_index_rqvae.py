@@ -54,3 +54,11 @@ def test_cli_build_writes_index_and_report(tmp_path, embeddings):
     assert json.loads((tmp_path / "toy.index.report.json").read_text())["collision_rate_final"] == 0
     assert cli.main(["index", "build", "--embeddings", str(tmp_path / "emb.npy"), "--out", str(out),
                      "--set", "model.levels=2"]) == 2  # 4 Sinkhorn epsilons for 2 levels: a clear error
+
+
+def test_a_diverging_rqvae_stops_with_one_error(embeddings):
+    from jaxrec.errors import JaxrecError
+
+    config = load_config(IndexConfig, None, [*TINY, "train.lr=1e30", "train.epochs=20", "train.grad_clip=1e30"])
+    with pytest.raises(JaxrecError, match="RQ-VAE loss is not finite by epoch 20: try a lower train.lr"):
+        build_semantic_index(embeddings, config, seed=3)
