@@ -197,3 +197,15 @@ def test_a_run_stopped_by_sigterm_exits_143_looks_unfinished_and_resumes(tmp_pat
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "run.json").read_text())["state"] == "finished"
     assert json.loads((out / "run.json").read_text())["step"] == meta["step"] + 2
+
+
+def test_evaluating_a_run_with_another_model_config_is_refused(run):
+    import dataclasses
+
+    from jaxrec.errors import ConfigError
+    from jaxrec.methods import bigrec
+
+    config, _, _ = run
+    other = dataclasses.replace(config, model=dataclasses.replace(config.model, hidden_size=64))
+    with pytest.raises(ConfigError, match="was trained with model.hidden_size=32, but this config says 64"):
+        bigrec.evaluate(other)

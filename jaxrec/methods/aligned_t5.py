@@ -420,7 +420,7 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     start = time.perf_counter()
     e = config.eval
     keys, space = load_item_keys(config.out_dir, ds)
-    model, tokenizer = llm.load_run(config.out_dir, "fine_tuned", config.model.dtype)
+    model, tokenizer = llm.load_run(config.out_dir, "fine_tuned", config.model.dtype, config.model)
     context = _EvalContext(model, tokenizer, keys, space, item_counts(split.train, ds.num_items), split, ds)
     result = {"method": "aligned_t5", "data": config.data.describe(), "model": config.model.describe(),
               "catalog_items": ds.num_items, "id_mode": config.tasks.id_mode}

@@ -187,7 +187,7 @@ def evaluate(config: Config) -> dict:
     p, g, ks = config.prompts, config.generation, config.eval.ks
     parts = {part: bigrec_eval_examples(ds, split, part, p.domain, config.split.history, p.eval_sample, p.seed)
              for part in ("valid", "test")}
-    model, tokenizer = llm.load_run(config.out_dir, "fine_tuned", config.model.dtype)
+    model, tokenizer = llm.load_run(config.out_dir, "fine_tuned", config.model.dtype, config.model)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     raw_titles = item_titles(ds)
     trie = ItemTrie.from_sequences(llm.encode(tokenizer, [quoted(t) for t in raw_titles]), eos_id=eos,

@@ -387,7 +387,7 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     start = time.perf_counter()
     e = config.eval
     codes = read_index(Path(config.out_dir) / INDEX_FILE, ds.num_items)
-    model, tokenizer = llm.load_run(config.out_dir, "fine_tuned", config.model.dtype)
+    model, tokenizer = llm.load_run(config.out_dir, "fine_tuned", config.model.dtype, config.model)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     trie = ItemTrie.from_sequences(index_token_ids(tokenizer, codes), eos_id=eos, vocab_size=model.config.vocab_size)
     templates = e.templates if e.templates is not None else list(range(len(SEQREC_TEMPLATES)))

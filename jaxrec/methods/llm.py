@@ -301,8 +301,25 @@ def save_run(run_dir: str | Path, section: ModelSection, model, train: TrainConf
                                     "config": to_dict(config)})
 
 
-def load_run(run_dir: str | Path, which: Literal["fine_tuned", "base"] = "fine_tuned", dtype: str = "float32"):
-    """(model, tokenizer) of a saved run: the fine-tuned model (LoRA merged into plain weights) or its base."""
+def check_run_model(run_dir: str | Path, meta: dict, section: ModelSection) -> None:
+    """Refuse to evaluate a run with a config whose ``model:`` section describes another model than the
+    one it was trained with (the results would be labelled with the wrong model)."""
+    trained = meta.get("config", {}).get("model")
+    if not isinstance(trained, dict):
+        return
+    current = to_dict(section)
+    keys = ("pretrained", "chat_template") if current.get("pretrained") or trained.get("pretrained") else \
+        tuple(k for k in current if k != "dtype")
+    for key in keys:
+        if trained.get(key, current.get(key)) != current.get(key):  # a key the run predates: no evidence
+            raise ConfigError(f"{run_dir} was trained with model.{key}={trained.get(key)!r}, but this config says "
+                              f"{current.get(key)!r}: evaluate with the config the run was trained with")
+
+
+def load_run(run_dir: str | Path, which: Literal["fine_tuned", "base"] = "fine_tuned", dtype: str = "float32",
+             section: ModelSection | None = None):
+    """(model, tokenizer) of a saved run: the fine-tuned model (LoRA merged into plain weights) or its base.
+    With ``section`` (the evaluating config's model), a run of another model is refused."""
     from jaxrec.models import load_pretrained
     from jaxrec.models.lora import remove_lora
     from jaxrec.models.peft_io import load_adapter
@@ -313,6 +330,8 @@ def load_run(run_dir: str | Path, which: Literal["fine_tuned", "base"] = "fine_t
     if not meta_file.is_file():
         raise ConfigError(f"{run_dir}: no {RUN_FILE}; train this config first (jaxrec train --config ...)")
     meta = json.loads(meta_file.read_text())
+    if section is not None:
+        check_run_model(run_dir, meta, section)
     warn_if_preempted(run_dir, meta)
     tokenizer = load_tokenizer(run_dir / "tokenizer")
     if which == "base":

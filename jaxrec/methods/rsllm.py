@@ -349,7 +349,7 @@ def load_stage2(config: Config):
     meta = json.loads((out / "stage2" / llm.RUN_FILE).read_text())
     llm.warn_if_preempted(out / "stage2", meta)
     if meta["mode"] == "lora":
-        model, tokenizer = llm.load_run(out / "stage1", "fine_tuned", config.model.dtype)
+        model, tokenizer = llm.load_run(out / "stage1", "fine_tuned", config.model.dtype, config.model)
         load_adapter(model, out / "stage2" / "adapter")
         remove_lora(model, merge=True)
     else:

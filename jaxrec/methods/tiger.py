@@ -251,7 +251,7 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     start = time.perf_counter()
     e = config.eval
     codes = read_index(Path(config.out_dir) / INDEX_FILE, ds.num_items)
-    model, tokenizer = llm.load_run(config.out_dir, "fine_tuned", config.model.dtype)
+    model, tokenizer = llm.load_run(config.out_dir, "fine_tuned", config.model.dtype, config.model)
     decoder = BeamDecoder(config, codes, tokenizer, model.config.vocab_size)
     popularity_ranks = rank_table(item_counts(split.train, ds.num_items))
     result = {"method": "tiger", "data": config.data.describe(), "model": config.model.describe(),
