@@ -44,6 +44,7 @@ from jaxrec.eval.metrics import DEFAULT_KS, metrics_from_ranks, ranks_from_score
 from jaxrec.eval.ranking import batched_ranks
 from jaxrec.methods.data_source import DataConfig, SyntheticData, load_dataset
 from jaxrec.models.sasrec import SASRec, SASRecConfig, load_params, save_params, to_tokens
+from jaxrec.train.chunked_softmax import chunked_softmax_cross_entropy
 from jaxrec.train.metrics_log import MetricsLogger
 
 SELECT_METRIC = "NDCG@10"
@@ -68,6 +69,8 @@ class TrainConfig:
     lr: Annotated[float, Range(min=0, min_open=True)] = 1e-3
     weight_decay: Annotated[float, Range(min=0)] = 0.0
     loss: Literal["softmax", "bce"] = "softmax"
+    # softmax over the catalog in chunks of this many items (no [B, T, N] logits: large catalogs); 0: at once
+    softmax_chunk: Annotated[int, Range(min=0)] = 0
     seed: int = 0
     eval_every: Annotated[int, Range(min=1)] = 1  # epochs between validation runs
     patience: Annotated[int, Range(min=1)] = 10  # validation runs without a better NDCG@10 before stopping
@@ -160,7 +163,8 @@ def eval_arrays(split: LeaveOneOut, which: str, max_len: int, exclude_history: b
 # ----------------------------------------------------------------------------- steps
 
 
-def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_kind: str, num_items: int):
+def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_kind: str, num_items: int,
+               softmax_chunk: int = 0):
     """Jitted ``train_step(params, opt_state, inputs, labels, key)`` and ``rank_batch(params, ...)``."""
 
     def loss_fn(params, inputs, labels, key):
@@ -168,7 +172,12 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_ki
         key_dropout, key_negatives = jax.random.split(key)
         hidden = model(to_tokens(inputs), rngs=nnx.Rngs(dropout=key_dropout))  # [B, T, d]
         mask = labels >= 0
-        if loss_kind == "softmax":
+        if loss_kind == "softmax" and softmax_chunk:
+            d = hidden.shape[-1]
+            losses = chunked_softmax_cross_entropy(hidden.reshape(-1, d), model.item_embeddings(),
+                                                   jnp.maximum(labels, 0).reshape(-1), softmax_chunk)
+            losses = losses.reshape(labels.shape)
+        elif loss_kind == "softmax":
             logits = model.score_all(hidden)  # [B, T, N]
             losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
         else:
@@ -235,7 +244,7 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     graphdef, params = nnx.split(model)
     tx = optax.adamw(tc.lr, weight_decay=tc.weight_decay)
     opt_state = tx.init(params)
-    train_step, rank_batch = make_steps(graphdef, tx, tc.loss, ds.num_items)
+    train_step, rank_batch = make_steps(graphdef, tx, tc.loss, ds.num_items, tc.softmax_chunk)
     inputs, labels = training_pairs(split.train, config.model.max_len)
     if inputs.shape[0] == 1:
         raise DataError(f"{config.data.describe()}: no user has 2 or more training items; SASRec has nothing to learn")
