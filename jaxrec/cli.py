@@ -35,17 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"jaxrec {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
-    registered = set()
     for module_name in dict.fromkeys(COMMANDS.values()):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
-                continue  # command group not built yet
-            raise
-        if module_name not in registered:
-            module.register(sub)
-            registered.add(module_name)
+        importlib.import_module(module_name).register(sub)
     return parser
 
 

@@ -13,7 +13,6 @@ BENCHMARKS = {
     "train": "jaxrec.bench.train",
     "decode": "jaxrec.bench.decode",
     "ground": "jaxrec.bench.ground",
-    "tiger": "jaxrec.bench.tiger",
     "all": "jaxrec.bench.all",
 }
 # Registered as commands but not run by `jaxrec bench all`: they need a real pretrained model and take
@@ -28,13 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Run a benchmark; each prints JSON with the figure, the hardware and the peer.")
     bench_sub = p.add_subparsers(dest="bench", metavar="<benchmark>", required=True)
     for module_name in (*BENCHMARKS.values(), *STANDALONE.values()):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
-                continue  # not built yet
-            raise
-        module.register(bench_sub)
+        importlib.import_module(module_name).register(bench_sub)
     for bench_parser in bench_sub.choices.values():
         add_profile_arg(bench_parser)
 
