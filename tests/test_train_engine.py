@@ -226,6 +226,44 @@ def test_two_process_run_matches_single_process(reference, tmp_path):
                                atol=1e-5)
 
 
+PREEMPT_WORKER = textwrap.dedent("""
+    import json, os, signal, sys
+    sys.path.insert(0, {tests!r})
+    import jax
+    from jaxrec.parallel.distributed import DistributedConfig, initialize
+    initialize(DistributedConfig(coordinator_address="localhost:{port}", num_processes=2, process_id={pid}))
+    from test_train_engine import config, run
+
+    def preempt_host_1(model, calls=[]):
+        calls.append(1)
+        if jax.process_index() == 1 and len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # only this host gets the notice
+        return {{}}
+
+    _, _, result = run(config(ckdir={ck!r}, log_dir={log!r}, eval_every=1), steps=400, evaluate=preempt_host_1)
+    json.dump({{"step": result["step"], "stopped": result["stopped"]}}, open({out!r} + str({pid}), "w"))
+""")
+
+
+def test_a_sigterm_to_one_host_stops_every_host_at_the_same_step_and_saves_it(tmp_path):
+    """Two processes; SIGTERM reaches only process 1 (after its 3rd step): JAX's preemption service tells
+    process 0, both stop at the same sync step, report "sigterm" and write that step's checkpoint."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+           "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+    ck, out = tmp_path / "ck", str(tmp_path / "result")
+    procs = [subprocess.Popen([sys.executable, "-c", PREEMPT_WORKER.format(
+        tests=str(Path(__file__).parent), port=port, pid=pid, ck=str(ck), log=str(tmp_path / "log"), out=out)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for pid in range(2)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs[0][-3000:] + logs[1][-3000:]
+    results = [json.loads(Path(out + str(pid)).read_text()) for pid in range(2)]
+    assert results[0] == results[1] and results[0]["stopped"] == "sigterm" and 3 < results[0]["step"] < 400
+    assert [p.name for p in (ck / "last").iterdir() if p.name.isdigit()] == [str(results[0]["step"])]
+
+
 POISON = 61  # a token id absent from examples(): a batch holding it has a NaN loss and NaN gradients
 
 

@@ -6,7 +6,8 @@ shards parameters/optimizer state by their logical axes, and ``fit(batches, eval
 jitted step → every ``log_every`` steps loss / tokens/s / MFU to the progress bar, JSONL and
 TensorBoard → every ``eval_every`` steps ``evaluate(model) -> {metric: value}``, best-N checkpoints
 and early stopping → periodic resumable checkpoints. SIGTERM (TPU preemption) makes the loop save
-and stop at the next step. A NaN/Inf loss or gradient norm (see :mod:`jaxrec.train.train_step`) ends the run
+and stop: at the next step with one process, at JAX's preemption sync point (the same step on every
+host) with several. A NaN/Inf loss or gradient norm (see :mod:`jaxrec.train.train_step`) ends the run
 with :class:`TrainingDiverged` naming the step (``train.nan_policy: stop``), and nothing from that step
 on is saved, so the last good checkpoint stays; ``skip_batch`` drops such steps up to a limit. A run whose checkpoint directory holds a checkpoint resumes from it
 exactly (same parameters, optimizer, RNG and data position).
@@ -179,7 +180,9 @@ class Trainer:
         logger = MetricsLogger(cfg.log_dir)
         bar = tqdm(total=steps, initial=start, disable=not cfg.progress or jax.process_index() != 0,
                    desc="train", dynamic_ncols=True)
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        # one process: our own SIGTERM flag; several: JAX's preemption service (it catches SIGTERM itself)
+        single = jax.process_count() == 1
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if single and _main_thread() else None
         best, stale, stopped, last = None, 0, "steps", {}
         step = logged_step = start
         t0 = time.perf_counter()
@@ -254,12 +257,17 @@ class Trainer:
         self._stop = True
 
     def _preempted(self, step: int) -> bool:
+        """Whether to save and stop after ``step``. Several processes must stop at the same step: JAX's
+        preemption sync point (a SIGTERM to any host is seen by all, which agree on the step), or, where
+        that service is off, our flag all-gathered every ``log_every`` steps."""
         if jax.process_count() == 1:
             return self._stop
-        if step % self.config.log_every:
-            return False
-        # every host must stop at the same step: agree on the flag (a host sync, so not every step)
-        return bool(np.any(multihost_utils.process_allgather(np.asarray(self._stop))))
+        try:
+            return bool(multihost_utils.reached_preemption_sync_point(step))
+        except RuntimeError:  # jax.distributed without its preemption service
+            if step % self.config.log_every:
+                return False
+            return bool(np.any(multihost_utils.process_allgather(np.asarray(self._stop))))
 
     def close(self) -> None:
         if self.checkpointer is not None:
