@@ -123,6 +123,31 @@ def test_lcrec_tasks_skips_and_determinism(movies, index, caplog):
     assert len(prefs) == 1 and prefs[0].response == "Likes 90s films." and prefs[0].user == 0
 
 
+def test_lcrec_history_prompts_shorten_to_fit_a_row(movies, index):
+    """With ``fits``, an example too long for a row shows the longest suffix of its history that fits (at
+    least one item); examples that fit are unchanged."""
+    split = leave_one_out(movies)
+    cfg = LCRecTaskConfig(tasks=("seqrec", "fusionseqrec"), max_history=5)
+    full = lcrec_train_examples(movies, split, index, cfg, seed=0)
+    budget = sorted(len(e.prompt) + len(e.response) for e in full)[len(full) // 2]  # half the examples too long
+    fits = lambda prompt, response: len(prompt) + len(response) <= budget  # noqa: E731
+    fitted = lcrec_train_examples(movies, split, index, cfg, seed=0, fits=fits)
+    assert len(fitted) == len(full)
+    shortened = 0
+    for before, after in zip(full, fitted):
+        assert (before.task, before.user, before.target, before.response) == (after.task, after.user, after.target,
+                                                                               after.response)
+        if fits(before.prompt, before.response) or "history_shown" not in after.meta:
+            assert after == before  # it fits, or its history is one item already
+            continue
+        shortened += 1
+        m = after.meta["history_shown"]
+        assert m >= 1 and (m == 1 or fits(after.prompt, after.response)) and len(after.prompt) < len(before.prompt)
+        assert after.prompt.count("<a_") == m or after.prompt.count('"') // 2 == m  # m items shown
+        assert after.meta["template"] == before.meta["template"]
+    assert shortened > 0
+
+
 def test_lcrec_ratios_and_bad_config(movies, index):
     split = leave_one_out(movies)
     cfg = LCRecTaskConfig(tasks=("seqrec", "index2item"), ratios={"index2item": 0.5})

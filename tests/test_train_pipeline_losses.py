@@ -116,3 +116,22 @@ def test_keeps_response_says_whether_a_cut_row_still_scores_the_response(bos_id)
     for prompt_len in range(4, 12):
         row = features.map({"prompt_ids": list(range(10, 10 + prompt_len)), "response_ids": [7, 7, 7]})
         assert features.keeps_response(prompt_len) == bool(row["loss_mask"].any()), prompt_len
+
+
+def test_row_fits_agrees_with_the_rows_the_pipeline_builds(tmp_path):
+    """``llm.row_fits`` (used to shorten LC-Rec histories) says True exactly when the built row scores the
+    whole response and its EOS."""
+    from jaxrec.methods import llm
+
+    texts = [f"user {i} watched item {i * 7} then item {i * 3}" for i in range(200)]
+    tokenizer = llm.make_tokenizer(llm.ModelSection(vocab_size=300), lambda: texts, tmp_path)
+    bos = llm.bos_id(tokenizer)
+    for seq_len in (12, 20, 32):
+        fits = llm.row_fits(tokenizer, seq_len)
+        features = CausalFeatures(seq_len, eos_id=tokenizer.eos_token_id, bos_id=bos)
+        for n in range(1, 9):
+            prompt, response = " then ".join(f"item {7 * k}" for k in range(n)), "item 42"
+            p, r = llm.encode(tokenizer, [prompt, response])
+            row = features.map({"prompt_ids": p, "response_ids": r})
+            whole = int(row["loss_mask"].sum()) == len(r) + 1
+            assert fits(prompt, response) == whole, (seq_len, n)

@@ -66,6 +66,10 @@ class CausalFeatures(grain.transforms.Map):
         rows keep their first ``seq_len + 1`` tokens, so a longer prompt leaves nothing to learn."""
         return prompt_len + (self.bos_id is not None) <= self.seq_len
 
+    def keeps_whole(self, prompt_len: int, response_len: int) -> bool:
+        """Whether a row holds the whole example: BOS, prompt, response and EOS in ``seq_len + 1`` tokens."""
+        return (self.bos_id is not None) + prompt_len + response_len + 1 <= self.seq_len + 1
+
     def map(self, example: dict) -> dict:
         prompt = ([self.bos_id] if self.bos_id is not None else []) + _ids(example, "prompt", self.encode)
         tokens = (prompt + _ids(example, "response", self.encode) + [self.eos_id])[: self.seq_len + 1]

@@ -324,8 +324,9 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
 
     save_tokenizer(tokenizer, out_dir / "tokenizer")
     llm.start_run(out_dir, config.model, model, tokenizer)
-    examples = lcrec_train_examples(ds, split, index_mapping(codes), config.tasks, config.task_seed)
     tc = train_config(config, first_new_row)
+    fits = llm.row_fits(tokenizer, tc.data.seq_len) if config.tasks.fit_history else None
+    examples = lcrec_train_examples(ds, split, index_mapping(codes), config.tasks, config.task_seed, fits=fits)
     clock.lap("tasks")
     model, summary = llm.finetune(model, tokenizer, examples, tc)
     llm.save_run(out_dir, config.model, model, tc, config, summary)

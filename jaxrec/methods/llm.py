@@ -119,6 +119,20 @@ def bos_id(tokenizer) -> int | None:
     return tokenizer.bos_token_id if adds_bos(tokenizer) else None
 
 
+def row_fits(tokenizer, seq_len: int) -> Callable[[str, str], bool]:
+    """``fits(prompt, response)``: whether a decoder-only training row of ``seq_len`` tokens holds the
+    whole example, as :func:`finetune` builds it (:meth:`CausalFeatures.keeps_whole`)."""
+    from jaxrec.data.pipeline import CausalFeatures
+
+    features = CausalFeatures(seq_len, tokenizer.eos_token_id, bos_id(tokenizer))
+
+    def fits(prompt: str, response: str) -> bool:
+        p, r = encode(tokenizer, [prompt, response])
+        return features.keeps_whole(len(p), len(r))
+
+    return fits
+
+
 def chat_prompts(tokenizer, section: ModelSection, prompts: Sequence[str]) -> list[str]:
     """``prompts`` as the model reads them: unchanged, or each one user turn of the tokenizer's chat
     template followed by the assistant's turn opening (``model.chat_template: true``)."""
@@ -202,7 +216,7 @@ def finetune(model, tokenizer, examples: Sequence[Example], train: TrainConfig, 
     else:
         features = CausalFeatures(seq_len, eos, bos_id(tokenizer), train.data.train_on_inputs)
         loss_fn = loss_fn or causal_lm_loss
-        truncated = sum(len(p) + len(r) + 2 > seq_len for p, r in zip(prompts, responses))
+        truncated = sum(not features.keeps_whole(len(p), len(r)) for p, r in zip(prompts, responses))
         no_response = sum(not features.keeps_response(len(p)) for p in prompts)
     if truncated:
         log.warning("%d of %d training examples are longer than train.data.seq_len=%d%s and are cut%s", truncated,

@@ -92,12 +92,15 @@ class LCRecTaskConfig:
       ratios: per task the fraction of its examples kept in the mix (default 1; see ``mix_tasks``).
       max_history: most recent items shown in a history (LC-Rec: 20).
       itemsearch_query: ``"derive"`` queries from item categories/attributes, or ``"skip"`` the task.
+      fit_history: a history prompt too long for a training row (``train.data.seq_len``) shows fewer,
+        most recent, items instead of being cut at the row's end (which can drop its whole response).
     """
 
     tasks: tuple[str, ...] = TASKS
     ratios: dict[str, float] = dataclasses.field(default_factory=dict)
     max_history: int = 20
     itemsearch_query: Literal["derive", "skip"] = "derive"
+    fit_history: bool = False
 
 
 class _Text:
@@ -140,19 +143,51 @@ def _render(task: str, templates: Sequence[Template], values: dict[str, str], rn
     return Example(task, alpaca_prompt(instruction), response, user, target, {"template": k})
 
 
+Fits = Callable[[str, str], bool]  # (prompt, response) -> whether the example fits a training row
+
+
 def _row_examples(task: str, rows: Rows, text: _Text, max_history: int, rng: np.random.Generator,
-                  extra: Callable[[int, int], dict[str, str]] | None = None) -> list[Example]:
+                  extra: Callable[[int, int], dict[str, str]] | None = None, fits: Fits | None = None) -> list[Example]:
+    """One example per row; with ``fits``, a prompt too long for a training row shows fewer history items
+    (the oldest dropped: the most that fit, at least one) instead of losing its end to truncation."""
     out = []
     for user, history, target in zip(rows.users.tolist(), rows.histories, rows.targets.tolist()):
         shown = history[-max_history:]
-        values = {**text.item_values(target), "history": text.history(shown),
-                  "history_titles": text.history_titles(shown)}
-        if extra is not None:
-            values.update(extra(user, target))
-        ex = _render(task, TEMPLATES[task], values, rng, user, target)
-        if ex is not None:
-            out.append(ex)
+
+        def values_for(items: np.ndarray) -> dict[str, str]:
+            values = {**text.item_values(target), "history": text.history(items),
+                      "history_titles": text.history_titles(items)}
+            if extra is not None:
+                values.update(extra(user, target))
+            return values
+
+        ex = _render(task, TEMPLATES[task], values_for(shown), rng, user, target)
+        if ex is None:
+            continue
+        if fits is not None and len(shown) > 1 and not fits(ex.prompt, ex.response):
+            ex = _shortest_history_that_fits(ex, TEMPLATES[task][ex.meta["template"]], shown, values_for, fits)
+        out.append(ex)
     return out
+
+
+def _shortest_history_that_fits(ex: Example, template: Template, shown: np.ndarray,
+                                values_for: Callable[[np.ndarray], dict[str, str]], fits: Fits) -> Example:
+    """``ex`` re-rendered with the longest suffix of ``shown`` that fits (binary search; 1 item at least)."""
+    lo, hi, best = 1, len(shown) - 1, None
+    while lo <= hi:
+        m = (lo + hi) // 2
+        instruction, response = template.render(values_for(shown[-m:]))
+        candidate = dataclasses.replace(ex, prompt=alpaca_prompt(instruction), response=response,
+                                        meta={**ex.meta, "history_shown": m})
+        if fits(candidate.prompt, candidate.response):
+            best, lo = candidate, m + 1
+        else:
+            hi = m - 1
+    if best is None:
+        instruction, response = template.render(values_for(shown[-1:]))
+        best = dataclasses.replace(ex, prompt=alpaca_prompt(instruction), response=response,
+                                   meta={**ex.meta, "history_shown": 1})
+    return best
 
 
 def _item_examples(task: str, text: _Text, rng: np.random.Generator) -> list[Example]:
@@ -166,17 +201,17 @@ def _item_examples(task: str, text: _Text, rng: np.random.Generator) -> list[Exa
 
 def lcrec_task_examples(task: str, ds: Dataset, split: LeaveOneOut, index: Mapping[int | str, Sequence[str]],
                         config: LCRecTaskConfig = LCRecTaskConfig(), seed: int = 0,
-                        preferences: Mapping[int, str] | None = None) -> list[Example]:
+                        preferences: Mapping[int, str] | None = None, fits: Fits | None = None) -> list[Example]:
     """The training examples of one task (empty, with a logged note, when its inputs are missing)."""
-    return _task_examples(task, ds, split, _Text(ds, index), config, seed, preferences)
+    return _task_examples(task, ds, split, _Text(ds, index), config, seed, preferences, fits)
 
 
 def _task_examples(task: str, ds: Dataset, split: LeaveOneOut, text: _Text, config: LCRecTaskConfig,
-                   seed: int, preferences: Mapping[int, str] | None) -> list[Example]:
+                   seed: int, preferences: Mapping[int, str] | None, fits: Fits | None = None) -> list[Example]:
     rng = task_rng(seed, f"lcrec-{task}")
     h = config.max_history
     if task in ("seqrec", "fusionseqrec"):
-        out = _row_examples(task, sliding_rows(split.train, h), text, h, rng)
+        out = _row_examples(task, sliding_rows(split.train, h), text, h, rng, fits=fits)
     elif task in ("item2index", "index2item"):
         out = _item_examples(task, text, rng)
     elif task == "itemsearch":
@@ -184,14 +219,14 @@ def _task_examples(task: str, ds: Dataset, split: LeaveOneOut, text: _Text, conf
             log_skip(task, "itemsearch_query='skip'")
             return []
         out = _row_examples(task, last_item_rows(split.train), text, h, rng,
-                            lambda user, target: {"query": text.derived_query(target)})
+                            lambda user, target: {"query": text.derived_query(target)}, fits)
     elif task == "preferenceobtain":
         if not preferences:
             log_skip(task, f"dataset {ds.name!r} has no user preference text")
             return []
         rows = last_item_rows(split.train)
         out = _row_examples(task, rows, text, h, rng,
-                            lambda user, target: {"preference": str(preferences.get(user, "")).strip()})
+                            lambda user, target: {"preference": str(preferences.get(user, "")).strip()}, fits)
     else:
         raise ConfigError(f"unknown LC-Rec task {task!r}; expected one of {list(TASKS)}")
     if not out:
@@ -201,10 +236,11 @@ def _task_examples(task: str, ds: Dataset, split: LeaveOneOut, text: _Text, conf
 
 def lcrec_train_examples(ds: Dataset, split: LeaveOneOut, index: Mapping[int | str, Sequence[str]],
                          config: LCRecTaskConfig = LCRecTaskConfig(), seed: int = 0,
-                         preferences: Mapping[int, str] | None = None) -> list[Example]:
+                         preferences: Mapping[int, str] | None = None, fits: Fits | None = None) -> list[Example]:
     """All configured tasks' training examples, scaled by ``config.ratios`` and shuffled together.
 
     ``preferences`` maps user id → preference text (``preferenceobtain``; skipped without it).
+    ``fits``: see :func:`_row_examples` (history tasks keep whole examples within a training row).
     """
     unknown = sorted((set(config.tasks) | set(config.ratios)) - set(TASKS))
     if unknown:
@@ -212,7 +248,7 @@ def lcrec_train_examples(ds: Dataset, split: LeaveOneOut, index: Mapping[int | s
     if config.max_history < 1:
         raise ConfigError(f"LC-Rec max_history must be >= 1, got {config.max_history}")
     text = _Text(ds, index)
-    per_task = {t: _task_examples(t, ds, split, text, config, seed, preferences) for t in config.tasks}
+    per_task = {t: _task_examples(t, ds, split, text, config, seed, preferences, fits) for t in config.tasks}
     return mix_tasks(per_task, config.ratios, task_rng(seed, "lcrec-mix"))
 
 
