@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -159,3 +160,24 @@ def test_a_diverging_run_stops_with_one_line_and_saves_nothing(trained, tmp_path
     assert len(err) == 1 and err[0].startswith("jaxrec: error: SASRec diverged: the training loss of epoch 1 is ")
     assert err[0].endswith("no model was saved. Lower train.lr")
     assert (rerun / "params.safetensors").read_bytes() == saved  # the earlier run's model is untouched
+
+
+def test_tiled_ranks_equal_brute_force_ranks_of_the_trained_model(trained):
+    """SASRec evaluation ranks with the tiled kernel: the same ranks as sorting the dense [U, N] scores."""
+    from flax import nnx
+
+    from jaxrec.eval.metrics import ranks_from_scores
+    from jaxrec.methods.sasrec import eval_arrays, make_steps
+    from jaxrec.models.sasrec import SASRecConfig, load_params, to_tokens
+
+    out, _, _ = trained
+    ds = make_preset("tiny")
+    model = SASRec(SASRecConfig(num_items=ds.num_items, max_len=8), rngs=nnx.Rngs(0))
+    load_params(model, out / "params.safetensors")
+    graphdef, params = nnx.split(model)
+    _, rank_batch = make_steps(graphdef, optax.identity(), "softmax", ds.num_items)
+    for exclude in (False, True):
+        arrays = eval_arrays(leave_one_out(ds), "test", 8, exclude)
+        dense = model.score_all(model(to_tokens(arrays["inputs"]))[:, -1])
+        expected = ranks_from_scores(dense, arrays["targets"], arrays.get("exclude"))
+        np.testing.assert_array_equal(rank_batch(params, **arrays), expected)

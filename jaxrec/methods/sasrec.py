@@ -40,8 +40,9 @@ from jaxrec.data.dataset import Dataset
 from jaxrec.config import Range, check_ranges
 from jaxrec.data.splits import LeaveOneOut, leave_one_out
 from jaxrec.errors import DataError, TrainingDiverged
-from jaxrec.eval.metrics import DEFAULT_KS, metrics_from_ranks, ranks_from_scores
+from jaxrec.eval.metrics import DEFAULT_KS, metrics_from_ranks
 from jaxrec.eval.ranking import batched_ranks
+from jaxrec.ground.rank import target_ranks
 from jaxrec.methods.data_source import DataConfig, SyntheticData, load_dataset
 from jaxrec.models.sasrec import SASRec, SASRecConfig, load_params, save_params, to_tokens
 from jaxrec.train.chunked_softmax import chunked_softmax_cross_entropy
@@ -195,10 +196,14 @@ def make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_ki
         return optax.apply_updates(params, updates), opt_state, loss
 
     @jax.jit
-    def rank_batch(params, inputs, targets, exclude=None):
+    def user_states(params, inputs):
         model = nnx.merge(graphdef, params)
-        scores = model.score_all(model(to_tokens(inputs))[:, -1])  # [B, N]
-        return ranks_from_scores(scores, targets, exclude)
+        return model(to_tokens(inputs))[:, -1], model.item_embeddings()  # [B, d], [N, d]
+
+    def rank_batch(params, inputs, targets, exclude=None):
+        """Full-catalog ranks by the tiled kernel (no [B, N] score matrix; the canonical tie rule)."""
+        queries, items = user_states(params, inputs)
+        return target_ranks(queries, items, targets, "dot", exclude=exclude)
 
     return train_step, rank_batch
 
