@@ -103,3 +103,16 @@ def test_batched_ranks_pads_the_last_batch():
     out = batched_ranks(rank_batch, {"x": np.arange(5)}, batch_size=2)
     np.testing.assert_array_equal(out, [0, 10, 20, 30, 40])
     assert seen == [(2,)] * 3
+
+
+def test_list_metrics_count_a_target_outside_the_list_as_a_miss_at_every_k():
+    """4-item lists scored at K up to 10: a target absent from its list never becomes a hit at K > 4."""
+    from jaxrec.eval.metrics import list_metrics
+
+    lists = np.array([[5, 3, 9, 1], [2, 7, -1, -1], [4, 4, 4, 4]])
+    targets = np.array([9, 8, 4])  # rank 3, absent, rank 1
+    m = list_metrics(lists, targets, [1, 3, 10])
+    assert m["HR@1"] == pytest.approx(1 / 3) and m["HR@3"] == pytest.approx(2 / 3)
+    assert m["HR@10"] == pytest.approx(2 / 3)  # not 1: the absent target stays a miss
+    assert m["NDCG@10"] == pytest.approx((1 / np.log2(4) + 1) / 3)
+    assert m["MRR@4"] == pytest.approx((1 / 3 + 0 + 1) / 3) and "MRR" not in m and m["users"] == 3

@@ -151,8 +151,15 @@ def random_ranking_metrics(num_items: int, ks: list[int]) -> dict:
             **{f"NDCG@{k}": float(gains[:k].sum() / num_items) for k in ks}}
 
 
-def list_metrics(item_ids: np.ndarray, targets: np.ndarray, ks: list[int]) -> dict:
-    """Metrics of ranked item lists [Q,R] (-1 = empty); a target outside the list is a miss at every K."""
+def list_metrics(item_ids: np.ndarray, targets: np.ndarray, ks: Sequence[int]) -> dict:
+    """HR/NDCG@K of ranked item lists [Q,R] (-1 = empty, e.g. beam search output) and ``MRR@R``: a
+    target outside its list is a miss at every K, also for K > R, and counts 0 in the MRR (a list
+    cannot know the full-catalog MRR)."""
+    item_ids, targets = np.asarray(item_ids), np.asarray(targets)
+    _check_batch(item_ids, targets)
     hit = item_ids == targets[:, None]
     ranks = np.where(hit.any(1), np.argmax(hit, 1) + 1.0, np.inf)
-    return metrics_from_ranks(ranks, ks)
+    out = metrics_from_ranks(ranks, ks)
+    del out["MRR"]
+    out[f"MRR@{item_ids.shape[1]}"] = _mean(1.0 / ranks)
+    return out

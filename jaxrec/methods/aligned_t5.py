@@ -66,7 +66,7 @@ from jaxrec.data.tasks import AlignedT5TaskConfig, Example, aligned_t5_eval_exam
 from jaxrec.data.tasks import item_text
 from jaxrec.data.tasks.span_corruption import sentinel
 from jaxrec.errors import ConfigError, DataError
-from jaxrec.eval.metrics import metrics_from_ranks, ranks_from_topk
+from jaxrec.eval.metrics import list_metrics, metrics_from_ranks
 from jaxrec.eval.rating import rating_metrics, ratings_from_log_likelihoods
 from jaxrec.methods import llm
 from jaxrec.methods.data_source import DataConfig, SyntheticData, load_dataset
@@ -303,16 +303,6 @@ def ranks_among_candidates(scores: np.ndarray, candidates: np.ndarray, targets: 
     return 1 + ahead.sum(axis=1)
 
 
-def beam_metrics(items: np.ndarray, targets: np.ndarray, ks: Sequence[int]) -> dict:
-    """HR/NDCG@K of beam item lists [P,R] (a target outside the list misses at every K) and
-    ``MRR@R`` (misses count 0)."""
-    ranks = ranks_from_topk(items, targets)
-    out = metrics_from_ranks(ranks, ks)
-    del out["MRR"]  # ranks_from_topk gives misses rank R + 1: report the truncated MRR instead
-    out[f"MRR@{items.shape[1]}"] = float(np.mean(np.where(ranks <= items.shape[1], 1.0 / ranks, 0.0)))
-    return out
-
-
 def retrieval_items(model, prompts: Sequence[Sequence[int]], trie, e: EvalConfig, eos: int, pad: int,
                     desc: str) -> np.ndarray:
     """int32 [P, num_beams]: beam items of each prompt, best first (-1 = not an item)."""
@@ -356,7 +346,7 @@ def _eval_retrieval(c: _EvalContext, config: Config, part: str, chosen: np.ndarr
     items = retrieval_items(c.model, prompts, trie, e, tok.eos_token_id, tok.pad_token_id, f"retrieval {part}")
     return {"protocol": f"full catalog ({c.ds.num_items} items), beam search constrained to item keys, "
                         f"{e.num_beams} beams; items beyond the beams ranked as missing",
-            **beam_metrics(items, targets, e.ks), "item_rate": float(np.mean(items >= 0)),
+            **list_metrics(items, targets, e.ks), "item_rate": float(np.mean(items >= 0)),
             "popularity": metrics_from_ranks(rank_table(c.counts)[targets], e.ks)}
 
 
