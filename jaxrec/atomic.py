@@ -105,10 +105,12 @@ def pid_alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator:
-    """Open a temporary file that replaces ``path`` when the block exits without error."""
+    """Open a temporary file that replaces ``path`` when the block exits without error (temporary
+    siblings left by a killed run on this host are removed first)."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+    _remove_leftovers(final)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(final)}{HOST}-{os.getpid()}-", dir=final.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())
     try:

@@ -97,3 +97,16 @@ def test_a_run_dir_of_another_model_size_is_refused_before_anything_is_written(t
     with pytest.raises(ConfigError, match="holds a run of another model .*hidden_size=16, this config 32"):
         llm.start_run(tmp_path, section, wider, None)
     assert (tmp_path / "base_model" / "model.safetensors").read_bytes() == before
+
+
+def test_a_file_output_removes_the_temp_file_a_killed_writer_left(tmp_path):
+    import subprocess
+    import sys
+
+    from jaxrec.atomic import write_json
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (tmp_path / f".r.json.tmp-{HOST}-{dead}-abc").write_text('{"half')
+    write_json(tmp_path / "r.json", {"ok": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]

@@ -152,3 +152,35 @@ def test_kill_9_during_training_then_rerunning_gives_the_uninterrupted_model(tmp
     assert json.loads((out / "run.json").read_text())["state"] == "finished"
     for name in ("model/model.safetensors", "tokenizer/tokenizer.json"):
         assert (out / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
+
+
+def test_kill_9_at_random_points_of_index_build_leaves_nothing_half_written(tmp_path):
+    """SIGKILL `index build` at seeded moments: the index and its report are absent or whole; the rerun
+    writes the same index as an undisturbed run."""
+    import signal
+    import time
+
+    from test_index_rqvae import TINY
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "emb.npy", rng.normal(size=(300, 16)).astype(np.float32))
+
+    def command(out):
+        sets = [arg for s in TINY for arg in ("--set", s)]
+        return CLI + ["index", "build", "--embeddings", str(tmp_path / "emb.npy"), "--out", str(out), *sets]
+
+    start = time.perf_counter()
+    assert subprocess.run(command(tmp_path / "reference.json"), capture_output=True, timeout=600).returncode == 0
+    duration = time.perf_counter() - start
+    out = tmp_path / "work" / "index.json"
+    out.parent.mkdir()
+    for fraction in rng.uniform(0.3, 1.0, 2):
+        proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(fraction * duration)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        if out.exists():
+            assert out.read_text() == (tmp_path / "reference.json").read_text()  # whole, or not there
+    assert subprocess.run(command(out), capture_output=True, timeout=600).returncode == 0
+    assert out.read_text() == (tmp_path / "reference.json").read_text()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["index.json", "index.report.json"]
