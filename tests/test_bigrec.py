@@ -209,3 +209,18 @@ def test_evaluating_a_run_with_another_model_config_is_refused(run):
     other = dataclasses.replace(config, model=dataclasses.replace(config.model, hidden_size=64))
     with pytest.raises(ConfigError, match="was trained with model.hidden_size=32, but this config says 64"):
         bigrec.evaluate(other)
+
+
+def test_retraining_a_run_dir_with_another_model_is_refused_before_anything_is_replaced(run):
+    import dataclasses
+
+    from jaxrec.errors import ConfigError
+    from jaxrec.methods import bigrec
+
+    config, _, _ = run
+    out = Path(config.out_dir)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "logs" not in p.parts}
+    other = dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=400))
+    with pytest.raises(ConfigError, match="was trained with model.vocab_size=320, but this config says 400"):
+        bigrec.train(other)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "logs" not in p.parts} == before

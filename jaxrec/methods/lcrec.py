@@ -311,6 +311,7 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
 
     clock = Clock()
     out_dir = Path(config.out_dir)
+    llm.refuse_other_model(out_dir, config.model)  # before the index and tokenizer are rewritten
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = llm.make_tokenizer(config.model, lambda: tokenizer_texts(ds), out_dir / "base")
     model = llm.build_model(config.model, tokenizer)

@@ -91,6 +91,7 @@ def make_tokenizer(section: ModelSection, texts: Callable[[], Iterable[str]], ru
 
     if section.chat_template and not chat:
         raise ConfigError("model.chat_template: true is supported by the bigrec recipe only; set it to false")
+    refuse_other_model(run_dir, section)
     path = Path(run_dir) / "tokenizer"
     if not section.pretrained:
         return train_bpe_tokenizer(texts(), section.vocab_size, path)
@@ -328,6 +329,13 @@ def check_run_model(run_dir: str | Path, meta: dict, section: ModelSection) -> N
         if trained.get(key, current.get(key)) != current.get(key):  # a key the run predates: no evidence
             raise ConfigError(f"{run_dir} was trained with model.{key}={trained.get(key)!r}, but this config says "
                               f"{current.get(key)!r}: evaluate with the config the run was trained with")
+
+
+def refuse_other_model(run_dir: str | Path, section: ModelSection) -> None:
+    """Before a (re)training writes into ``run_dir``: an earlier run of another model there is refused."""
+    meta = Path(run_dir) / RUN_FILE
+    if meta.is_file():
+        check_run_model(run_dir, json.loads(meta.read_text()), section)
 
 
 def load_run(run_dir: str | Path, which: Literal["fine_tuned", "base"] = "fine_tuned", dtype: str = "float32",
