@@ -72,7 +72,7 @@ def test_llm_row_runs_lcrec_on_a_pretrained_model(tmp_path):
     result = run_demo(tmp_path / "demo", quick=True, methods=["lcrec-llm"], llm=str(tmp_path / "hf"))
     (row,) = result["rows"]
     assert row["method"] == "lcrec-llm" and row["users"] == 4 and result["llm"] == str(tmp_path / "hf")
-    run = json.loads((tmp_path / "demo" / "lcrec-llm" / "run.json").read_text())
+    run = json.loads((tmp_path / "demo" / "lcrec-llm-quick" / "run.json").read_text())
     assert run["mode"] == "lora" and run["config"]["train"]["steps"] == 2
     split = leave_one_out(ds)
     chosen = llm.eval_subset(len(leave_one_out_rows(split, "test").users), 4, 0)

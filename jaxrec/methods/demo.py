@@ -34,6 +34,11 @@ class DemoContext:
     quick: bool
     llm: str | None = None  # pretrained checkpoint of the lcrec-llm row
 
+    def run_dir(self, method: str) -> Path:
+        """Where ``method`` writes its run: ``--quick`` runs (other data, other model sizes) keep their own
+        directories, so a quick demo and a full one in the same ``--out`` never meet."""
+        return self.out_dir / (f"{method}-quick" if self.quick else method)
+
 
 def run_popularity(ctx: DemoContext) -> dict:
     from jaxrec.methods.popularity import evaluate_split
@@ -45,7 +50,7 @@ def run_sasrec(ctx: DemoContext) -> dict:
     from jaxrec.methods import sasrec
 
     config = sasrec.Config(
-        out_dir=str(ctx.out_dir / "sasrec"),
+        out_dir=str(ctx.run_dir("sasrec")),
         model=sasrec.ModelConfig(max_len=8 if ctx.quick else 20, hidden_size=64, num_layers=2, num_heads=1,
                                  dropout=0.2),  # quick: one length bucket, one compilation
         train=sasrec.TrainConfig(epochs=6 if ctx.quick else 20, batch_size=64 if ctx.quick else 256, lr=3e-3,
@@ -58,13 +63,13 @@ def run_sasrec(ctx: DemoContext) -> dict:
 def run_lcrec(ctx: DemoContext) -> dict:
     from jaxrec.methods import lcrec
 
-    return lcrec.run_demo(ctx.dataset, ctx.out_dir / "lcrec", quick=ctx.quick, seed=ctx.seed, split=ctx.split)
+    return lcrec.run_demo(ctx.dataset, ctx.run_dir("lcrec"), quick=ctx.quick, seed=ctx.seed, split=ctx.split)
 
 
 def run_lcrec_llm(ctx: DemoContext) -> dict:
     from jaxrec.methods import lcrec
 
-    return lcrec.run_demo(ctx.dataset, ctx.out_dir / "lcrec-llm", quick=ctx.quick, seed=ctx.seed, split=ctx.split,
+    return lcrec.run_demo(ctx.dataset, ctx.run_dir("lcrec-llm"), quick=ctx.quick, seed=ctx.seed, split=ctx.split,
                           pretrained=ctx.llm)
 
 
@@ -73,9 +78,9 @@ def run_tiger(ctx: DemoContext) -> dict:
 
     from jaxrec.methods import tiger
 
-    sasrec_table = ctx.out_dir / "sasrec" / "item_embeddings.npy"  # reuse the demo's SASRec run when it ran
+    sasrec_table = ctx.run_dir("sasrec") / "item_embeddings.npy"  # reuse the demo's SASRec run when it ran
     embeddings = np.load(sasrec_table) if sasrec_table.is_file() else None
-    return tiger.run_demo(ctx.dataset, ctx.out_dir / "tiger", quick=ctx.quick, seed=ctx.seed, split=ctx.split,
+    return tiger.run_demo(ctx.dataset, ctx.run_dir("tiger"), quick=ctx.quick, seed=ctx.seed, split=ctx.split,
                           embeddings=embeddings)
 
 
