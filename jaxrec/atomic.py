@@ -59,10 +59,7 @@ def atomic_dir(path: str | os.PathLike, replaces: Callable[[Path], bool] = lambd
         backup = final.with_name(f"{_temp_prefix(final)}{HOST}-{os.getpid()}-old")
         final.rename(backup)
         tmp.rename(final)
-        if backup.is_dir() and not backup.is_symlink():
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            backup.unlink()
+        _remove(backup)
     else:
         tmp.rename(final)
 
@@ -87,10 +84,15 @@ def _remove_leftovers(final: Path) -> None:
             leftover.rename(final)
             continue
         log.info("removing %s, left by a killed run (pid %s)", leftover, pid)
-        if leftover.is_dir() and not leftover.is_symlink():
-            shutil.rmtree(leftover, ignore_errors=True)
-        else:
-            leftover.unlink(missing_ok=True)
+        _remove(leftover)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, link or directory tree (never following a link)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def pid_alive(pid: int) -> bool:
