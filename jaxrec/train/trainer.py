@@ -9,7 +9,8 @@ and early stopping → periodic resumable checkpoints. SIGTERM (TPU preemption) 
 and stop: at the next step with one process, at JAX's preemption sync point (the same step on every
 host) with several. A NaN/Inf loss or gradient norm (see :mod:`jaxrec.train.train_step`) ends the run
 with :class:`TrainingDiverged` naming the step (``train.nan_policy: stop``), and nothing from that step
-on is saved, so the last good checkpoint stays; ``skip_batch`` drops such steps up to a limit. A run whose checkpoint directory holds a checkpoint resumes from it
+on is saved, so the last good checkpoint stays; ``skip_batch`` drops such steps up to a limit.
+A run whose checkpoint directory holds a checkpoint resumes from it
 exactly (same parameters, optimizer, RNG and data position).
 
 Layer execution (``train.remat``, ``train.scan_layers``, ``train.dropout``; see
@@ -180,9 +181,9 @@ class Trainer:
         logger = MetricsLogger(cfg.log_dir)
         bar = tqdm(total=steps, initial=start, disable=not cfg.progress or jax.process_index() != 0,
                    desc="train", dynamic_ncols=True)
-        # one process: our own SIGTERM flag; several: JAX's preemption service (it catches SIGTERM itself)
-        single = jax.process_count() == 1
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if single and _main_thread() else None
+        # our own SIGTERM flag, unless JAX's preemption service (which catches SIGTERM itself) is in charge
+        previous = (signal.signal(signal.SIGTERM, self._on_sigterm)
+                    if not _preemption_service() and _main_thread() else None)
         best, stale, stopped, last = None, 0, "steps", {}
         step = logged_step = start
         t0 = time.perf_counter()
@@ -262,12 +263,11 @@ class Trainer:
         that service is off, our flag all-gathered every ``log_every`` steps."""
         if jax.process_count() == 1:
             return self._stop
-        try:
+        if _preemption_service():
             return bool(multihost_utils.reached_preemption_sync_point(step))
-        except RuntimeError:  # jax.distributed without its preemption service
-            if step % self.config.log_every:
-                return False
-            return bool(np.any(multihost_utils.process_allgather(np.asarray(self._stop))))
+        if step % self.config.log_every:
+            return False
+        return bool(np.any(multihost_utils.process_allgather(np.asarray(self._stop))))
 
     def close(self) -> None:
         if self.checkpointer is not None:
@@ -309,6 +309,11 @@ def training_layout(model: nnx.Module, config: TrainConfig):
         trainable = stacked_filter(model, trainable)
         stack_layers(model)
     return model, trainable
+
+
+def _preemption_service() -> bool:
+    """Whether SIGTERM is handled by JAX's preemption service (a multi-process run that has it on)."""
+    return jax.process_count() > 1 and bool(jax.config.jax_enable_preemption_service)
 
 
 def _main_thread() -> bool:
