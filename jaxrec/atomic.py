@@ -2,7 +2,8 @@
 
 Every helper writes to a temporary sibling path and renames it into place only on success, and a
 directory output never replaces something that is not an output of the same kind (see
-:func:`check_output_dir`).
+:func:`check_output_dir`). A bucket URL (``gs://...``) is written locally and uploaded on success, its
+marker files last (:mod:`jaxrec.remote`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from jaxrec.errors import JaxrecError
+from jaxrec.remote import file_system, is_remote, remove_prefix_markers, upload_when_done
 
 log = logging.getLogger("jaxrec.atomic")
 
@@ -27,6 +29,9 @@ def check_output_dir(path: str | os.PathLike, replaces: Callable[[Path], bool], 
                      overwrite: bool = False) -> None:
     """Refuse (one :class:`JaxrecError`) to replace an existing ``path`` unless it is an empty directory,
     ``replaces(path)`` says it is a ``what`` (an output of the same kind), or ``overwrite``."""
+    if is_remote(path):
+        _check_bucket_output(str(path), replaces, what, overwrite)
+        return
     final = Path(path)
     if overwrite or not (final.exists() or final.is_symlink()):
         return
@@ -37,12 +42,33 @@ def check_output_dir(path: str | os.PathLike, replaces: Callable[[Path], bool], 
                       f"path, or pass --overwrite to replace it")
 
 
+def _check_bucket_output(url: str, replaces: Callable, what: str, overwrite: bool) -> None:
+    """:func:`check_output_dir` for a bucket URL (``replaces`` gets an ``etils.epath.Path``)."""
+    from etils import epath
+
+    fs, root = file_system(url)
+    if overwrite or not fs.exists(root):
+        return
+    if not fs.isfile(root) and replaces(epath.Path(url)):
+        return
+    kind = "an object" if fs.isfile(root) else "a prefix with other content"
+    raise JaxrecError(f"{url} exists and is {kind}, not a {what}; refusing to replace it: choose another output "
+                      f"path, or pass --overwrite to replace it")
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, replaces: Callable[[Path], bool] = lambda p: False, what: str = "output",
                overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``path`` when the block exits without error. An
     existing ``path`` is replaced only as :func:`check_output_dir` allows (checked before and after).
     Temporary siblings left by a killed run on this host are removed first."""
+    if is_remote(path):
+        check_output_dir(path, replaces, what, overwrite)
+        with upload_when_done(str(path)) as tmp:
+            yield tmp
+            check_output_dir(path, replaces, what, overwrite)
+            _clear_bucket_output(str(path), tmp)
+        return
     final = Path(path)
     check_output_dir(final, replaces, what, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -62,6 +88,20 @@ def atomic_dir(path: str | os.PathLike, replaces: Callable[[Path], bool] = lambd
         _remove(backup)
     else:
         tmp.rename(final)
+
+
+def _clear_bucket_output(url: str, new: Path) -> None:
+    """Before ``new`` is uploaded over an output in a bucket: its markers go first (so a half-done upload
+    never looks whole), and the objects ``new`` does not have."""
+    fs, root = file_system(url)
+    if not fs.exists(root):
+        return
+    remove_prefix_markers(url)
+    keep = {f.relative_to(new).as_posix() for f in new.rglob("*") if f.is_file()}
+    for name in fs.find(root, withdirs=False):
+        rel = name[len(root.rstrip("/")) + 1:]
+        if rel and rel not in keep:
+            fs.rm_file(name)
 
 
 HOST = socket.gethostname().replace("-", "_")
@@ -109,6 +149,11 @@ def pid_alive(pid: int) -> bool:
 def atomic_file(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator:
     """Open a temporary file that replaces ``path`` when the block exits without error (temporary
     siblings left by a killed run on this host are removed first)."""
+    if is_remote(path):
+        with upload_when_done(str(path), directory=False) as tmp:
+            with open(tmp, mode, **open_kwargs) as f:
+                yield f
+        return
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(final)

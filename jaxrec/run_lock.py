@@ -20,13 +20,15 @@ from typing import Iterator
 
 from jaxrec.atomic import HOST, pid_alive
 from jaxrec.errors import JaxrecError
+from jaxrec.remote import bucket_shadow, is_remote
 
 log = logging.getLogger("jaxrec.run_lock")
 
 
 def lock_path(path: str | os.PathLike) -> Path:
-    """The lock file of output ``path``: a hidden sibling, so replacing ``path`` atomically keeps it."""
-    path = Path(path).absolute()
+    """The lock file of output ``path``: a hidden sibling, so replacing ``path`` atomically keeps it (for a
+    bucket URL, a sibling of its local shadow in the cache: it keeps out a second writer on this host only)."""
+    path = bucket_shadow(str(path)) if is_remote(path) else Path(path).absolute()
     return path.with_name(f".{path.name}.lock")
 
 

@@ -64,7 +64,7 @@ def test_leftovers_of_killed_runs_are_removed_or_restored(tmp_path):
     aside = tmp_path / f".ds.tmp-{HOST}-{dead}-old"
     out.rename(aside)
     with pytest.raises(RuntimeError):
-        with atomic_dir(out, lambda p: True) as tmp:
+        with atomic_dir(out, lambda p: True):
             assert (out / "meta.json").is_file()  # restored before this write began
             raise RuntimeError("the new write fails")
     assert (out / "meta.json").is_file() and not aside.exists()

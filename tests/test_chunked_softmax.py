@@ -42,7 +42,7 @@ def test_no_array_of_the_full_logits_shape_is_built():
 def test_sasrec_steps_with_chunks_equal_the_dense_ones():
     from flax import nnx
 
-    from jaxrec.methods.sasrec import ModelConfig, make_steps
+    from jaxrec.methods.sasrec import make_steps
     from jaxrec.models.sasrec import SASRec, SASRecConfig
 
     model = SASRec(SASRecConfig(num_items=300, max_len=8, hidden_size=16, num_layers=1, num_heads=1, dropout=0.0),

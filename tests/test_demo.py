@@ -50,7 +50,6 @@ def test_llm_row_needs_llm_and_an_existing_checkpoint(tmp_path, capsys):
 def test_llm_row_runs_lcrec_on_a_pretrained_model(tmp_path):
     """--llm with a saved tiny "pretrained" Llama: LC-Rec with LoRA on it; its popularity line is popularity
     on exactly the sampled test users."""
-    import numpy as np
 
     from jaxrec.data.splits import leave_one_out
     from jaxrec.data.synthetic import make_preset

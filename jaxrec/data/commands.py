@@ -12,6 +12,7 @@ from jaxrec.data.processing import process
 from jaxrec.data.readers import FORMATS, get_reader, raw_from_dataset
 from jaxrec.data.synthetic import PRESETS, make_preset
 from jaxrec.errors import DataError
+from jaxrec.remote import local_input
 from jaxrec.run_lock import output_lock
 
 
@@ -30,7 +31,7 @@ def prepare(fmt: str, input: str | None, out: str | Path, meta: str | None = Non
     else:
         if not input:
             raise DataError(f"--input is required for --format {fmt}")
-        raw = get_reader(fmt).read(Path(input), Path(meta) if meta else None, **reader_options)
+        raw = get_reader(fmt).read(local_input(input), local_input(meta) if meta else None, **reader_options)
     ds = process(raw, kcore=kcore, min_rating=min_rating, drop_items_without_meta=drop_items_without_meta,
                  remap=remap, seed=seed)
     ds.save(out, overwrite)

@@ -27,6 +27,7 @@ import numpy as np
 
 from jaxrec.atomic import atomic_dir
 from jaxrec.errors import DataError
+from jaxrec.remote import is_remote, local_input
 
 FORMAT = "jaxrec-dataset"
 VERSION = 1
@@ -169,10 +170,11 @@ class Dataset:
                    timestamps=ts, ratings=rt, name=name, info=dict(info or {}))
 
     # ----------------------------------------------------------------- io
-    def save(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Write the dataset directory atomically (a temp dir renamed on success); an existing ``path``
-        is replaced only if it is a dataset directory, empty, or ``overwrite``."""
-        path = Path(path)
+    def save(self, path: str | Path, overwrite: bool = False) -> str | Path:
+        """Write the dataset directory atomically (a temp dir renamed on success; a bucket URL uploaded with
+        meta.json last); an existing ``path`` is replaced only if it is a dataset directory, empty, or
+        ``overwrite``."""
+        path = str(path) if is_remote(path) else Path(path)
         with atomic_dir(path, is_dataset_dir, "jaxrec dataset directory", overwrite) as tmp:
             meta = {
                 "format": FORMAT,
@@ -202,8 +204,9 @@ class Dataset:
 
     @classmethod
     def load(cls, path: str | Path) -> "Dataset":
-        """Read a dataset directory written by :meth:`save`; errors name the file and line."""
-        path = Path(path)
+        """Read a dataset directory written by :meth:`save` (or its copy in a bucket, ``gs://...``); errors
+        name the file and line."""
+        path = local_input(path)
         meta_path = path / "meta.json"
         if not meta_path.is_file():
             raise DataError(f"{path}: not a jaxrec dataset directory (no meta.json); "

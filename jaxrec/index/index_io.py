@@ -15,6 +15,7 @@ import numpy as np
 
 from jaxrec.atomic import atomic_file
 from jaxrec.errors import DataError
+from jaxrec.remote import local_input
 
 _TOKEN = re.compile(r"<([a-z])_(\d+)>")
 LEVEL_LETTERS = string.ascii_lowercase
@@ -52,7 +53,7 @@ def read_index(path: str | Path, num_items: int | None = None) -> np.ndarray:
     items have different numbers of levels, or when the item ids are not exactly 0..N-1 (N =
     ``num_items`` when given).
     """
-    path = Path(path)
+    path = local_input(path)
     if not path.is_file():
         raise DataError(f"index file not found: {path}")
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -10,7 +11,7 @@ from jaxrec.bench.commands import add_profile_arg
 from jaxrec.config import load_config, read_yaml
 from jaxrec.errors import ConfigError
 from jaxrec.methods import get_method
-from jaxrec.run_lock import output_lock
+from jaxrec.remote import staged_output
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +33,11 @@ def load_method_config(args: argparse.Namespace):
     return method, load_config(method.Config, args.config, args.overrides)
 
 
+def _named_by_url(text: str, staged) -> str:
+    """A result that names a bucket run's local copy names its URL instead."""
+    return text if staged is None else text.replace(str(staged.local), staged.url)
+
+
 PREEMPTED_EXIT = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
 
 
@@ -39,9 +45,9 @@ def _train(args: argparse.Namespace) -> int:
     """Exit 0 when training finished; :data:`PREEMPTED_EXIT` when a SIGTERM stopped it (the same command
     resumes it)."""
     method, config = load_method_config(args)
-    with output_lock(config.out_dir, "train"):
-        result = method.train(config)
-    print(json.dumps(result, indent=2))
+    with staged_output(config.out_dir, "train") as (out_dir, staged):
+        result = method.train(dataclasses.replace(config, out_dir=out_dir))
+    print(_named_by_url(json.dumps(result, indent=2), staged))
     stopped = [s for s in (result, *(v for v in result.values() if isinstance(v, dict))) if s.get("stopped") == "sigterm"]
     if stopped:
         print(f"jaxrec: training stopped by SIGTERM at step {stopped[0]['step']} before it finished; run the same "
@@ -52,9 +58,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     method, config = load_method_config(args)
-    with output_lock(config.out_dir, "eval"):
-        result = method.evaluate(config)
-    print(json.dumps(result, indent=2))
+    with staged_output(config.out_dir, "eval") as (out_dir, staged):
+        result = method.evaluate(dataclasses.replace(config, out_dir=out_dir))
+    print(_named_by_url(json.dumps(result, indent=2), staged))
     return 0
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from jaxrec.atomic import atomic_dir
 from jaxrec.errors import JaxrecError
+from jaxrec.remote import is_remote, local_input
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +85,10 @@ def _extracted(archive: Path, checkpoint: NamedCheckpoint) -> Path:
 
 
 def resolve_pretrained(name_or_path: str | os.PathLike) -> Path:
-    """A named checkpoint's local file or directory, or ``name_or_path`` itself as a Path."""
+    """A named checkpoint's local file or directory, a bucket URL's cached copy, or ``name_or_path`` itself."""
     checkpoint = NAMED_CHECKPOINTS.get(str(name_or_path))
+    if is_remote(name_or_path):
+        return local_input(name_or_path)
     if checkpoint is None:
         path = Path(name_or_path)
         if not path.exists() and os.sep not in str(name_or_path) and not path.suffix:

@@ -19,18 +19,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
-
-import logging
 
 from jaxrec.config import to_dict
 from jaxrec.errors import ConfigError
+from jaxrec.remote import is_remote
 from jaxrec.train.config import CheckpointConfig
 
 
@@ -68,7 +69,7 @@ class Checkpointer:
         self.config = config
         self.fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from JSON
         self.settings = json.loads(json.dumps(settings or {}))
-        root = Path(config.dir).absolute()
+        root = epath.Path(config.dir) if is_remote(config.dir) else Path(config.dir).absolute()  # orbax writes buckets
         opts = dict(enable_async_checkpointing=config.async_save, create=True)
         self.last = ocp.CheckpointManager(root / "last", options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts))
         self.best = None

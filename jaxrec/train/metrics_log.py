@@ -7,6 +7,9 @@ import time
 from pathlib import Path
 from typing import Mapping
 
+from jaxrec.errors import ConfigError
+from jaxrec.remote import is_remote
+
 
 class MetricsLogger:
     """Append ``{"step", "time", **metrics}`` lines to ``DIR/metrics.jsonl`` and TensorBoard scalars.
@@ -22,6 +25,9 @@ class MetricsLogger:
         self._tb = None
         if not self.enabled:
             return
+        if is_remote(log_dir):
+            raise ConfigError(f"train.log_dir: {log_dir}: logs are written locally; leave log_dir unset and put the "
+                              f"run's out_dir in the bucket (its logs/ is uploaded with the run)")
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.log_dir / "metrics.jsonl", "a", encoding="utf-8")

@@ -145,7 +145,7 @@ class Trainer:
         kept = self.checkpointer.latest_step() if self.checkpointer is not None else None
         where = (f"the last checkpoint (step {kept}) in {self.config.checkpoint.dir} is kept" if kept is not None
                  else "no checkpoint was written")
-        policy = (f"train.nan_policy: stop" if self.config.nan_policy == "stop" else
+        policy = ("train.nan_policy: stop" if self.config.nan_policy == "stop" else
                   f"{count} non-finite steps > train.nan_skip_limit={self.config.nan_skip_limit}")
         raise TrainingDiverged(
             f"training diverged: the loss or gradient norm is NaN/Inf at step {first} ({policy}); nothing after it "
