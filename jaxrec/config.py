@@ -169,10 +169,13 @@ def to_dict(config: Any) -> Any:
     return config
 
 
-def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Load ``schema`` from a YAML file (or its defaults when ``path`` is None) plus overrides."""
+def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = (),
+                skip: Sequence[str] = ()) -> T:
+    """Load ``schema`` from a YAML file (or its defaults when ``path`` is None) plus overrides; top-level
+    sections named in ``skip`` (another tool's, e.g. the planner's) are left out."""
     data = read_yaml(path) if path is not None else {}
     data = apply_overrides(data, overrides)
+    data = {k: v for k, v in data.items() if k not in skip}
     where = str(path) if path is not None else "config"
     try:
         return from_dict(schema, data, where=where)

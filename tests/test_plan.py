@@ -87,12 +87,35 @@ def test_config_errors(tmp_path):
         estimate(tiny(batch_size=12), devices=8)
 
 
-def test_scale_configs_are_valid_plans():
+def test_scale_configs_are_method_configs_whose_dry_run_state_matches_the_plan():
+    """Every configs/scale file is a method config (`jaxrec train`/`eval` parse it, skipping the planner's sections)
+    and a plan; `jaxrec train --dry-run` builds its sharded state on as many fake CPU devices as its mesh spans, and
+    the bytes each device holds of trained params, optimizer state and frozen params equal the planner's."""
+    import argparse
+    import subprocess
+    import sys
+
+    from jaxrec.methods.run_commands import load_method_config
+
     files = sorted(SCALE.glob("*.yaml"))
     assert len(files) >= 6
+    runs = []
     for path in files:
         config, ignored = load_plan_config(path)
         assert ignored == [] and config.plan.accelerator is not None
+        method, run_config = load_method_config(argparse.Namespace(config=str(path), overrides=[]))
+        assert run_config.method == method.__name__.rsplit(".", 1)[-1] and run_config.train == config.train
+        runs.append(subprocess.Popen([sys.executable, "-m", "jaxrec.cli", "train", "--config", str(path), "--dry-run"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for path, proc in zip(files, runs):
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, (path, err)
+        report = json.loads(out.strip().splitlines()[-1])
+        devices = report["devices"]
+        assert devices == accelerator_spec(load_plan_config(path)[0].plan.accelerator)[1] or devices == 1
+        for part, planned in report["planned_bytes"].items():
+            assert report["sharded_bytes"][part] == pytest.approx(planned, rel=1e-3, abs=1024), (path.name, part)
+        assert report["sharded_bytes"]["params_trained"] > 0 and report["fits"]
 
 
 def test_cli_prints_table_and_json_and_refuses_what_does_not_fit(tmp_path, capsys):

@@ -11,6 +11,7 @@ from jaxrec.bench.commands import add_profile_arg
 from jaxrec.config import load_config, read_yaml
 from jaxrec.errors import ConfigError
 from jaxrec.methods import get_method
+from jaxrec.parallel.plan import PLANNER_SECTIONS
 from jaxrec.remote import staged_output
 
 
@@ -30,7 +31,7 @@ def load_method_config(args: argparse.Namespace):
     if not isinstance(name, str):
         raise ConfigError(f"{args.config}: missing 'method' (e.g. method: sasrec)")
     method = get_method(name)
-    return method, load_config(method.Config, args.config, args.overrides)
+    return method, load_config(method.Config, args.config, args.overrides, skip=PLANNER_SECTIONS)
 
 
 def _named_by_url(text: str, staged) -> str:
@@ -45,6 +46,10 @@ def _train(args: argparse.Namespace) -> int:
     """Exit 0 when training finished; :data:`PREEMPTED_EXIT` when a SIGTERM stopped it (the same command
     resumes it)."""
     method, config = load_method_config(args)
+    if args.dry_run:
+        from jaxrec.train import dry_run
+
+        return dry_run.run(args.config, args.overrides)
     with staged_output(config.out_dir, "train") as (out_dir, staged):
         result = method.train(dataclasses.replace(config, out_dir=out_dir))
     print(_named_by_url(json.dumps(result, indent=2), staged))
@@ -68,6 +73,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a method from a YAML config",
                        description="Train a method (sasrec, bigrec, lcrec, tiger, aligned_t5, rsllm) from a YAML config.")
     add_config_args(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="build the run's sharded model and optimizer state abstractly on fake CPU devices (as many "
+                        "as the mesh spans; no weights are allocated), print the per-device bytes next to "
+                        "`jaxrec plan`'s, and exit (2 when the plan does not fit)")
     p.set_defaults(func=_train)
     add_profile_arg(p)
     p = sub.add_parser("eval", help="evaluate a trained run over the full catalog",

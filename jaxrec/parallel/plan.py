@@ -1,7 +1,10 @@
 """Memory planner: per-device bytes of a training run (and of beam decoding) before anything launches.
 
-Input: a YAML of its own shape (a method config may embed the same sections; the planner reads only
-these keys and ignores the other top-level sections)::
+Input: a YAML of its own shape, or a method config (``method: bigrec`` ...; the ``configs/scale/`` files),
+whose ``model:`` is the method's (a ``pretrained`` checkpoint) and whose ``plan.architecture`` gives the
+planner's model section below (or, when it is absent, the local ``model.pretrained``'s config.json is
+used); ``plan`` and ``decode`` are the planner's own sections, which training ignores. The planner
+reads only these keys and ignores the other top-level sections::
 
     model:                        # exactly one of preset / hf_config / type
       preset: llama3-8b           # see PRESETS: llama3-8b, llama2-7b, qwen2-7b, qwen2-0.5b, flan-t5-xl, ...
@@ -239,11 +242,38 @@ class MemoryPlan:
 
 
 # --------------------------------------------------------------------------------------- inputs
+#: top-level sections a method config carries for the planner only (training and evaluation skip them)
+PLANNER_SECTIONS = ("plan", "decode")
+
+
+def _method_config_view(data: dict, where: str) -> dict:
+    """The planner's sections of a method config: ``plan.architecture`` (or the local ``model.pretrained``'s
+    config.json) as ``model``; ``train``, ``decode`` and the rest of ``plan`` as they are."""
+    target = dict(data.get("plan") or {})
+    architecture = target.pop("architecture", None)
+    if architecture is None:
+        pretrained = (data.get("model") or {}).get("pretrained")
+        if pretrained and (Path(pretrained) / "config.json").is_file():
+            architecture = {"hf_config": str(pretrained)}
+        else:
+            raise ConfigError(f"{where}: plan.architecture: missing; a method config names the architecture to plan "
+                              f"for (e.g. plan: {{architecture: {{preset: llama3-8b}}}}) unless model.pretrained is a "
+                              f"local directory with a config.json")
+    view = {"model": architecture, "train": data.get("train") or {}, "plan": target}
+    if data.get("decode") is not None:
+        view["decode"] = data["decode"]
+    return view
+
+
 def load_plan_config(path: str | Path, overrides=()) -> tuple[PlanConfig, list[str]]:
-    """Read the planner's sections from a YAML file, then ``--set``; returns (config, ignored sections)."""
+    """Read the planner's sections from a YAML file (a planner or a method config), then ``--set``; returns
+    (config, ignored sections)."""
     from jaxrec.config import apply_overrides, from_dict, read_yaml
 
     data = apply_overrides(read_yaml(path), overrides)
+    if isinstance(data.get("method"), str):
+        view = _method_config_view(data, str(path))
+        return from_dict(PlanConfig, view, where=str(path)), []
     keys = {f.name for f in dataclasses.fields(PlanConfig)}
     if "model" not in data:
         raise ConfigError(f"{path}: missing 'model' section (e.g. model: {{preset: llama3-8b}}; presets: "
