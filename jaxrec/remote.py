@@ -51,16 +51,19 @@ def is_remote(path: str | os.PathLike | None) -> bool:
 
 
 def file_system(url: str):
-    """(fsspec file system, path inside it) of a bucket URL; one clear error when its driver is missing."""
+    """(fsspec file system, path inside it) of a bucket URL, with fresh listings; one clear error when its driver
+    is missing."""
     import fsspec
 
     if os.environ.get("STORAGE_EMULATOR_HOST"):  # an emulator has no control plane for gcsfs's bucket-layout probe
         os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     try:
-        return fsspec.core.url_to_fs(url)
+        fs, path = fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as e:
         extra = ' (pip install "jaxrec[gcs]")' if url.startswith("gs://") else ""
         raise JaxrecError(f"{url}: no file system for this URL{extra}: {e}") from None
+    fs.invalidate_cache()  # fsspec caches listings per instance, and other processes write the bucket too
+    return fs, path
 
 
 def bucket_shadow(url: str, kind: str = "staging") -> Path:
@@ -176,8 +179,12 @@ class StagedOutput:
     """The local copy of a run directory in a bucket; see the module docstring."""
 
     def __init__(self, url: str):
+        import jax
+
         self.url = url.rstrip("/")
         self.local = bucket_shadow(self.url)
+        if jax.process_count() > 1:  # processes of one run on one host (a simulated pod) keep separate copies
+            self.local = self.local.with_name(f"{self.local.name}.p{jax.process_index()}")
         self.fs, self.root = file_system(self.url)
         self._sent: dict[str, tuple[int, int]] = {}  # relative name -> (size, mtime_ns) as uploaded or pulled
 

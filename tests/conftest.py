@@ -22,3 +22,23 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+    """A local GCS emulator (see gcs_emulator.py); gcsfs and orbax in this process and its children use it."""
+    import logging
+
+    from gcs_emulator import Emulator
+
+    emulator = Emulator(tmp_path_factory.mktemp("jaxrec-cache"))
+    saved = {k: os.environ.get(k) for k in emulator.env}
+    os.environ.update(emulator.env)
+    logging.getLogger("gcsfs").setLevel(logging.ERROR)  # "no default credentials": the emulator needs none
+    yield emulator
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    emulator.stop()

@@ -1,18 +1,12 @@
-"""Bucket paths against a real local GCS emulator (gcp-storage-emulator on 127.0.0.1, started here by
-gcs_emulator.py, which adds the generation headers real GCS sends): a dataset
+"""Bucket paths against a real local GCS emulator (the ``gcs`` fixture: gcp-storage-emulator on 127.0.0.1): a dataset
 prepared into gs:// and read back, one-shot outputs that appear whole or not at all, and a training run whose
 run directory and checkpoints live in the bucket, preempted by SIGTERM and resumed to the uninterrupted model."""
 
 import json
-import logging
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,51 +15,7 @@ import yaml
 from jaxrec.cli import main
 
 CLI = [sys.executable, "-c", "import sys; from jaxrec.cli import main; sys.exit(main(sys.argv[1:]))"]
-BUCKET = "jaxrec-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def gcs(tmp_path_factory):
-    """The emulator's URL; gcsfs and tensorstore (orbax) in this process and its children point at it."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("gcs_emulator.py")), str(port), BUCKET],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/storage/v1/b/{BUCKET}", timeout=2)
-            break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("the GCS emulator did not start")
-            time.sleep(0.2)
-    env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
-           "JAXREC_CACHE": str(tmp_path_factory.mktemp("cache"))}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    logging.getLogger("gcsfs").setLevel(logging.ERROR)  # "no default credentials": the emulator needs none
-    yield url
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    proc.terminate()
-    proc.wait(timeout=30)
-
-
-def _fs():
-    import gcsfs
-
-    return gcsfs.GCSFileSystem(token="anon", endpoint_url=os.environ["STORAGE_EMULATOR_HOST"])
+BUCKET = "jaxrec-test"  # the gcs fixture's
 
 
 def test_a_dataset_prepared_into_a_bucket_reads_back_equal_and_is_replaced_only_as_a_dataset(gcs, tmp_path):
@@ -74,7 +24,7 @@ def test_a_dataset_prepared_into_a_bucket_reads_back_equal_and_is_replaced_only_
     local, url = tmp_path / "tiny", f"gs://{BUCKET}/data/tiny"
     for out in (str(local), url):
         assert main(["data", "prepare", "--format", "synthetic", "--input", "tiny", "--out", out]) == 0
-    fs = _fs()
+    fs = gcs.fs()
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.find(f"{BUCKET}/data/tiny")) == sorted(
         p.name for p in local.iterdir())
     a, b = Dataset.load(local), Dataset.load(url)
@@ -90,7 +40,7 @@ def test_a_dataset_prepared_into_a_bucket_reads_back_equal_and_is_replaced_only_
 def test_a_bucket_object_is_fetched_again_only_when_it_changes(gcs, tmp_path):
     from jaxrec.remote import local_input
 
-    fs = _fs()
+    fs = gcs.fs()
     fs.pipe(f"{BUCKET}/inputs/a.json", b'{"v": 1}')
     first = local_input(f"gs://{BUCKET}/inputs/a.json")
     assert first.read_text() == '{"v": 1}'
@@ -132,7 +82,7 @@ def test_training_in_a_bucket_is_preempted_and_resumes_to_the_uninterrupted_mode
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err
-    fs = _fs()
+    fs = gcs.fs()
     meta = json.loads(fs.cat(f"{BUCKET}/runs/bigrec/run.json"))
     assert meta["state"] == "preempted" and meta["step"] >= 2
     assert meta["config"]["out_dir"] == url  # the run records its URL, not the local copy

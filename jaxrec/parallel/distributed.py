@@ -2,8 +2,9 @@
 
 On TPU pods / SLURM / GKE, JAX discovers the cluster itself (``auto=True``). Elsewhere (several CPU
 or GPU hosts, tests) pass the coordinator explicitly or set ``JAXREC_COORDINATOR``
-(``host:port``), ``JAXREC_NUM_PROCESSES`` and ``JAXREC_PROCESS_ID``. Must run before any other JAX
-call touches the devices.
+(``host:port``), ``JAXREC_NUM_PROCESSES`` and ``JAXREC_PROCESS_ID`` (and optionally
+``JAXREC_HEARTBEAT_TIMEOUT``, seconds before a silent process is declared dead). Must run before any
+other JAX call touches the devices.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class DistributedConfig:
     process_id: int | None = None
     auto: bool = False  # let JAX detect the cluster (TPU pod, SLURM, ...)
     cpu_collectives: str = "gloo"  # CPU-only runs need a collectives backend across processes
+    heartbeat_timeout_s: int = 100  # a process silent this long is declared dead and the others stop (JAX's default)
 
 
 def config_from_env(env: dict | None = None) -> DistributedConfig:
@@ -33,10 +35,11 @@ def config_from_env(env: dict | None = None) -> DistributedConfig:
     try:
         num = int(env["JAXREC_NUM_PROCESSES"]) if env.get("JAXREC_NUM_PROCESSES") else None
         pid = int(env["JAXREC_PROCESS_ID"]) if env.get("JAXREC_PROCESS_ID") else None
+        heartbeat = int(env.get("JAXREC_HEARTBEAT_TIMEOUT") or 100)
     except ValueError as e:
-        raise ConfigError(f"JAXREC_NUM_PROCESSES / JAXREC_PROCESS_ID must be integers: {e}") from None
+        raise ConfigError(f"JAXREC_NUM_PROCESSES / JAXREC_PROCESS_ID / JAXREC_HEARTBEAT_TIMEOUT must be integers: {e}") from None
     return DistributedConfig(coordinator_address=env.get("JAXREC_COORDINATOR") or None,
-                             num_processes=num, process_id=pid)
+                             num_processes=num, process_id=pid, heartbeat_timeout_s=heartbeat)
 
 
 def initialize(config: DistributedConfig | None = None) -> bool:
@@ -61,5 +64,6 @@ def initialize(config: DistributedConfig | None = None) -> bool:
     if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
         jax.config.update("jax_cpu_collectives_implementation", config.cpu_collectives)
     jax.distributed.initialize(coordinator_address=config.coordinator_address,
-                               num_processes=config.num_processes, process_id=config.process_id)
+                               num_processes=config.num_processes, process_id=config.process_id,
+                               heartbeat_timeout_seconds=config.heartbeat_timeout_s)
     return True
