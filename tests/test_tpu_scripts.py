@@ -53,3 +53,44 @@ def test_gpu_slurm_dry_run():
     assert "JAXREC_NUM_PROCESSES=$SLURM_NTASKS JAXREC_PROCESS_ID=$SLURM_PROCID jaxrec train --config c.yaml" in r.stdout
     assert "+ sbatch" in r.stdout
     assert run("gpu_slurm.sh", "--nodes", "0", "--", "x").returncode == 2
+
+
+FAKE_GCLOUD = """#!/usr/bin/env bash
+# records every call; the run (the ssh command starting jaxrec) exits with the next status in $STATUSES
+echo "$*" >> "$CALLS"
+if [[ "$*" == *JAXREC_DISTRIBUTED=auto* ]]; then
+  n=$(grep -c JAXREC_DISTRIBUTED=auto "$CALLS")
+  exit "$(echo "$STATUSES" | cut -d, -f"$n")"
+fi
+"""
+
+
+@pytest.mark.parametrize("statuses, attempts, rc, runs", [("143,255,0", 5, 0, 3), ("143,143", 2, 2, 2), ("1", 5, 2, 1)])
+def test_spot_reruns_the_same_command_after_each_preemption_until_it_finishes(tmp_path, statuses, attempts, rc, runs):
+    """`spot` with a stand-in gcloud: a run that exits 143 (SIGTERM) or loses its ssh connection (255) is re-created
+    and re-run with the same command; exit 0 copies the results and deletes the VM; another failure stops at once
+    and keeps the VM; --attempts bounds the retries."""
+    import os
+
+    gcloud = tmp_path / "gcloud"
+    gcloud.write_text(FAKE_GCLOUD)
+    gcloud.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls"),
+           "STATUSES": statuses, "TPU_RETRY_WAIT": "0"}
+    r = subprocess.run(["bash", str(SCRIPTS / "tpu_vm.sh"), "spot", "--zone", "z", "--name", "s1", "--attempts",
+                        str(attempts), "--compile-cache", "gs://b/xla", "--dest", str(tmp_path / "out"), "--",
+                        "train", "--config", "c.yaml"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == rc, r.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    run_calls = [c for c in calls if "JAXREC_DISTRIBUTED=auto" in c]
+    assert len(run_calls) == runs and len(set(run_calls)) == 1  # the same command every time
+    assert "JAXREC_COMPILATION_CACHE=gs://b/xla" in run_calls[0] and "jaxrec train --config c.yaml" in run_calls[0]
+    creates = [c for c in calls if c.startswith("compute tpus tpu-vm create s1")]
+    assert len(creates) == runs and all("--spot" in c for c in creates)
+    deletes = [c for c in calls if c.startswith("compute tpus tpu-vm delete s1")]
+    if rc == 0:
+        assert len(deletes) == runs and "scp" in calls[-3]  # one delete per preemption, then copy + delete
+    elif statuses == "1":
+        assert deletes == [] and "the run failed (exit 1)" in r.stderr  # not a preemption: the VM is kept
+    else:
+        assert "gave up after 2 attempts" in r.stderr

@@ -3,7 +3,8 @@
 #
 #   tpu_scripts/tpu_vm.sh STEP [options] [-- jaxrec args...]
 #
-# STEP: create | install | run | logs | copy | delete | all (create, install, run, copy, delete)
+# STEP: create | install | run | logs | copy | delete | all (create, install, run, copy, delete) |
+#       spot (all, with --spot, re-created and re-run after every preemption until the run finishes)
 # Options (or environment variables of the same name in capitals):
 #   --name NAME            TPU VM name                          (TPU_NAME, default jaxrec-tpu)
 #   --zone ZONE            e.g. us-east5-a                       (TPU_ZONE, required)
@@ -18,18 +19,24 @@
 #   --results REMOTE_DIR   directory the run writes, copied back by `copy` (default runs)
 #   --dest LOCAL_DIR       where `copy` puts it (default ./tpu-results/NAME)
 #   --spot                 request spot capacity
+#   --attempts N           spot: give up after N preemptions (TPU_ATTEMPTS, default 20)
+#   --compile-cache DIR    persistent XLA compilation cache the run uses, e.g. gs://BUCKET/xla-cache so that a
+#                          re-created VM does not recompile (TPU_COMPILE_CACHE, default ~/.cache/jaxrec/xla)
 #   --dry-run              print every command instead of running it
 # Everything after `--` is passed to `jaxrec` on every worker, e.g.
 #   tpu_scripts/tpu_vm.sh all --zone us-east5-a --accelerator v5p-8 -- train --config configs/scale/llama3_8b_lora_v5p8.yaml
-# Checkpoints and datasets may be gs:// paths (orbax/tensorstore read and write them directly).
+# Data, run directories and checkpoints may be gs:// paths (see README "Scale out"). `spot` needs them in a bucket:
+# a preempted VM loses its disk, and the re-run resumes from the bucket's last checkpoint. The run's exit status
+# decides: 0 finished (copy, delete), 143 or a lost connection preempted (delete, create, run again), else stop.
 set -euo pipefail
 
 STEP="${1:-}"; [[ -n "$STEP" ]] && shift || true
 NAME="${TPU_NAME:-jaxrec-tpu}"; ZONE="${TPU_ZONE:-}"; PROJECT="${TPU_PROJECT:-}"
 ACCEL="${TPU_ACCELERATOR:-v5p-8}"; VERSION="${TPU_VERSION:-}"; PYTHON="${TPU_PYTHON:-python3.11}"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"; RESULTS="runs"; DEST=""; SPOT=0; DRY=0; JAXREC_ARGS=()
+ATTEMPTS="${TPU_ATTEMPTS:-20}"; COMPILE_CACHE="${TPU_COMPILE_CACHE:-}"
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "tpu_vm.sh: error: $*" >&2; exit 2; }
 
 while [[ $# -gt 0 ]]; do
@@ -44,13 +51,16 @@ while [[ $# -gt 0 ]]; do
     --results) RESULTS="$2"; shift 2 ;;
     --dest) DEST="$2"; shift 2 ;;
     --spot) SPOT=1; shift ;;
+    --attempts) ATTEMPTS="$2"; shift 2 ;;
+    --compile-cache) COMPILE_CACHE="$2"; shift 2 ;;
     --dry-run) DRY=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; JAXREC_ARGS=("$@"); break ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
 done
-case "$STEP" in create|install|run|logs|copy|delete|all) ;; ""|-h|--help) usage; exit 0 ;; *) die "unknown step '$STEP'; expected create|install|run|logs|copy|delete|all" ;; esac
+case "$STEP" in create|install|run|logs|copy|delete|all|spot) ;; ""|-h|--help) usage; exit 0 ;; *) die "unknown step '$STEP'; expected create|install|run|logs|copy|delete|all|spot" ;; esac
+[[ "$ATTEMPTS" =~ ^[1-9][0-9]*$ ]] || die "--attempts must be a positive integer, got '$ATTEMPTS'"
 [[ -n "$ZONE" ]] || die "--zone (or TPU_ZONE) is required"
 DEST="${DEST:-./tpu-results/$NAME}"
 runtime_of() {  # the TPU software version matching an accelerator type's family
@@ -90,8 +100,31 @@ do_install() {
 do_run() {
   [[ ${#JAXREC_ARGS[@]} -gt 0 ]] || die "run needs jaxrec arguments after --, e.g. -- train --config CONFIG"
   local args; args="$(printf ' %q' "${JAXREC_ARGS[@]}")"
-  # every worker runs the same command; jax.distributed.initialize() discovers the slice on TPU VMs
-  on_all_workers "cd ~/jaxrec && JAXREC_DISTRIBUTED=auto nohup $VENV/bin/jaxrec${args} > ~/jaxrec-run.log 2>&1; echo exit=\$? >> ~/jaxrec-run.log"
+  local cache=""; [[ -n "$COMPILE_CACHE" ]] && cache="JAXREC_COMPILATION_CACHE=$(printf %q "$COMPILE_CACHE") "
+  # every worker runs the same command; jax.distributed.initialize() discovers the slice on TPU VMs. The ssh
+  # command ends with jaxrec's exit status (143: stopped by SIGTERM, i.e. preempted)
+  on_all_workers "cd ~/jaxrec && ${cache}JAXREC_DISTRIBUTED=auto nohup $VENV/bin/jaxrec${args} > ~/jaxrec-run.log 2>&1; rc=\$?; echo exit=\$rc >> ~/jaxrec-run.log; exit \$rc"
+}
+do_spot() {
+  SPOT=1
+  local attempt rc
+  for ((attempt = 1; attempt <= ATTEMPTS; attempt++)); do
+    rc=0
+    if ! do_create; then
+      rc=create  # no spot capacity now
+    else
+      { do_install && do_run; } || rc=$?
+      if [[ "$rc" == 0 ]]; then
+        do_copy; do_delete; return 0
+      fi
+      # 143: jaxrec stopped by SIGTERM (the preemption notice); 255: ssh lost the VM
+      case "$rc" in 143|255) ;; *) die "the run failed (exit $rc); see ~/jaxrec-run.log on worker 0 (tpu_vm.sh logs); the VM is kept" ;; esac
+    fi
+    echo "tpu_vm.sh: attempt $attempt of $ATTEMPTS ended ($rc: preempted or no capacity); re-creating $NAME" >&2
+    do_delete || true
+    sleep "${TPU_RETRY_WAIT:-60}"
+  done
+  die "gave up after $ATTEMPTS attempts"
 }
 do_logs() { run "${GCLOUD[@]}" ssh "$NAME" "${LOC[@]}" --worker=0 --command "tail -n +1 -f ~/jaxrec-run.log"; }
 do_copy() {
@@ -109,4 +142,5 @@ case "$STEP" in
   copy) do_copy ;;
   delete) do_delete ;;
   all) do_create; do_install; do_run; do_copy; do_delete ;;
+  spot) do_spot ;;
 esac
