@@ -306,3 +306,54 @@ def test_clear_errors(checkpoints, tmp_path):
     (bad / "model.safetensors").symlink_to(path / "model.safetensors")
     with pytest.raises(JaxrecError, match="missing from the checkpoint"):
         load_pretrained(bad)
+
+
+@pytest.mark.parametrize("padding", ["none", "right", "left", "packed"])
+def test_every_attention_kernel_cpu_can_run_equals_the_dense_mask(padding):
+    """The mask-free XLA path (is_causal + a [B,1,1,S] key mask) and the Pallas splash kernel (interpret mode on CPU;
+    padding and packing as segment ids, kv heads repeated) against today's dense [B,1,T,T] mask, on a length that is
+    not a multiple of the splash block, with grouped queries; rows of real query tokens are compared."""
+    from jaxrec.models.attention import CausalMask, attend, attend_causal
+
+    batch, length, heads, kv_heads, dim = 3, 40, 4, 2, 8
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.normal(size=(batch, length, heads, dim)), jnp.float32)
+    k, v = (jnp.asarray(rng.normal(size=(batch, length, kv_heads, dim)), jnp.float32) for _ in range(2))
+    lengths = np.array([40, 23, 7])
+    real = np.ones((batch, length), bool)
+    key_mask = segments = None
+    if padding == "right":
+        real = np.arange(length)[None] < lengths[:, None]
+        key_mask = jnp.asarray(real)
+    elif padding == "left":
+        real = np.arange(length)[None] >= (length - lengths)[:, None]
+        key_mask = jnp.asarray(real)
+    elif padding == "packed":
+        ids = np.minimum(np.arange(length) // 15 + 1, 3)[None].repeat(batch, 0)
+        ids[1, 30:] = 0  # padding at the end of row 1
+        real, segments = ids > 0, jnp.asarray(ids)
+    for impl in ("xla", "splash"):
+        mask = CausalMask(key_mask=key_mask, segment_ids=segments, implementation=impl)
+        dense = attend(q, k, v, mask.dense(length) if (key_mask is not None or segments is not None)
+                       else CausalMask(key_mask=jnp.ones((batch, length), bool)).dense(length), scale=dim ** -0.5)
+        out = attend_causal(q, k, v, mask, scale=dim ** -0.5)
+        np.testing.assert_allclose(np.asarray(out)[real], np.asarray(dense)[real], atol=2e-6, err_msg=impl)
+
+
+def test_a_llama_model_gives_the_same_logits_with_every_attention_kernel_and_names_bad_ones():
+    from jaxrec.errors import ConfigError
+    from jaxrec.models.attention import resolve_implementation, use_attention
+
+    model = build_model(tiny_llama_config(64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                                          num_kv_heads=2, head_dim=8), seed=0)
+    ids = np.random.default_rng(1).integers(3, 64, (2, 24))
+    mask = np.ones((2, 24), np.int32)
+    mask[1, :9] = 0  # left padding, as prompts are batched for decoding
+    logits = {}
+    for impl in ("xla", "splash"):
+        use_attention(model, impl)
+        logits[impl] = np.asarray(model(ids, mask))
+    np.testing.assert_allclose(logits["splash"][mask == 1], logits["xla"][mask == 1], atol=1e-5)
+    assert resolve_implementation("auto", jnp.bfloat16) == "xla"  # on CPU
+    with pytest.raises(ConfigError, match="model.attention: 'flash'; expected one of auto, xla, cudnn, splash"):
+        use_attention(model, "flash")

@@ -94,3 +94,22 @@ def test_spot_reruns_the_same_command_after_each_preemption_until_it_finishes(tm
         assert deletes == [] and "the run failed (exit 1)" in r.stderr  # not a preemption: the VM is kept
     else:
         assert "gave up after 2 attempts" in r.stderr
+
+
+def test_accelerator_check_smoke_runs_every_step_and_writes_json_and_a_markdown_row(tmp_path):
+    """The accelerator check with tiny shapes on the CPU (what a GPU/TPU host runs at full size): every step
+    succeeds, the report holds each one's figures, and the attention kernels agree with the dense mask."""
+    import json
+
+    r = subprocess.run(["bash", str(SCRIPTS / "accelerator_check.sh"), "--smoke", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "accelerator_check.json").read_text())
+    assert all(report[s]["exit"] == 0 for s in ("parity", "train", "decode", "ground", "attention"))
+    assert report["parity"]["passed"] >= 4 and "failed" not in report["parity"]
+    assert report["train"]["tokens_per_s"] > 0 and 0 < report["train"]["mfu"] < 1
+    assert report["ground"]["matmul_peak_fraction"] > 0 and report["decode"]["users_per_s"] > 0
+    kernels = report["attention"]["kernels"]
+    assert set(kernels) == {"xla-dense", "xla", "splash"} and all(k["max_abs_diff"] < 1e-5 for k in kernels.values())
+    row = (tmp_path / "accelerator_check.md").read_text().splitlines()[-1]
+    assert row.startswith(f"| {report['hardware']['date']} | cpu x1 (cpu) | parity ") and "attention xla-dense" in row

@@ -15,10 +15,11 @@ BENCHMARKS = {
     "ground": "jaxrec.bench.ground",
     "all": "jaxrec.bench.all",
 }
-# Registered as commands but not run by `jaxrec bench all`: they need a real pretrained model and take
-# minutes on a CPU host.
+# Registered as commands but not run by `jaxrec bench all`: they need a real pretrained model or accelerator-sized
+# shapes, and take minutes on a CPU host.
 STANDALONE = {
     "llm-eval": "jaxrec.bench.llm_eval",
+    "attention": "jaxrec.bench.attention",  # accelerator shapes by default (tpu_scripts/accelerator_check.sh)
 }
 
 

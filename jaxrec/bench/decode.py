@@ -26,6 +26,9 @@ PRESETS = {
                       levels=4, codes=256, beams=20, batch=8),
     "tiny": dict(hidden=64, layers=2, heads=4, mlp=128, vocab=512, prompt=16, items=1_000,
                  levels=3, codes=64, beams=8, batch=4),
+    # a 1.1B Llama over 100k items with 4-level semantic IDs: one accelerator (accelerator_check.sh)
+    "accelerator": dict(hidden=2048, layers=22, heads=32, mlp=5632, vocab=32000, prompt=256, items=100_000,
+                        levels=4, codes=256, beams=20, batch=64),
 }
 PAD, BOS, EOS = 0, 1, 2
 FIRST_CODE = 3  # level l, code c -> token FIRST_CODE + l * codes + c; the rest of the vocab is text

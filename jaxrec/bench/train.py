@@ -13,9 +13,15 @@ import time
 
 import numpy as np
 
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PRESETS = {
     "cpu-small": dict(vocab_size=8000, hidden_size=512, num_layers=8, num_heads=8, intermediate_size=1376,
                       seq_len=256, batch_size=8, rank=8, alpha=16.0, targets=("q_proj", "v_proj"), dtype="float32"),
+    # a 1.1B Llama (TinyLlama's shape) with LoRA on every linear layer: one accelerator (accelerator_check.sh)
+    "accelerator-1b": dict(vocab_size=32000, hidden_size=2048, num_layers=22, num_heads=32, intermediate_size=5632,
+                           seq_len=2048, batch_size=4, rank=16, alpha=32.0, targets=ALL_LINEAR, dtype="bfloat16"),
+    "tiny": dict(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, seq_len=64,
+                 batch_size=4, rank=4, alpha=8.0, targets=("q_proj", "v_proj"), dtype="float32"),
 }
 
 

@@ -53,6 +53,7 @@ class ModelSection:
 
     pretrained: str | None = None
     dtype: Literal["float32", "bfloat16"] = "float32"
+    attention: Literal["auto", "xla", "cudnn", "splash"] = "auto"  # full-sequence attention kernel (Llama family)
     chat_template: bool = False  # wrap each prompt in the tokenizer's chat template (instruct models)
     arch: Literal["llama", "t5"] = "llama"
     vocab_size: int = 2048
@@ -169,7 +170,7 @@ def build_model(section: ModelSection, tokenizer):
     from jaxrec.models import build_model as build, load_pretrained, tiny_llama_config, tiny_t5_config
 
     if section.pretrained:
-        return load_pretrained(section.pretrained, dtype=section.dtype)
+        return _with_attention(load_pretrained(section.pretrained, dtype=section.dtype), section)
     s, vocab = section, len(tokenizer)
     if s.arch == "t5":
         config = tiny_t5_config(vocab, d_model=s.hidden_size, d_ff=s.intermediate_size, d_kv=s.hidden_size // s.num_heads,
@@ -183,7 +184,14 @@ def build_model(section: ModelSection, tokenizer):
                                    max_position_embeddings=s.max_position_embeddings,
                                    bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                    pad_token_id=tokenizer.pad_token_id, dtype=s.dtype, param_dtype=s.dtype)
-    return build(config, seed=s.seed)
+    return _with_attention(build(config, seed=s.seed), section)
+
+
+def _with_attention(model, section: ModelSection):
+    from jaxrec.models.attention import use_attention
+
+    use_attention(model, section.attention)
+    return model
 
 
 # ----------------------------------------------------------------------------- training
@@ -324,7 +332,7 @@ def check_run_model(run_dir: str | Path, meta: dict, section: ModelSection) -> N
         return
     current = to_dict(section)
     keys = ("pretrained", "chat_template") if current.get("pretrained") or trained.get("pretrained") else \
-        tuple(k for k in current if k != "dtype")
+        tuple(k for k in current if k not in ("dtype", "attention"))  # how it runs, not what it is
     for key in keys:
         if trained.get(key, current.get(key)) != current.get(key):  # a key the run predates: no evidence
             raise ConfigError(f"{run_dir} was trained with model.{key}={trained.get(key)!r}, but this config says "
@@ -356,11 +364,12 @@ def load_run(run_dir: str | Path, which: Literal["fine_tuned", "base"] = "fine_t
         check_run_model(run_dir, meta, section)
     warn_if_preempted(run_dir, meta)
     tokenizer = load_tokenizer(run_dir / "tokenizer")
+    section = section or ModelSection()
     if which == "base":
-        return load_pretrained(meta["base_model"], dtype=dtype), tokenizer
+        return _with_attention(load_pretrained(meta["base_model"], dtype=dtype), section), tokenizer
     if meta["mode"] == "full":
-        return load_pretrained(run_dir / "model", dtype=dtype), tokenizer
-    model = load_pretrained(meta["base_model"], dtype=dtype)
+        return _with_attention(load_pretrained(run_dir / "model", dtype=dtype), section), tokenizer
+    model = _with_attention(load_pretrained(meta["base_model"], dtype=dtype), section)
     growth = run_dir / VOCAB_GROWTH_FILE
     if growth.is_file():  # the adapter was trained on the base with added tokens: regrow it the same way
         g = json.loads(growth.read_text())

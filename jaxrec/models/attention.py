@@ -7,10 +7,15 @@ slots (max_new_tokens).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 MASKED = float(jnp.finfo(jnp.float32).min)
+
+#: ``model.attention``: which kernel runs causal self-attention over a full sequence (see :func:`attend_causal`)
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *,
@@ -21,6 +26,114 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *,
     bias float broadcastable to [B,N,T,S] (T5 relative position bias). Returns [B,T,N,H].
     """
     return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalMask:
+    """What each query of a causal full-sequence attention may see, without a [T,S] array where possible:
+    earlier keys that are real tokens (``key_mask`` [B,S] bool, True = token; None: all) of its own packed
+    segment (``segment_ids`` [B,T] int, None: one sequence); ``window`` (keys within that many positions,
+    ``positions`` [B,T]) forces the dense mask. ``implementation``: one of :data:`IMPLEMENTATIONS`."""
+
+    key_mask: jax.Array | None = None
+    segment_ids: jax.Array | None = None
+    positions: jax.Array | None = None
+    window: int | None = None
+    implementation: str = "auto"
+
+    def dense(self, length: int) -> jax.Array:
+        """The same mask as one bool array [B,1,T,T] (today's XLA path)."""
+        batch = next(x.shape[0] for x in (self.key_mask, self.segment_ids, self.positions) if x is not None)
+        mask = jnp.broadcast_to(causal_mask(length), (batch, length, length))
+        if self.key_mask is not None:
+            mask = mask & self.key_mask.astype(bool)[:, None, :]
+        if self.segment_ids is not None:
+            mask = mask & (self.segment_ids[:, :, None] == self.segment_ids[:, None, :])
+        if self.window is not None:
+            mask = mask & ((self.positions[:, :, None] - self.positions[:, None, :]) < self.window)
+        return mask[:, None]
+
+
+def use_attention(model, name: str) -> None:
+    """Set the full-sequence attention kernel of a Llama-family ``model`` (``model.attention`` in configs);
+    other models (T5's relative position bias, BERT) run XLA attention and accept only ``auto``/``xla``."""
+    resolve_implementation(name, jnp.float32)  # a bad name is one clear error
+    if hasattr(model, "attention"):
+        model.attention = name
+    elif name not in ("auto", "xla"):
+        from jaxrec.errors import ConfigError
+
+        raise ConfigError(f"model.attention: {name!r} is for Llama-family models; {type(model).__name__} runs "
+                          f"XLA attention (auto or xla)")
+
+
+def resolve_implementation(name: str, dtype) -> str:
+    """``auto``: cuDNN flash attention on GPUs (half-precision compute), the Pallas splash kernel on TPUs,
+    XLA elsewhere; an explicit name is checked."""
+    if name not in IMPLEMENTATIONS:
+        from jaxrec.errors import ConfigError
+
+        raise ConfigError(f"model.attention: {name!r}; expected one of {', '.join(IMPLEMENTATIONS)}")
+    if name != "auto":
+        return name
+    backend = jax.default_backend()
+    if backend == "gpu" and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        return "cudnn"
+    return "splash" if backend == "tpu" else "xla"
+
+
+def attend_causal(q: jax.Array, k: jax.Array, v: jax.Array, mask: CausalMask, *, scale: float) -> jax.Array:
+    """Causal self-attention, q [B,T,N,H]; k, v [B,T,Nkv,H] -> [B,T,N,H], by ``mask.implementation``:
+
+    - ``xla``: ``jax.nn.dot_product_attention(is_causal=True)`` with the key padding as a [B,1,1,S] mask;
+      packed segments or a sliding window fall back to the dense [B,1,T,T] mask;
+    - ``cudnn``: the same call with ``implementation="cudnn"`` (flash attention; GPUs, half precision);
+      packed segments and windows are not supported there (use ``xla`` or ``splash``);
+    - ``splash``: the Pallas TPU splash kernel (causal mask, padding and packing as segment ids, kv heads
+      repeated for grouped queries), run in interpret mode off TPU; a window falls back to dense XLA.
+    """
+    impl = resolve_implementation(mask.implementation, q.dtype)
+    length = q.shape[1]
+    if mask.window is not None or (impl == "xla" and mask.segment_ids is not None):
+        return attend(q, k, v, mask.dense(length), scale=scale)
+    if impl == "splash":
+        return _splash(q, k, v, mask, scale)
+    if mask.segment_ids is not None:
+        from jaxrec.errors import ConfigError
+
+        raise ConfigError("model.attention: cudnn does not take packed rows (train.data.packing); use xla or splash")
+    key_mask = None if mask.key_mask is None else mask.key_mask.astype(bool)[:, None, None, :]
+    return jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=True, scale=scale, implementation=impl)
+
+
+SPLASH_BLOCK = 128  # the splash kernel's sequence block: rows are padded up to a multiple of it
+
+
+def _splash(q, k, v, mask: CausalMask, scale: float) -> jax.Array:
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+
+    batch, length, heads, _ = q.shape
+    padded = -(-length // SPLASH_BLOCK) * SPLASH_BLOCK
+    if mask.segment_ids is not None:
+        segments = mask.segment_ids.astype(jnp.int32)
+    elif mask.key_mask is not None:
+        segments = mask.key_mask.astype(jnp.int32)  # padding is segment 0: no real token attends it
+    else:
+        segments = jnp.ones((batch, length), jnp.int32)
+    pad = ((0, 0), (0, padded - length))
+    segments = jnp.pad(segments, pad)
+    group = heads // k.shape[2]
+
+    def heads_first(x, repeat=1):  # [B,T,n,H] -> [B, n*repeat, padded, H]
+        x = jnp.repeat(x, repeat, axis=2) if repeat > 1 else x
+        return jnp.pad(x, pad + ((0, 0), (0, 0))).transpose(0, 2, 1, 3)
+
+    kernel = splash.make_splash_mha(masks.MultiHeadMask([masks.CausalMask((padded, padded))] * heads),
+                                    head_shards=1, q_seq_shards=1, interpret=jax.default_backend() != "tpu")
+    out = jax.vmap(lambda q1, k1, v1, s1: kernel(q1, k1, v1, segment_ids=splash.SegmentIds(q=s1, kv=s1)))(
+        heads_first(q * jnp.asarray(scale, q.dtype)), heads_first(k, group), heads_first(v, group), segments)
+    return out.transpose(0, 2, 1, 3)[:, :length]
 
 
 def causal_mask(query_len: int, key_len: int | None = None) -> jax.Array:

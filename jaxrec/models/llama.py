@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxrec.errors import JaxrecError
-from jaxrec.models.attention import attend, attend_prefix_and_generated, causal_mask
+from jaxrec.models.attention import CausalMask, attend_causal, attend_prefix_and_generated
 from jaxrec.models.decoding import (DecodeState, empty_generated_cache, heads_major, reorder_beams,
                                     write_generated)
 from jaxrec.models.layer_stack import hidden_states, run_layers
@@ -187,10 +187,10 @@ class LlamaAttention(nnx.Module):
                                        c.rope_original_max_positions)
         return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq), v
 
-    def __call__(self, x, positions, mask):
-        """Full-sequence attention; mask bool [B,1,T,T]. Returns (out [B,T,d], (k, v))."""
+    def __call__(self, x, positions, mask: CausalMask):
+        """Full-sequence causal attention. Returns (out [B,T,d], (k, v))."""
         q, k, v = self.project(x, positions)
-        out = attend(q, k, v, mask, scale=self.head_dim ** -0.5)
+        out = attend_causal(q, k, v, mask, scale=self.head_dim ** -0.5)
         return self.o_proj(out.reshape(*x.shape[:2], -1)), (k, v)
 
     def decode(self, x, positions, state: DecodeState, layer: int, step, window_mask):
@@ -271,6 +271,7 @@ class LlamaForCausalLM(nnx.Module):
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.remat = "none"
+        self.attention = "auto"  # the full-sequence attention kernel (model.attention; see attend_causal)
         dtype, param_dtype = as_dtype(config.dtype), as_dtype(config.param_dtype)
         self.embed_tokens = Embed(config.vocab_size, config.hidden_size,
                                   std=config.initializer_range, dtype=dtype,
@@ -304,15 +305,8 @@ class LlamaForCausalLM(nnx.Module):
             segment_ids = jnp.asarray(segment_ids)
         if positions is None:
             positions = default_positions(attention_mask, segment_ids, batch, length)
-        mask = jnp.broadcast_to(causal_mask(length), (batch, length, length))
-        if attention_mask is not None:
-            mask = mask & attention_mask.astype(bool)[:, None, :]
-        if segment_ids is not None:
-            mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
-        if self.config.sliding_window is not None:
-            mask = mask & ((positions[:, :, None] - positions[:, None, :])
-                           < self.config.sliding_window)
-        mask = mask[:, None]
+        mask = CausalMask(key_mask=attention_mask, segment_ids=segment_ids, positions=positions,
+                          window=self.config.sliding_window, implementation=self.attention)
 
         def layer_fn(layer, h):
             h, kv = layer(h, positions, mask)
