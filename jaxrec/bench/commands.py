@@ -20,6 +20,7 @@ BENCHMARKS = {
 STANDALONE = {
     "llm-eval": "jaxrec.bench.llm_eval",
     "attention": "jaxrec.bench.attention",  # accelerator shapes by default (tpu_scripts/accelerator_check.sh)
+    "sasrec-scale": "jaxrec.bench.sasrec_scale",  # a million items: minutes of CPU
 }
 
 
