@@ -133,10 +133,17 @@ def test_sigterm_saves_a_final_checkpoint_that_resumes_exactly(reference, tmp_pa
             os.kill(os.getpid(), signal.SIGTERM)
         return {}
 
-    _, _, result = run(config(ckdir=ck, log_dir=log, eval_every=1), evaluate=preempt_at_step_3)
+    def previous(signum, frame):  # the handler a caller had installed before training
+        raise AssertionError("the trainer's handler should have caught this SIGTERM")
+
+    before = signal.signal(signal.SIGTERM, previous)
+    try:
+        _, _, result = run(config(ckdir=ck, log_dir=log, eval_every=1), evaluate=preempt_at_step_3)
+        assert signal.getsignal(signal.SIGTERM) is previous  # the caller's handler is back
+    finally:
+        signal.signal(signal.SIGTERM, before)
     assert result["stopped"] == "sigterm" and result["step"] == 3
     assert sorted(p.name for p in (Path(ck) / "last").iterdir() if p.name.isdigit()) == ["3"]
-    assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
     assert_same_run(run(config(ckdir=ck, log_dir=log)), reference, atol=1e-6, what="resumed after SIGTERM")
 
 
