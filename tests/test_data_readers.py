@@ -130,6 +130,8 @@ def test_bigrec_csv_and_prompt_json(tmp_path):
     ("amazon", "reviews_Toys_5.json", '{"reviewerID": "A", "asin": "p", "overall": 5, "unixReviewTime": 1}\n{"asin": 1\n',
      r"reviews_Toys_5.json:2: expected a JSON object"),
     ("amazon", "ratings_Toys.csv", "u,i,5,100\nu,j,five,101\n", r"ratings_Toys.csv:2: rating must be a number"),
+    ("amazon2023", "Toys.jsonl", '{"user_id": "u", "parent_asin": "p", "rating": 5, "timestamp": 1}\n{"user_id": "u", "rating": 5, "timestamp": 2}\n',
+     r"Toys.jsonl:2: review is missing parent_asin"),
     ("movielens", "u.data", "1\t2\t3\t4\n1\t2\t3\n", r"u.data:2: expected 4 fields"),
     ("lcrec", "Toys.inter.json", '{"0": [1, 2],\n "1": 3}', r"Toys.inter.json: user '1': expected a list"),
 ])
@@ -153,3 +155,28 @@ def test_cli_prepare_synthetic_and_stats(tmp_path, capsys):
     assert stats["users"] == ds.num_users and stats["interactions"] == ds.num_interactions
     assert ds.lengths().min() >= 5 and np.bincount(ds.item_ids).min() >= 5
     assert main(["data", "stats", str(tmp_path / "missing")]) == 2
+
+
+def test_amazon_2023_jsonl_reviews_and_meta_with_millisecond_timestamps(tmp_path):
+    reviews = [
+        {"rating": 5.0, "title": "ok", "text": "nice", "asin": "v2", "parent_asin": "P2", "user_id": "U1",
+         "timestamp": 1588615855070, "helpful_vote": 0, "verified_purchase": True},
+        {"rating": 4.0, "asin": "v1", "parent_asin": "P1", "user_id": "U1", "timestamp": 1588615000999},
+        {"rating": 3.0, "asin": "v1b", "parent_asin": "P1", "user_id": "U2", "timestamp": 1500000000000},
+    ]
+    _write(tmp_path / "All_Beauty.jsonl.gz", "\n".join(json.dumps(r) for r in reviews) + "\n", compress=True)
+    meta = [{"parent_asin": "P1", "title": "Soap", "store": "Acme", "features": ["lavender", "100 g"],
+             "description": ["Gentle.", "For hands."], "categories": ["Beauty", "Bath"], "price": None},
+            {"parent_asin": "P2", "title": "Comb", "categories": []}]
+    _write(tmp_path / "meta_All_Beauty.jsonl", "\n".join(json.dumps(m) for m in meta) + "\n")
+    ds = prepare("amazon2023", str(tmp_path / "All_Beauty.jsonl.gz"), tmp_path / "out")
+    assert (ds.num_users, ds.num_items, ds.num_interactions) == (2, 2, 3) and ds.name == "All_Beauty"
+    assert [it["raw_id"] for it in ds.items] == ["P1", "P2"]  # the product, not its variant
+    assert _titles(ds, 0) == ["Soap", "Comb"]  # in time order
+    np.testing.assert_array_equal(ds.user_timestamps(0), [1588615000, 1588615855])  # ms // 1000
+    assert ds.items[0] == {"raw_id": "P1", "title": "Soap", "brand": "Acme", "attributes": ["lavender", "100 g"],
+                           "description": "Gentle. For hands.", "categories": ["Beauty", "Bath"]}
+    # the benchmark CSVs of the same release also count milliseconds
+    (tmp_path / "All_Beauty.train.csv").write_text("user_id,parent_asin,rating,timestamp\nU1,P1,4.0,1588615000999\n")
+    csv_ds = prepare("amazon", str(tmp_path / "All_Beauty.train.csv"), tmp_path / "csv")
+    np.testing.assert_array_equal(csv_ds.user_timestamps(0), [1588615000])

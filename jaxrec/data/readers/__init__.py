@@ -11,7 +11,7 @@ from types import ModuleType
 from jaxrec.data.readers.common import RawInteractions, raw_from_dataset
 from jaxrec.errors import DataError
 
-FORMATS = ("amazon", "movielens", "s3rec", "lcrec", "bigrec")
+FORMATS = ("amazon", "amazon2023", "movielens", "s3rec", "lcrec", "bigrec")
 
 
 def get_reader(name: str) -> ModuleType:

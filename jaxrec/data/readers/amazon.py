@@ -3,12 +3,15 @@
 Interactions: ``reviews_<Cat>_5.json(.gz)`` / ``<Cat>_5.json(.gz)`` JSON lines with ``reviewerID``,
 ``asin``, ``overall``, ``unixReviewTime``; or a ratings CSV ``ratings_<Cat>.csv`` (no header:
 ``user,item,rating,timestamp`` unless ``csv_columns`` says otherwise, e.g. the 2018 order
-``item,user,rating,timestamp``; a header row naming the columns is recognised).
+``item,user,rating,timestamp``; a header row naming the columns is recognised). A header with
+``parent_asin`` marks an Amazon Reviews 2023 benchmark CSV, whose millisecond timestamps are stored in
+seconds; that release's JSON lines are read by ``--format amazon2023``.
 
-Metadata: ``meta_<Cat>.json(.gz)``, one product per line — strict JSON (2018) or a Python dict
+Metadata: ``meta_<Cat>.json(.gz)``, one product per line — strict JSON (2018, 2023) or a Python dict
 literal (2014, parsed with ``ast.literal_eval``). Used fields: ``title``, ``description`` (string or
-list), ``brand``, ``categories`` (2014, list of category paths) / ``category`` (2018), ``feature``
-(2018, kept as ``attributes``). Found next to the reviews file when ``meta`` is not given.
+list), ``brand`` (2023: ``store``), ``categories`` (2014, list of category paths; 2023, one path) /
+``category`` (2018), ``feature`` (2018; 2023: ``features``; kept as ``attributes``). Products are keyed by
+``asin`` (2023: ``parent_asin``). Found next to the reviews file when ``meta`` is not given.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from jaxrec.data.readers.common import (InteractionLog, RawInteractions, iter_li
 from jaxrec.errors import DataError
 
 REVIEW_FIELDS = ("reviewerID", "asin", "overall", "unixReviewTime")
-META_ALIASES = {"category": "categories", "feature": "attributes"}
+META_ALIASES = {"category": "categories", "feature": "attributes", "features": "attributes", "store": "brand"}
 COLUMN_NAMES = {
     "user": ("user", "userid", "user_id", "reviewerid"),
     "item": ("item", "itemid", "item_id", "asin", "parent_asin"),
@@ -91,6 +94,7 @@ def _read_csv(path: Path, csv_columns: str | Sequence[str] | None) -> Interactio
         raise DataError(f"csv columns must name user and item (and optionally rating, timestamp), got {columns}")
     positions = {c: i for i, c in enumerate(columns)}
     log = InteractionLog(with_timestamps="timestamp" in positions, with_ratings="rating" in positions)
+    per_second = 1
     for lineno, line in iter_lines(path):
         try:
             row = next(csv.reader([line]))
@@ -99,22 +103,25 @@ def _read_csv(path: Path, csv_columns: str | Sequence[str] | None) -> Interactio
         if lineno == 1 and csv_columns is None and (header := _column_positions(row)) is not None:
             positions = header
             log = InteractionLog(with_timestamps="timestamp" in positions, with_ratings="rating" in positions)
+            # Amazon Reviews 2023's benchmark CSVs (user_id,parent_asin,rating,timestamp) count milliseconds
+            per_second = 1000 if "parent_asin" in (h.strip().lower() for h in row) else 1
             continue
         if len(row) <= max(positions.values()):
             raise DataError(f"{path}:{lineno}: expected {len(positions)} comma-separated fields "
                             f"({','.join(sorted(positions, key=positions.get))}), got {line[:60]!r}")
-        ts = to_int(path, lineno, "timestamp", row[positions["timestamp"]]) if "timestamp" in positions else None
+        ts = to_int(path, lineno, "timestamp", row[positions["timestamp"]]) // per_second if "timestamp" in positions else None
         rating = to_float(path, lineno, "rating", row[positions["rating"]]) if "rating" in positions else None
         log.add(row[positions["user"]].strip(), row[positions["item"]].strip(), ts, rating)
     return log
 
 
 def read_meta(path: Path) -> dict[str, dict[str, Any]]:
-    """asin -> canonical item fields (the first line of a repeated asin wins)."""
+    """asin (2014/2018; ``parent_asin`` in 2023) -> canonical item fields (the first line of a repeated id wins)."""
     out: dict[str, dict[str, Any]] = {}
     for lineno, line in iter_lines(path):
         record = parse_record(path, lineno, line)
-        if "asin" not in record:
-            raise DataError(f"{path}:{lineno}: product is missing 'asin'")
-        out.setdefault(str(record["asin"]), normalize_meta(record, META_ALIASES))
+        key = "asin" if "asin" in record else "parent_asin"
+        if key not in record:
+            raise DataError(f"{path}:{lineno}: product is missing 'asin' (or 2023's 'parent_asin')")
+        out.setdefault(str(record[key]), normalize_meta(record, META_ALIASES))
     return out
