@@ -1,0 +1,53 @@
+"""Amazon Reviews 2023 (Hou et al., 2024; McAuley Lab), one category's JSON lines.
+
+Interactions: ``<Category>.jsonl(.gz)``, one review per line with ``user_id``, ``parent_asin`` (the product; ``asin``
+is a variant of it), ``rating`` and ``timestamp`` in **milliseconds**, stored here in seconds (floor). The other
+review fields (title, text, images, ...) are not used.
+
+Metadata: ``meta_<Category>.jsonl(.gz)``, one product per line, keyed by ``parent_asin``. Used fields: ``title``,
+``description`` (list of paragraphs), ``store`` (kept as ``brand``), ``categories`` (one path, a list of
+strings), ``features`` (kept as ``attributes``), read by :func:`jaxrec.data.readers.amazon.read_meta`. Found next
+to the reviews file when ``meta`` is not given.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from jaxrec.data.readers.amazon import read_meta
+from jaxrec.data.readers.common import InteractionLog, RawInteractions, iter_lines, parse_record, to_float, to_int
+from jaxrec.errors import DataError
+
+REVIEW_FIELDS = ("user_id", "parent_asin", "rating", "timestamp")
+
+
+def category_name(path: Path) -> str:
+    """``All_Beauty.jsonl.gz`` -> ``All_Beauty``."""
+    return re.sub(r"^meta_", "", path.name.split(".")[0])
+
+
+def default_meta(path: Path) -> Path | None:
+    for suffix in (".jsonl.gz", ".jsonl", ".json.gz", ".json"):
+        candidate = path.with_name(f"meta_{category_name(path)}{suffix}")
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read(path: Path, meta: Path | None = None) -> RawInteractions:
+    log = InteractionLog(with_timestamps=True, with_ratings=True)
+    for lineno, line in iter_lines(path):
+        record = parse_record(path, lineno, line)
+        missing = [k for k in REVIEW_FIELDS if k not in record]
+        if missing:
+            raise DataError(f"{path}:{lineno}: review is missing {', '.join(missing)} "
+                            f"(Amazon Reviews 2023 fields: {', '.join(REVIEW_FIELDS)})")
+        millis = to_int(path, lineno, "timestamp", record["timestamp"])
+        log.add(str(record["user_id"]), str(record["parent_asin"]), millis // 1000,
+                to_float(path, lineno, "rating", record["rating"]))
+    meta = meta or default_meta(path)
+    item_meta = read_meta(meta) if meta is not None else {}
+    info = {"format": "amazon2023", "input": str(path), "meta": str(meta) if meta else None,
+            "timestamps": "seconds (the source's milliseconds // 1000)"}
+    return log.build(item_meta, name=category_name(path), info=info)
