@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from jaxrec.errors import JaxrecError
-from jaxrec.remote import file_system, is_remote, remove_prefix_markers, upload_when_done
+from jaxrec.remote import LAST, file_system, is_remote, upload_when_done
 
 log = logging.getLogger("jaxrec.atomic")
 
@@ -94,14 +94,12 @@ def _clear_bucket_output(url: str, new: Path) -> None:
     """Before ``new`` is uploaded over an output in a bucket: its markers go first (so a half-done upload
     never looks whole), and the objects ``new`` does not have."""
     fs, root = file_system(url)
-    if not fs.exists(root):
-        return
-    remove_prefix_markers(url)
     keep = {f.relative_to(new).as_posix() for f in new.rglob("*") if f.is_file()}
-    for name in fs.find(root, withdirs=False):
-        rel = name[len(root.rstrip("/")) + 1:]
-        if rel and rel not in keep:
-            fs.rm_file(name)
+    old = fs.find(root, withdirs=False)
+    markers = [n for n in old if n.rsplit("/", 1)[-1] in LAST]
+    stale = [n for n in old if n not in markers and n[len(root.rstrip("/")) + 1:] not in keep]
+    for name in markers + stale:
+        fs.rm_file(name)
 
 
 HOST = socket.gethostname().replace("-", "_")

@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -167,14 +168,6 @@ def upload_when_done(url: str, suffix: str = "", directory: bool = True) -> Iter
         upload_tree(local, url)
 
 
-def remove_prefix_markers(url: str) -> None:
-    """Before replacing an output in a bucket: delete its markers, so a half-done upload never looks whole."""
-    fs, root = file_system(url)
-    for rel in _listing(fs, root) if fs.exists(root) else {}:
-        if rel.rsplit("/", 1)[-1] in LAST:
-            fs.rm_file(f"{root}/{rel}")
-
-
 class StagedOutput:
     """The local copy of a run directory in a bucket; see the module docstring."""
 
@@ -187,12 +180,23 @@ class StagedOutput:
             self.local = self.local.with_name(f"{self.local.name}.p{jax.process_index()}")
         self.fs, self.root = file_system(self.url)
         self._sent: dict[str, tuple[int, int]] = {}  # relative name -> (size, mtime_ns) as uploaded or pulled
+        self._unpushed = self.local.with_name(f".{self.local.name}.unpushed")  # from pull until a complete push
+        self._uploads = jax.process_index() == 0  # only process 0 uploads (see staged_output)
 
     def pull(self) -> None:
-        """Replace the local copy with what the bucket holds (orbax checkpoint steps left out)."""
+        """Replace the local copy with what the bucket holds (orbax checkpoint steps left out). A copy whose
+        upload never completed (a failed upload, a killed command) is moved aside, not deleted."""
         if self.local.exists():
-            shutil.rmtree(self.local)
+            if self._unpushed.exists():
+                aside = self.local.with_name(f"{self.local.name}.not-uploaded-{time.strftime('%Y%m%d-%H%M%S')}")
+                self.local.rename(aside)
+                log.warning("%s: the last command's upload did not complete; its local copy is kept in %s",
+                            self.url, aside)
+            else:
+                shutil.rmtree(self.local)
         self.local.mkdir(parents=True)
+        if self._uploads:
+            self._unpushed.touch()
         listing = _listing(self.fs, self.root) if self.fs.exists(self.root) else {}
         steps = {rel.rsplit("/", 1)[0] for rel in listing if rel.endswith("_CHECKPOINT_METADATA")}
         for rel in listing:
@@ -222,7 +226,9 @@ class StagedOutput:
                 self.fs.rm_file(f"{self.root}/{rel}")
                 del self._sent[rel]
         except OSError as e:
-            raise JaxrecError(f"{self.url}: upload of the run directory failed: {e}") from None
+            raise JaxrecError(f"{self.url}: upload of the run directory failed: {e}; the local copy {self.local} "
+                              f"is kept") from None
+        self._unpushed.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -231,7 +237,6 @@ def staged_output(out_dir: str, command: str) -> Iterator[tuple[str, StagedOutpu
     the command writes to, its :class:`StagedOutput` or None): ``out_dir`` itself, or for a bucket URL its
     local copy, uploaded when the block ends (also on failure or preemption). The lock of a bucket run is
     its local copy's: it keeps out a second command on this host, not on another one."""
-    import jax
 
     from jaxrec.run_lock import output_lock
 
@@ -244,5 +249,5 @@ def staged_output(out_dir: str, command: str) -> Iterator[tuple[str, StagedOutpu
         try:
             yield str(staged.local), staged
         finally:
-            if jax.process_index() == 0:
+            if staged._uploads:
                 staged.push()

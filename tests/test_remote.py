@@ -109,3 +109,25 @@ def test_training_in_a_bucket_is_preempted_and_resumes_to_the_uninterrupted_mode
     bucket_log = losses(fs.cat(f"{BUCKET}/runs/bigrec/logs/metrics.jsonl").decode().splitlines())
     assert bucket_log == losses((local / "logs" / "metrics.jsonl").read_text().splitlines())  # the same trajectory
     assert sorted(bucket_log) == list(range(1, steps + 1))
+
+
+def test_a_run_copy_whose_upload_never_completed_is_kept_aside_not_deleted(gcs):
+    """A command killed before its upload (or whose upload failed) leaves results only in the local copy: the next
+    command on that run moves the copy aside, with a warning, instead of replacing it with the bucket's."""
+    from jaxrec.remote import StagedOutput
+
+    url = f"gs://{BUCKET}/runs/unpushed"
+    first = StagedOutput(url)
+    first.pull()
+    (first.local / "results.json").write_text('{"only": "here"}')  # then killed: no push
+    second = StagedOutput(url)
+    second.pull()
+    kept = [p for p in first.local.parent.iterdir() if p.name.startswith(f"{first.local.name}.not-uploaded-")]
+    assert len(kept) == 1 and (kept[0] / "results.json").read_text() == '{"only": "here"}'
+    assert not (second.local / "results.json").exists()
+    (second.local / "results.json").write_text('{"v": 2}')
+    second.push()  # a complete upload: the next pull replaces the copy, nothing more is set aside
+    third = StagedOutput(url)
+    third.pull()
+    assert (third.local / "results.json").read_text() == '{"v": 2}'
+    assert len([p for p in first.local.parent.iterdir() if ".not-uploaded-" in p.name]) == 1

@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         result = sasrec.fit(config, ds, split)
         fit_s = time.perf_counter() - start
-    steps = args.epochs * -(-sum(len(s) >= 2 for s in split.train) // args.batch)
+    _, labels = sasrec.training_pairs(split.train, args.max_len)
+    steps = args.epochs * len(sasrec.epoch_batches(labels, args.batch, np.random.default_rng(0)))  # as fit batches
     evaluated = 2 * ds.num_users  # valid + test, each over the whole catalog
     settings = ("items", "users", "max_len", "hidden", "batch", "epochs", "chunk", "seed")
     out = {"benchmark": "sasrec-scale", "config": {k: getattr(args, k) for k in settings},

@@ -52,24 +52,15 @@ def sharded_state_bytes(arch, train, mesh) -> dict[str, int]:
     """Per-device bytes of the trainer's state for model config ``arch``: trained params (fp32), their
     AdamW state, frozen params (compute dtype under LoRA)."""
     import jax
-    import jax.numpy as jnp
 
     from jaxrec.models import build_model
-    from jaxrec.models.lora import apply_lora, check_trainable, row_masks
+    from jaxrec.models.lora import row_masks
     from jaxrec.parallel.rules import state_shardings
     from jaxrec.train.optimizer import make_optimizer
-    from jaxrec.train.train_step import cast_floats, split_model
-    from jaxrec.train.trainer import DTYPES, training_layout
+    from jaxrec.train.trainer import split_for_training
 
     def build():
-        model = build_model(arch)
-        apply_lora(model, train.lora, seed=train.seed)
-        check_trainable(model, train.lora)
-        model, trainable = training_layout(model, train)
-        _, params, _, frozen = split_model(model, trainable)
-        params = cast_floats(params, jnp.float32)
-        if train.lora.mode == "lora":
-            frozen = cast_floats(frozen, DTYPES[train.compute_dtype])
+        _, _, params, _, frozen = split_for_training(build_model(arch), train)
         opt_state = make_optimizer(train.optim, 1000, row_masks(params, train.lora)).init(params)
         return params, opt_state, frozen
 

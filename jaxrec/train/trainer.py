@@ -68,22 +68,15 @@ class Trainer:
                 f"train.batch_size={config.batch_size} must split into grad_accum={config.grad_accum} micro-batches "
                 f"that each divide across the {batch_divisor(self.mesh)} data shards")
         self.total_steps = total_steps or config.num_steps(num_examples)
-        self.lora_paths = apply_lora(model, config.lora, seed=config.seed)
-        check_trainable(model, config.lora)
         self.compute_dtype = DTYPES[config.compute_dtype]
-        model, trainable = training_layout(model, config)
-        graphdef, params, rngs, frozen = split_model(model, trainable)
-        if not jax.tree.leaves(params):
-            raise ConfigError("nothing to train: lora settings select no parameter")
+        self.lora_paths, graphdef, params, rngs, frozen = split_for_training(model, config)
+        model_config = getattr(model, "config", None)
         self.graphdef = graphdef
         self.n_trained = sum(x.size for x in jax.tree.leaves(params))
         self.n_matmul = mfu.matmul_params(nnx.merge_state(params, frozen))
         # encoder-decoder: the encoder's share, which runs on the (longer) encoder inputs only
         self._encoder = (mfu.matmul_params(nnx.merge_state(params, frozen), under="encoder"),
                          sum(x.size for x in jax.tree.leaves(params.get("encoder", {}))))
-        params = cast_floats(params, jnp.float32)  # fp32 master weights
-        if config.lora.mode == "lora":  # frozen weights are only read: keep them in the compute dtype
-            frozen = cast_floats(frozen, self.compute_dtype)
         self.optimizer = make_optimizer(config.optim, self.total_steps, row_masks(params, config.lora))
         state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=None, rngs=rngs)
         abstract_opt = jax.eval_shape(self.optimizer.init, params)
@@ -98,7 +91,6 @@ class Trainer:
                                     compute_dtype=self.compute_dtype, nan_policy=config.nan_policy)
         self.guard = place(new_guard(), replicated(self.mesh))  # [non-finite steps, first one] (on device)
         self._compiled: dict[tuple, Callable] = {}
-        model_config = getattr(model, "config", None)
         self.fingerprint = fingerprint(params, lora=config.lora, grad_accum=config.grad_accum,
                                        model=repr(model_config) if model_config is not None else type(model).__name__,
                                        scan_layers=config.scan_layers, dropout=config.dropout)
@@ -290,6 +282,22 @@ def _place_copy(tree: Any, shardings: Any) -> Any:
     if jax.process_count() == 1:  # a jit output never aliases a non-donated input (device_put may)
         return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(tree)
     return place(jax.device_get(tree), shardings)
+
+
+def split_for_training(model: nnx.Module, config: TrainConfig):
+    """``model`` as the trainer holds it: LoRA applied in place, the training layout, split into
+    (LoRA paths, graphdef, trained params as fp32 masters, rng state, frozen params: in the compute dtype
+    under LoRA, as they are only read). Also runs under ``jax.eval_shape`` (``jaxrec train --dry-run``)."""
+    lora_paths = apply_lora(model, config.lora, seed=config.seed)
+    check_trainable(model, config.lora)
+    model, trainable = training_layout(model, config)
+    graphdef, params, rngs, frozen = split_model(model, trainable)
+    if not jax.tree.leaves(params):
+        raise ConfigError("nothing to train: lora settings select no parameter")
+    params = cast_floats(params, jnp.float32)
+    if config.lora.mode == "lora":
+        frozen = cast_floats(frozen, DTYPES[config.compute_dtype])
+    return lora_paths, graphdef, params, rngs, frozen
 
 
 def training_layout(model: nnx.Module, config: TrainConfig):

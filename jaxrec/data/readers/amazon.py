@@ -54,24 +54,26 @@ def default_meta(path: Path) -> Path | None:
 
 def read(path: Path, meta: Path | None = None, csv_columns: str | Sequence[str] | None = None) -> RawInteractions:
     is_csv = ".csv" in path.suffixes
-    log = _read_csv(path, csv_columns) if is_csv else _read_reviews(path)
+    log = _read_csv(path, csv_columns) if is_csv else read_reviews(path)
     meta = meta or default_meta(path)
     item_meta = read_meta(meta) if meta is not None else {}
     info = {"format": "amazon", "input": str(path), "meta": str(meta) if meta else None}
     return log.build(item_meta, name=category_name(path), info=info)
 
 
-def _read_reviews(path: Path) -> InteractionLog:
+def read_reviews(path: Path, fields: tuple[str, str, str, str] = REVIEW_FIELDS, per_second: int = 1) -> InteractionLog:
+    """Review JSON lines; ``fields`` names the user, item, rating and time keys of the release, whose
+    timestamps count ``per_second`` ticks per second (2023: milliseconds)."""
+    user, item, rating, time = fields
     log = InteractionLog(with_timestamps=True, with_ratings=True)
     for lineno, line in iter_lines(path):
         record = parse_record(path, lineno, line)
-        missing = [k for k in REVIEW_FIELDS if k not in record]
+        missing = [k for k in fields if k not in record]
         if missing:
             raise DataError(f"{path}:{lineno}: review is missing {', '.join(missing)} "
-                            f"(expected {', '.join(REVIEW_FIELDS)})")
-        log.add(str(record["reviewerID"]), str(record["asin"]),
-                to_int(path, lineno, "unixReviewTime", record["unixReviewTime"]),
-                to_float(path, lineno, "overall", record["overall"]))
+                            f"(expected {', '.join(fields)})")
+        log.add(str(record[user]), str(record[item]), to_int(path, lineno, time, record[time]) // per_second,
+                to_float(path, lineno, rating, record[rating]))
     return log
 
 

@@ -15,9 +15,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from jaxrec.data.readers.amazon import read_meta
-from jaxrec.data.readers.common import InteractionLog, RawInteractions, iter_lines, parse_record, to_float, to_int
-from jaxrec.errors import DataError
+from jaxrec.data.readers.amazon import read_meta, read_reviews
+from jaxrec.data.readers.common import RawInteractions
 
 REVIEW_FIELDS = ("user_id", "parent_asin", "rating", "timestamp")
 
@@ -36,16 +35,7 @@ def default_meta(path: Path) -> Path | None:
 
 
 def read(path: Path, meta: Path | None = None) -> RawInteractions:
-    log = InteractionLog(with_timestamps=True, with_ratings=True)
-    for lineno, line in iter_lines(path):
-        record = parse_record(path, lineno, line)
-        missing = [k for k in REVIEW_FIELDS if k not in record]
-        if missing:
-            raise DataError(f"{path}:{lineno}: review is missing {', '.join(missing)} "
-                            f"(Amazon Reviews 2023 fields: {', '.join(REVIEW_FIELDS)})")
-        millis = to_int(path, lineno, "timestamp", record["timestamp"])
-        log.add(str(record["user_id"]), str(record["parent_asin"]), millis // 1000,
-                to_float(path, lineno, "rating", record["rating"]))
+    log = read_reviews(path, REVIEW_FIELDS, per_second=1000)
     meta = meta or default_meta(path)
     item_meta = read_meta(meta) if meta is not None else {}
     info = {"format": "amazon2023", "input": str(path), "meta": str(meta) if meta else None,
