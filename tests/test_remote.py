@@ -130,4 +130,4 @@ def test_a_run_copy_whose_upload_never_completed_is_kept_aside_not_deleted(gcs):
     third = StagedOutput(url)
     third.pull()
     assert (third.local / "results.json").read_text() == '{"v": 2}'
-    assert len([p for p in first.local.parent.iterdir() if ".not-uploaded-" in p.name]) == 1
+    assert len([p for p in first.local.parent.iterdir() if p.name.startswith(f"{first.local.name}.not-uploaded-")]) == 1

@@ -8,7 +8,6 @@ slots (max_new_tokens).
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -110,18 +109,9 @@ def attend_causal(q: jax.Array, k: jax.Array, v: jax.Array, mask: CausalMask, *,
 SPLASH_BLOCK = 128  # the splash kernel's sequence block: rows are padded up to a multiple of it
 
 
-@functools.lru_cache(maxsize=16)
-def _splash_kernel(length: int, heads: int, interpret: bool):
-    """The splash kernel of a causal [length, length] mask (built once, not at every layer's trace)."""
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
-
-    return splash.make_splash_mha(masks.MultiHeadMask([masks.CausalMask((length, length))] * heads),
-                                  head_shards=1, q_seq_shards=1, interpret=interpret)
-
-
 def _splash(q, k, v, mask: CausalMask, scale: float) -> jax.Array:
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
 
     batch, length, heads, _ = q.shape
     padded = -(-length // SPLASH_BLOCK) * SPLASH_BLOCK
@@ -139,7 +129,8 @@ def _splash(q, k, v, mask: CausalMask, scale: float) -> jax.Array:
         x = jnp.repeat(x, repeat, axis=2) if repeat > 1 else x
         return jnp.pad(x, pad + ((0, 0), (0, 0))).transpose(0, 2, 1, 3)
 
-    kernel = _splash_kernel(padded, heads, jax.default_backend() != "tpu")
+    kernel = splash.make_splash_mha(masks.MultiHeadMask([masks.CausalMask((padded, padded))] * heads),
+                                    head_shards=1, q_seq_shards=1, interpret=jax.default_backend() != "tpu")
     out = jax.vmap(lambda q1, k1, v1, s1: kernel(q1, k1, v1, segment_ids=splash.SegmentIds(q=s1, kv=s1)))(
         heads_first(q * jnp.asarray(scale, q.dtype)), heads_first(k, group), heads_first(v, group), segments)
     return out.transpose(0, 2, 1, 3)[:, :length]
