@@ -58,7 +58,7 @@ def test_retrieval_beams_are_distinct_valid_items(run):
     from jaxrec.data.tasks import aligned_t5_eval_examples
     from jaxrec.decode import ItemTrie
     from jaxrec.methods import aligned_t5, llm
-    from jaxrec.methods.data_source import load_dataset
+    from jaxrec.data.source import load_dataset
 
     config, _, _ = run
     ds = load_dataset(config.data)

@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 def tiny_checkpoint(tmp_path_factory):
     """An HF directory: random Llama (sharpened output layer, so beams do not near-tie) + BPE tokenizer."""
     from jaxrec.data.tasks.item_text import quoted, titles
-    from jaxrec.methods.data_source import DataConfig, SyntheticData, load_dataset
+    from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
     from jaxrec.models.tokenizer import train_bpe_tokenizer
 
     path = tmp_path_factory.mktemp("tiny-llama")

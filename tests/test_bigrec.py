@@ -56,7 +56,7 @@ def test_popularity_row_equals_brute_force(run):
     from jaxrec.data.tasks import bigrec_eval_examples
     from jaxrec.eval.metrics import metrics_from_ranks
     from jaxrec.methods import bigrec
-    from jaxrec.methods.data_source import load_dataset
+    from jaxrec.data.source import load_dataset
 
     config, _, result = run
     ds = load_dataset(config.data)
@@ -81,7 +81,7 @@ def test_constrained_generation_returns_only_real_items(run):
     from jaxrec.data.tasks.item_text import quoted, titles
     from jaxrec.decode import ItemTrie
     from jaxrec.methods import bigrec, llm
-    from jaxrec.methods.data_source import load_dataset
+    from jaxrec.data.source import load_dataset
 
     config, _, _ = run
     ds = load_dataset(config.data)

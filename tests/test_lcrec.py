@@ -33,7 +33,7 @@ def tiny_config(out_dir, pretrained, index_file) -> dict:
 def run(tmp_path_factory):
     """A tiny "pretrained" HF Llama dir, an LC-Rec index file keyed by raw ids, then train + evaluate."""
     from jaxrec.methods import lcrec, llm
-    from jaxrec.methods.data_source import DataConfig, load_dataset
+    from jaxrec.data.source import DataConfig, load_dataset
     from jaxrec.models import save_pretrained
     from jaxrec.models.tokenizer import save_tokenizer
 

@@ -65,7 +65,7 @@ def test_a_simulated_pod_is_preempted_survives_a_dead_host_and_resumes_exactly(g
     from test_bigrec import TINY
 
     from jaxrec.config import from_dict
-    from jaxrec.methods.data_source import DataConfig, load_dataset
+    from jaxrec.data.source import DataConfig, load_dataset
 
     fs = gcs.fs()
     data = f"gs://{BUCKET}/pod/data"

@@ -62,7 +62,7 @@ def test_training_in_a_bucket_is_preempted_and_resumes_to_the_uninterrupted_mode
     from jaxrec.remote import bucket_shadow
 
     from jaxrec.config import from_dict
-    from jaxrec.methods.data_source import DataConfig, load_dataset
+    from jaxrec.data.source import DataConfig, load_dataset
 
     data = f"gs://{BUCKET}/data/tiny-bigrec"
     load_dataset(from_dict(DataConfig, TINY["data"])).save(data)

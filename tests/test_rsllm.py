@@ -248,7 +248,7 @@ def run(tmp_path_factory):
 
 def test_end_to_end(run):
     from jaxrec.methods import rsllm
-    from jaxrec.methods.data_source import load_dataset
+    from jaxrec.data.source import load_dataset
     from jaxrec.models.projector import unit_rms
 
     config, summary, result = run

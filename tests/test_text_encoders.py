@@ -110,7 +110,7 @@ def test_bigrec_grounding_with_a_sentence_encoder_matches_hf_brute_force(tiny_be
     from jaxrec.data.tasks.item_text import titles
     from jaxrec.eval.metrics import metrics_from_ranks
     from jaxrec.methods import bigrec
-    from jaxrec.methods.data_source import load_dataset
+    from jaxrec.data.source import load_dataset
 
     path, model = tiny_bert
     config = from_dict(bigrec.Config, {**TINY, "out_dir": str(tmp_path / "run"), "ground": {"encoder": str(path)},

@@ -30,7 +30,7 @@ def tiny_config(out_dir, index_file) -> dict:
 def run(tmp_path_factory):
     """An LC-Rec index file keyed by raw ids (collision-free random codes), then train + evaluate."""
     from jaxrec.methods import tiger
-    from jaxrec.methods.data_source import DataConfig, load_dataset
+    from jaxrec.data.source import DataConfig, load_dataset
 
     tmp = tmp_path_factory.mktemp("tiger")
     ds = load_dataset(from_dict(DataConfig, SYNTHETIC))

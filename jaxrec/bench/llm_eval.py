@@ -106,7 +106,7 @@ def prepare(args) -> dict:
     from jaxrec.data.tasks import bigrec_eval_examples
     from jaxrec.data.tasks.item_text import quoted, titles as item_titles
     from jaxrec.methods import bigrec, llm
-    from jaxrec.methods.data_source import DataConfig, SyntheticData, load_dataset
+    from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
     from jaxrec.models.tokenizer import load_tokenizer
 
     data = DataConfig(path=args.data) if args.data else DataConfig(synthetic=SyntheticData())

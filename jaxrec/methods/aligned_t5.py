@@ -69,7 +69,7 @@ from jaxrec.errors import ConfigError, DataError
 from jaxrec.eval.metrics import list_metrics, metrics_from_ranks
 from jaxrec.eval.rating import rating_metrics, ratings_from_log_likelihoods
 from jaxrec.methods import llm
-from jaxrec.methods.data_source import DataConfig, SyntheticData, load_dataset
+from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.train.config import DataConfig as TokenDataConfig, LoraConfig, OptimConfig, TrainConfig
 
 KEYS_FILE = "item_keys.json"

@@ -21,7 +21,7 @@ def parse_ks(text: str) -> list[int]:
 
 def _popularity(args: argparse.Namespace) -> int:
     from jaxrec.methods import popularity
-    from jaxrec.methods.data_source import DataConfig
+    from jaxrec.data.source import DataConfig
 
     config = popularity.Config(data=DataConfig(path=args.data),
                                eval=popularity.EvalConfig(split=args.split, ks=parse_ks(args.ks)))

@@ -45,7 +45,7 @@ from jaxrec.decode import ItemTrie
 from jaxrec.eval.metrics import list_metrics, metrics_from_ranks, random_ranking_metrics, ranks_from_scores
 from jaxrec.ground.fusion import POPULARITY_GAMMAS, choose_gamma, fused_target_ranks, minmax
 from jaxrec.methods import llm
-from jaxrec.methods.data_source import DataConfig, SyntheticData, load_dataset
+from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.train.config import TrainConfig
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxrec.data.splits import LeaveOneOut, leave_one_out
 from jaxrec.eval.metrics import DEFAULT_KS, metrics_from_ranks
-from jaxrec.methods.data_source import DataConfig, SyntheticData, load_dataset
+from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 
 
 @dataclasses.dataclass

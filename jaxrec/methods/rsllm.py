@@ -76,7 +76,7 @@ from jaxrec.decode import ItemTrie
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.eval.metrics import list_metrics, metrics_from_ranks, random_ranking_metrics
 from jaxrec.methods import llm, sasrec
-from jaxrec.methods.data_source import DataConfig, SyntheticData, load_dataset
+from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.models import projector as proj
 from jaxrec.train.config import LoraConfig, TrainConfig
 from jaxrec.train.contrastive import first_positions, gather_positions, info_nce

@@ -43,7 +43,7 @@ from jaxrec.errors import DataError, TrainingDiverged
 from jaxrec.eval.metrics import DEFAULT_KS, metrics_from_ranks
 from jaxrec.eval.ranking import batched_ranks
 from jaxrec.ground.rank import target_ranks
-from jaxrec.methods.data_source import DataConfig, SyntheticData, load_dataset
+from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.models.sasrec import SASRec, SASRecConfig, load_params, save_params, to_tokens
 from jaxrec.train.chunked_softmax import chunked_softmax_cross_entropy
 from jaxrec.train.metrics_log import MetricsLogger

@@ -44,7 +44,7 @@ from jaxrec.index.build import IndexConfig
 from jaxrec.index.collisions import ResolveConfig
 from jaxrec.index.train_rqvae import TrainConfig as RQVAETrainConfig
 from jaxrec.methods import llm, sasrec
-from jaxrec.methods.data_source import DataConfig, SyntheticData, load_dataset
+from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.methods.lcrec import INDEX_FILE, Clock, IndexSection, beam_items, index_codes, index_token_ids
 from jaxrec.models.rqvae import RQVAEConfig
 from jaxrec.train.config import DataConfig as TokenDataConfig, LoraConfig, OptimConfig, TrainConfig

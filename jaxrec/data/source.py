@@ -1,4 +1,4 @@
-"""The ``data:`` config section shared by baseline recipes: a prepared dataset dir or synthetic data."""
+"""The ``data:`` config section of every recipe: a prepared dataset dir or synthetic data."""
 
 from __future__ import annotations
 
