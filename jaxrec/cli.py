@@ -18,10 +18,10 @@ from jaxrec.errors import JaxrecError
 # command name -> module exposing register(subparsers)
 COMMANDS = {
     "data": "jaxrec.data.commands",
-    "baseline": "jaxrec.methods.baseline_commands",
-    "train": "jaxrec.methods.run_commands",
-    "eval": "jaxrec.methods.run_commands",
-    "demo": "jaxrec.methods.demo",
+    "baseline": "jaxrec.commands.baseline",
+    "train": "jaxrec.commands.run",
+    "eval": "jaxrec.commands.run",
+    "demo": "jaxrec.commands.demo",
     "index": "jaxrec.index.commands",
     "bench": "jaxrec.bench.commands",
     "plan": "jaxrec.parallel.plan_commands",

@@ -61,7 +61,7 @@ def test_every_method_config_loads(path):
     """Each configs/<method>/*.yaml is a valid config of its method (keys, types, ranges)."""
     import argparse
 
-    from jaxrec.methods.run_commands import load_method_config
+    from jaxrec.commands.run import load_method_config
 
     method, config = load_method_config(argparse.Namespace(config=path, overrides=[]))
     assert config.method == Path(path).parent.name

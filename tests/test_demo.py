@@ -6,7 +6,7 @@ LC-Rec and TIGER have their own end-to-end tests (tests/test_lcrec.py, tests/tes
 import json
 
 from jaxrec.cli import main
-from jaxrec.methods.demo import RUNNERS, format_table
+from jaxrec.commands.demo import RUNNERS, format_table
 
 
 def test_demo_quick(tmp_path, capsys):
@@ -56,7 +56,7 @@ def test_llm_row_runs_lcrec_on_a_pretrained_model(tmp_path):
     from jaxrec.data.tasks.rows import leave_one_out_rows
     from jaxrec.eval.metrics import metrics_from_ranks
     from jaxrec.methods import lcrec, llm
-    from jaxrec.methods.demo import run_demo
+    from jaxrec.commands.demo import run_demo
     from jaxrec.methods.popularity import item_counts, rank_table
     from jaxrec.models import save_pretrained
     from jaxrec.models.tokenizer import save_tokenizer

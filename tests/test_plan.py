@@ -95,7 +95,7 @@ def test_scale_configs_are_method_configs_whose_dry_run_state_matches_the_plan()
     import subprocess
     import sys
 
-    from jaxrec.methods.run_commands import load_method_config
+    from jaxrec.commands.run import load_method_config
 
     files = sorted(SCALE.glob("*.yaml"))
     assert len(files) >= 6
