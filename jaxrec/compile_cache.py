@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 
+from jaxrec.cache import cache_dir
+
 ENV = "JAXREC_COMPILATION_CACHE"
 
 
@@ -19,8 +21,6 @@ def enable_compilation_cache(location: str | None = None, min_compile_seconds: f
     """Point JAX's persistent compilation cache at ``location`` (default: from the environment, see the
     module docstring); returns where it is, or None when disabled."""
     import jax
-
-    from jaxrec.models.checkpoints import cache_dir
 
     location = os.environ.get(ENV, "") if location is None else location
     if location.lower() in ("off", "0", "false", "none"):

@@ -69,7 +69,7 @@ def file_system(url: str):
 
 def bucket_shadow(url: str, kind: str = "staging") -> Path:
     """The local directory that stands for ``url`` in the cache (``kind``: "staging" or "remote")."""
-    from jaxrec.models.checkpoints import cache_dir
+    from jaxrec.cache import cache_dir
 
     scheme, _, rest = url.partition("://")
     digest = hashlib.sha1(url.rstrip("/").encode()).hexdigest()[:10]

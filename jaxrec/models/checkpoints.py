@@ -23,6 +23,7 @@ import zipfile
 from pathlib import Path
 
 from jaxrec.atomic import atomic_dir
+from jaxrec.cache import cache_dir
 from jaxrec.errors import JaxrecError
 from jaxrec.remote import is_remote, local_input
 
@@ -48,11 +49,6 @@ NAMED_CHECKPOINTS = {c.name: c for c in (
                     "sentence-transformers all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, mean pooling)",
                     "Apache-2.0 upstream (the package declares no licence)"),
 )}
-
-
-def cache_dir() -> Path:
-    """Where extracted checkpoints live: ``$JAXREC_CACHE`` or ``~/.cache/jaxrec``."""
-    return Path(os.environ.get("JAXREC_CACHE") or Path.home() / ".cache" / "jaxrec")
 
 
 def packaged_file(checkpoint: NamedCheckpoint) -> Path:
