@@ -121,7 +121,8 @@ def test_embeddings_ignore_left_padding_and_run_io_round_trips(tmp_path):
 
     from jaxrec.methods import llm
     from jaxrec.models.lora import apply_lora, lora_modules
-    from jaxrec.train.config import LoraConfig, TrainConfig
+    from jaxrec.models.lora import LoraConfig
+    from jaxrec.train.config import TrainConfig
 
     section = llm.ModelSection(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
                                num_kv_heads=1, max_position_embeddings=64)

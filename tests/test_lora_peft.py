@@ -13,9 +13,8 @@ import jax.numpy as jnp  # noqa: E402
 
 from jaxrec.errors import ConfigError  # noqa: E402
 from jaxrec.models import load_pretrained  # noqa: E402
-from jaxrec.models.lora import apply_lora, lora_modules, merge_lora, unmerge_lora  # noqa: E402
+from jaxrec.models.lora import LoraConfig, apply_lora, lora_modules, merge_lora, unmerge_lora  # noqa: E402
 from jaxrec.models.peft_io import load_adapter, save_adapter  # noqa: E402
-from jaxrec.train.config import LoraConfig  # noqa: E402
 
 IDS = np.array([[5, 9, 3, 17, 33, 2, 8, 41], [7, 7, 1, 60, 12, 19, 25, 4]])
 

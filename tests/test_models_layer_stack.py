@@ -166,8 +166,7 @@ def test_t5_scanned_remat_encoder_decoder_grads_match():
 
 
 def test_scan_needs_the_same_selection_in_every_layer(llama):
-    from jaxrec.models.lora import apply_lora, trainable_filter
-    from jaxrec.train.config import LoraConfig
+    from jaxrec.models.lora import LoraConfig, apply_lora, trainable_filter
 
     model = nnx.clone(llama)
     apply_lora(model, LoraConfig(target_modules=(r"layers\.0\.self_attn\.q_proj",)))

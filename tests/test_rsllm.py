@@ -213,7 +213,7 @@ def trained_paths(model, lora):
 @pytest.mark.parametrize("mode", ["lora", "full"])
 def test_stage_switching_freezes_what_it_should(llm, mode):
     from jaxrec.methods.rsllm import stage_lora
-    from jaxrec.train.config import LoraConfig
+    from jaxrec.models.lora import LoraConfig
 
     lora = LoraConfig(mode=mode, rank=2)
     stage1, _ = trained_paths(nnx.clone(llm), stage_lora(lora, 1, False))  # stage 1: no projector in the model yet

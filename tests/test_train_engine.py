@@ -16,7 +16,10 @@ import numpy as np
 import pytest
 
 from jaxrec.errors import ConfigError
-from jaxrec.train.config import CheckpointConfig, DataConfig, LoraConfig, MeshConfig, OptimConfig, TrainConfig
+from jaxrec.data.pipeline import TokenDataConfig
+from jaxrec.models.lora import LoraConfig
+from jaxrec.parallel.mesh import MeshConfig
+from jaxrec.train.config import CheckpointConfig, OptimConfig, TrainConfig
 
 STEPS = 4
 
@@ -44,7 +47,7 @@ def config(mesh=(8, 1, 1), ckdir=None, log_dir=None, dropout=0.1, **train):
         batch_size=8, steps=STEPS, log_every=1, progress=False, log_dir=log_dir, mesh=MeshConfig(*mesh),
         peak_flops=1e12, lora=LoraConfig(rank=4, alpha=8, dropout=dropout, target_modules=("q_proj", "v_proj")),
         optim=OptimConfig(learning_rate=1e-2, warmup_steps=1, weight_decay=0.01),
-        data=DataConfig(seq_len=16), checkpoint=CheckpointConfig(dir=ckdir, every=2), **train)
+        data=TokenDataConfig(seq_len=16), checkpoint=CheckpointConfig(dir=ckdir, every=2), **train)
 
 
 def run(cfg, steps=None, evaluate=None, data=None, loss_fn=None):

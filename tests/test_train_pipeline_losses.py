@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxrec.data.pipeline import CausalFeatures, Seq2SeqFeatures, host_batches
+from jaxrec.data.pipeline import CausalFeatures, Seq2SeqFeatures, TokenDataConfig, host_batches
 from jaxrec.models import build_model, tiny_llama_config, tiny_t5_config
-from jaxrec.train.config import DataConfig
 from jaxrec.train.losses import causal_lm_loss, seq2seq_lm_loss
+from jaxrec.models.prompts import bos_id, encode, row_fits
 
 
 def examples(n, seed=0):
@@ -27,7 +27,7 @@ def jitted_loss(loss_fn, model):
 def test_packed_rows_score_like_the_same_examples_unpacked():
     model = build_model(tiny_llama_config(64, hidden_size=32, intermediate_size=64, head_dim=8), seed=0)
     loss, state = jitted_loss(causal_lm_loss, model)
-    packed = next(iter(host_batches(examples(32), CausalFeatures(24, eos_id=2, bos_id=1), DataConfig(seq_len=24, packing=True),
+    packed = next(iter(host_batches(examples(32), CausalFeatures(24, eos_id=2, bos_id=1), TokenDataConfig(seq_len=24, packing=True),
                                     global_batch=4)))
     # cut every packed row back into its examples (segments), one right-padded row each
     rows = []
@@ -49,7 +49,7 @@ def test_t5_seq2seq_loss_equals_a_direct_computation():
     model = build_model(tiny_t5_config(64, d_model=32, d_kv=8, d_ff=64), seed=0)
     data = examples(4, seed=1)
     features = Seq2SeqFeatures(seq_len=8, target_len=4, eos_id=1, decoder_start_id=0)
-    batch = next(iter(host_batches(data, features, DataConfig(seq_len=8, shuffle=False), global_batch=4,
+    batch = next(iter(host_batches(data, features, TokenDataConfig(seq_len=8, shuffle=False), global_batch=4,
                                    target_len=4)))
     loss, state = jitted_loss(seq2seq_lm_loss, model)
     got, count = loss(state, batch)
@@ -71,7 +71,7 @@ def test_t5_seq2seq_loss_equals_a_direct_computation():
 
 
 def test_length_buckets_pad_each_batch_to_its_smallest_bucket():
-    config = DataConfig(seq_len=16, bucket_lengths=(6, 10), shuffle=False)
+    config = TokenDataConfig(seq_len=16, bucket_lengths=(6, 10), shuffle=False)
     batches = host_batches(examples(40, seed=2), CausalFeatures(16, eos_id=2, bos_id=1), config, global_batch=4,
                            num_epochs=1)
     widths = set()
@@ -92,7 +92,7 @@ def test_group_by_length_permutes_rows_into_batches_of_similar_length():
     features = CausalFeatures(16, eos_id=2, bos_id=1)
 
     def epoch(group, seed=0):
-        config = DataConfig(seq_len=16, bucket_lengths=(6, 8, 10, 12, 14), group_by_length=group)
+        config = TokenDataConfig(seq_len=16, bucket_lengths=(6, 8, 10, 12, 14), group_by_length=group)
         return list(host_batches(data, features, config, global_batch=4, seed=seed, num_epochs=1))
 
     grouped, plain = epoch(4), epoch(0)
@@ -104,10 +104,10 @@ def test_group_by_length_permutes_rows_into_batches_of_similar_length():
     assert all((a["input_ids"] == b["input_ids"]).all() for a, b in zip(grouped, epoch(4)))  # deterministic
     assert [b["input_ids"].tolist() for b in grouped] != [b["input_ids"].tolist() for b in epoch(4, seed=1)]
     with pytest.raises(Exception, match="'group_by_length' must be >= 0"):
-        host_batches(data, features, DataConfig(seq_len=16, group_by_length=-1), global_batch=4)
+        host_batches(data, features, TokenDataConfig(seq_len=16, group_by_length=-1), global_batch=4)
     with pytest.raises(Exception, match="pre-tokenized"):
         next(iter(host_batches([{"prompt": "a b", "response": "c"}] * 8, features,
-                               DataConfig(seq_len=16, group_by_length=2), global_batch=4)))
+                               TokenDataConfig(seq_len=16, group_by_length=2), global_batch=4)))
 
 
 @pytest.mark.parametrize("bos_id", [1, None])
@@ -119,19 +119,19 @@ def test_keeps_response_says_whether_a_cut_row_still_scores_the_response(bos_id)
 
 
 def test_row_fits_agrees_with_the_rows_the_pipeline_builds(tmp_path):
-    """``llm.row_fits`` (used to shorten LC-Rec histories) says True exactly when the built row scores the
+    """``row_fits`` (used to shorten LC-Rec histories) says True exactly when the built row scores the
     whole response and its EOS."""
     from jaxrec.methods import llm
 
     texts = [f"user {i} watched item {i * 7} then item {i * 3}" for i in range(200)]
     tokenizer = llm.make_tokenizer(llm.ModelSection(vocab_size=300), lambda: texts, tmp_path)
-    bos = llm.bos_id(tokenizer)
+    bos = bos_id(tokenizer)
     for seq_len in (12, 20, 32):
-        fits = llm.row_fits(tokenizer, seq_len)
+        fits = row_fits(tokenizer, seq_len)
         features = CausalFeatures(seq_len, eos_id=tokenizer.eos_token_id, bos_id=bos)
         for n in range(1, 9):
             prompt, response = " then ".join(f"item {7 * k}" for k in range(n)), "item 42"
-            p, r = llm.encode(tokenizer, [prompt, response])
+            p, r = encode(tokenizer, [prompt, response])
             row = features.map({"prompt_ids": p, "response_ids": r})
             whole = int(row["loss_mask"].sum()) == len(r) + 1
             assert fits(prompt, response) == whole, (seq_len, n)

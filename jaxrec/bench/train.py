@@ -39,8 +39,10 @@ def jaxrec_side(preset: dict, steps: int, warmup: int, tokens: np.ndarray) -> di
     import jax
 
     from jaxrec.models import LlamaConfig, build_model
+    from jaxrec.models.lora import LoraConfig
+    from jaxrec.parallel.mesh import MeshConfig
     from jaxrec.train import mfu
-    from jaxrec.train.config import LoraConfig, MeshConfig, OptimConfig, TrainConfig
+    from jaxrec.train.config import OptimConfig, TrainConfig
     from jaxrec.train.trainer import Trainer
 
     b, t = tokens.shape[0], tokens.shape[1] - 1  # tokens [B, T+1]: inputs and shifted targets

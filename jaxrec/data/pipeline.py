@@ -25,20 +25,38 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-from typing import Any, Callable, Iterator, Sequence
+from typing import Annotated, Any, Callable, Iterator, Sequence
 
 import grain
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from jaxrec.config import Range, check_ranges
 from jaxrec.data.packing import pack
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.parallel.mesh import check_batch_size
 from jaxrec.parallel.rules import batch_sharding
-from jaxrec.train.config import DataConfig
 
 Encode = Callable[[str], Sequence[int]]
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenDataConfig:
+    """Token batches (the ``train.data`` section): fixed ``seq_len`` rows, built by bucketing (padding) or packing."""
+
+    seq_len: Annotated[int, Range(min=2)] = 256
+    packing: bool = False
+    bucket_lengths: tuple[int, ...] = ()  # pad each batch to the smallest bucket that fits (default: seq_len)
+    # sort rows by length within windows of this many global batches, then shuffle the batches of the
+    # window (0: off): batches of similar lengths pad to smaller buckets (pre-tokenized examples only)
+    group_by_length: Annotated[int, Range(min=0)] = 0
+    train_on_inputs: bool = False  # BIGRec's option: the loss covers the prompt tokens as well
+    shuffle: bool = True
+    prefetch: Annotated[int, Range(min=0)] = 2
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 def _ids(example: dict, key: str, encode: Encode | None) -> list[int]:
@@ -204,7 +222,7 @@ def example_length(example: dict) -> int:
     return len(example["prompt_ids"]) + len(example.get("response_ids", ()))
 
 
-def host_batches(examples: Sequence[dict], features: grain.transforms.Map, config: DataConfig, *,
+def host_batches(examples: Sequence[dict], features: grain.transforms.Map, config: TokenDataConfig, *,
                  global_batch: int, seed: int = 0, pad_id: int = 0, target_len: int | None = None,
                  num_epochs: int | None = None) -> grain.IterDataset:
     """This process's share of every global batch, as numpy dicts (infinite unless ``num_epochs``)."""
@@ -283,7 +301,7 @@ class DeviceIterator:
         """Called by grain's checkpoint handler after a restore; batches are fetched lazily."""
 
 
-def make_batches(examples: Sequence[dict], features: grain.transforms.Map, config: DataConfig, mesh: Mesh, *,
+def make_batches(examples: Sequence[dict], features: grain.transforms.Map, config: TokenDataConfig, mesh: Mesh, *,
                  global_batch: int, seed: int = 0, pad_id: int = 0, target_len: int | None = None,
                  num_epochs: int | None = None) -> DeviceIterator:
     """The full pipeline: checks the batch against the mesh, then :func:`host_batches` on device."""

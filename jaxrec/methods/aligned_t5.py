@@ -70,7 +70,9 @@ from jaxrec.eval.metrics import list_metrics, metrics_from_ranks
 from jaxrec.eval.rating import rating_metrics, ratings_from_log_likelihoods
 from jaxrec.methods import llm
 from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
-from jaxrec.train.config import DataConfig as TokenDataConfig, LoraConfig, OptimConfig, TrainConfig
+from jaxrec.data.pipeline import TokenDataConfig
+from jaxrec.models.lora import LoraConfig
+from jaxrec.train.config import OptimConfig, TrainConfig
 
 KEYS_FILE = "item_keys.json"
 KEY_TASKS = ("retrieval", "ranking", "bpr")  # tasks whose answer is an item key

@@ -54,7 +54,9 @@ from jaxrec.index.train_rqvae import TrainConfig as RQVAETrainConfig
 from jaxrec.methods import llm
 from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.models.rqvae import RQVAEConfig
-from jaxrec.train.config import DataConfig as TokenDataConfig, LoraConfig, OptimConfig, TrainConfig
+from jaxrec.data.pipeline import TokenDataConfig
+from jaxrec.models.lora import LoraConfig
+from jaxrec.train.config import OptimConfig, TrainConfig
 
 INDEX_FILE = "index.json"
 log = logging.getLogger("jaxrec.methods.lcrec")

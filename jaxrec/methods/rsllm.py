@@ -78,7 +78,8 @@ from jaxrec.eval.metrics import list_metrics, metrics_from_ranks, random_ranking
 from jaxrec.methods import llm, sasrec
 from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.models import projector as proj
-from jaxrec.train.config import LoraConfig, TrainConfig
+from jaxrec.models.lora import LoraConfig
+from jaxrec.train.config import TrainConfig
 from jaxrec.train.contrastive import first_positions, gather_positions, info_nce
 from jaxrec.train.losses import token_cross_entropy
 

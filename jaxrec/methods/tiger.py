@@ -47,7 +47,9 @@ from jaxrec.methods import llm, sasrec
 from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.methods.lcrec import INDEX_FILE, Clock, IndexSection, beam_items, index_codes, index_token_ids
 from jaxrec.models.rqvae import RQVAEConfig
-from jaxrec.train.config import DataConfig as TokenDataConfig, LoraConfig, OptimConfig, TrainConfig
+from jaxrec.data.pipeline import TokenDataConfig
+from jaxrec.models.lora import LoraConfig
+from jaxrec.train.config import OptimConfig, TrainConfig
 
 SPECIAL = ("<pad>", "</s>", "<unk>")
 

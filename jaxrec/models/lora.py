@@ -18,17 +18,46 @@ fully matches the whole dotted path as a regular expression (``.*layers\\.[0-3]\
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-from typing import Any, Iterable, Sequence
+from typing import Annotated, Any, Iterable, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxrec.config import Range, check_ranges
 from jaxrec.errors import ConfigError
 from jaxrec.parallel.rules import variable_axes
-from jaxrec.train.config import LoraConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """What is trained (the ``train.lora`` section): LoRA adapters (``mode: lora``) or every parameter (``mode: full``).
+
+    ``target_modules``: regular expressions matched (``re.search``) against the dotted module path,
+    e.g. ``q_proj`` or ``layers\\.\\d+\\.self_attn\\.(q|v)_proj$``; HF PEFT's plain names work as-is.
+    ``trainable``: path patterns of extra parameters trained in full (e.g. ``embed_tokens``,
+    ``lm_head``). ``new_token_rows_from``: if set, only rows >= this index of the vocabulary
+    parameters matched by ``trainable`` are updated (LC-Rec's added item tokens).
+    """
+
+    mode: Literal["lora", "full"] = "lora"
+    rank: Annotated[int, Range(min=1)] = 8
+    alpha: Annotated[float, Range(min=0, min_open=True)] = 16.0
+    dropout: Annotated[float, Range(min=0, max=1, max_open=True)] = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    trainable: tuple[str, ...] = ()
+    new_token_rows_from: Annotated[int | None, Range(min=0)] = None
+
+    def __post_init__(self):
+        check_ranges(self)
+
+    @property
+    def scale(self) -> float:
+        """The LoRA scaling alpha / rank."""
+        return self.alpha / self.rank
 
 
 class LoraWeight(nnx.Param):

@@ -28,8 +28,7 @@ from safetensors.numpy import save_file
 
 from jaxrec.atomic import atomic_file
 from jaxrec.errors import ConfigError, JaxrecError
-from jaxrec.models.lora import _linear_modules, apply_lora, lora_modules, path_matches
-from jaxrec.train.config import LoraConfig
+from jaxrec.models.lora import LoraConfig, _linear_modules, apply_lora, lora_modules, path_matches
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

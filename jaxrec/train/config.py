@@ -1,6 +1,9 @@
 """Config sections of the training engine, used as fields of every method's config schema.
 
-All are plain dataclasses read strictly by :func:`jaxrec.config.from_dict` (``--set lora.rank=16``).
+All are plain dataclasses read strictly by :func:`jaxrec.config.from_dict` (``--set train.lora.rank=16``).
+:class:`TrainConfig` holds the sections of the code below it that reads them: ``mesh``
+(:class:`jaxrec.parallel.mesh.MeshConfig`), ``data`` (:class:`jaxrec.data.pipeline.TokenDataConfig`) and
+``lora`` (:class:`jaxrec.models.lora.LoraConfig`).
 """
 
 from __future__ import annotations
@@ -9,38 +12,10 @@ import dataclasses
 from typing import Annotated, Literal
 
 from jaxrec.config import Range, check_ranges
+from jaxrec.data.pipeline import TokenDataConfig
 from jaxrec.errors import ConfigError
+from jaxrec.models.lora import LoraConfig
 from jaxrec.parallel.mesh import MeshConfig
-
-__all__ = ["MeshConfig", "LoraConfig", "OptimConfig", "CheckpointConfig", "DataConfig", "TrainConfig"]
-
-
-@dataclasses.dataclass(frozen=True)
-class LoraConfig:
-    """What is trained: LoRA adapters (``mode: lora``) or every parameter (``mode: full``).
-
-    ``target_modules``: regular expressions matched (``re.search``) against the dotted module path,
-    e.g. ``q_proj`` or ``layers\\.\\d+\\.self_attn\\.(q|v)_proj$``; HF PEFT's plain names work as-is.
-    ``trainable``: path patterns of extra parameters trained in full (e.g. ``embed_tokens``,
-    ``lm_head``). ``new_token_rows_from``: if set, only rows >= this index of the vocabulary
-    parameters matched by ``trainable`` are updated (LC-Rec's added item tokens).
-    """
-
-    mode: Literal["lora", "full"] = "lora"
-    rank: Annotated[int, Range(min=1)] = 8
-    alpha: Annotated[float, Range(min=0, min_open=True)] = 16.0
-    dropout: Annotated[float, Range(min=0, max=1, max_open=True)] = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
-    trainable: tuple[str, ...] = ()
-    new_token_rows_from: Annotated[int | None, Range(min=0)] = None
-
-    def __post_init__(self):
-        check_ranges(self)
-
-    @property
-    def scale(self) -> float:
-        """The LoRA scaling alpha / rank."""
-        return self.alpha / self.rank
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,24 +54,6 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Token batches: fixed ``seq_len`` rows, built by bucketing (padding) or packing."""
-
-    seq_len: Annotated[int, Range(min=2)] = 256
-    packing: bool = False
-    bucket_lengths: tuple[int, ...] = ()  # pad each batch to the smallest bucket that fits (default: seq_len)
-    # sort rows by length within windows of this many global batches, then shuffle the batches of the
-    # window (0: off): batches of similar lengths pad to smaller buckets (pre-tokenized examples only)
-    group_by_length: Annotated[int, Range(min=0)] = 0
-    train_on_inputs: bool = False  # BIGRec's option: the loss covers the prompt tokens as well
-    shuffle: bool = True
-    prefetch: Annotated[int, Range(min=0)] = 2
-
-    def __post_init__(self):
-        check_ranges(self)
-
-
-@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """The training loop."""
 
@@ -124,7 +81,7 @@ class TrainConfig:
     mesh: MeshConfig = MeshConfig()
     lora: LoraConfig = LoraConfig()
     optim: OptimConfig = OptimConfig()
-    data: DataConfig = DataConfig()
+    data: TokenDataConfig = TokenDataConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
 
     def __post_init__(self):
