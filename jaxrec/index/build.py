@@ -15,8 +15,8 @@ from flax import nnx
 
 from jaxrec.errors import DataError
 from jaxrec.index.collisions import ResolveConfig, code_usage, resolve_collisions
+from jaxrec.index.rqvae import RQVAEConfig
 from jaxrec.index.train_rqvae import TrainConfig, nearest_codes, train_rqvae
-from jaxrec.models.rqvae import RQVAEConfig
 
 
 @dataclasses.dataclass(frozen=True)

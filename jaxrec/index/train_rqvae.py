@@ -29,7 +29,7 @@ from tqdm import tqdm
 from jaxrec.errors import ConfigError, JaxrecError
 from jaxrec.index.collisions import collision_rate
 from jaxrec.index.kmeans import kmeans, squared_distances
-from jaxrec.models.rqvae import RQVAE, RQVAEConfig, level_residuals
+from jaxrec.index.rqvae import RQVAE, RQVAEConfig, level_residuals
 
 
 @dataclasses.dataclass(frozen=True)

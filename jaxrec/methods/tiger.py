@@ -46,7 +46,7 @@ from jaxrec.index.train_rqvae import TrainConfig as RQVAETrainConfig
 from jaxrec.methods import llm, sasrec
 from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.methods.lcrec import INDEX_FILE, Clock, IndexSection, beam_items, index_codes, index_token_ids
-from jaxrec.models.rqvae import RQVAEConfig
+from jaxrec.index.rqvae import RQVAEConfig
 from jaxrec.data.pipeline import TokenDataConfig
 from jaxrec.models.lora import LoraConfig
 from jaxrec.train.config import OptimConfig, TrainConfig
