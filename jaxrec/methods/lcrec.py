@@ -53,7 +53,7 @@ from jaxrec.index.collisions import ResolveConfig
 from jaxrec.index.train_rqvae import TrainConfig as RQVAETrainConfig
 from jaxrec.methods import llm
 from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
-from jaxrec.models.rqvae import RQVAEConfig
+from jaxrec.index.rqvae import RQVAEConfig
 from jaxrec.data.pipeline import TokenDataConfig
 from jaxrec.models.lora import LoraConfig
 from jaxrec.train.config import OptimConfig, TrainConfig
