@@ -86,3 +86,69 @@ def test_shared_ml100k_and_lcrec_beauty(shared_data, tmp_path):
     lc = prepare("lcrec", str(shared_data / "amazon-beauty-lcrec"), tmp_path / "lc")
     assert (lc.num_users, lc.num_items, lc.num_interactions) == (22363, 12101, 198502)
     assert all(len(it["lcrec_index"]) == 4 for it in lc.items)
+
+
+def _golden_inputs(root):
+    """Small raw files of every columnar format with repeated pairs, time ties and blank lines (seeded)."""
+    rng = np.random.default_rng(7)
+    n = 60
+    u, i, t, r = rng.integers(1, 9, n), rng.integers(1, 12, n), rng.integers(100, 110, n), rng.integers(1, 6, n)
+    rows = list(zip(u.tolist(), i.tolist(), r.tolist(), t.tolist()))
+    ml = root / "ml"
+    ml.mkdir(parents=True)
+    lines = ["userId,movieId,rating,timestamp"] + [f"{a},{b},{c}.0,{d}" for a, b, c, d in rows]
+    lines.insert(20, "")
+    (ml / "ratings.csv").write_text("\n".join(lines) + "\n")
+    (ml / "movies.csv").write_text("movieId,title,genres\n" + "".join(
+        f'{k},"Movie, {k} (199{k % 10})",A|B\n' for k in range(1, 12) if k != 4))
+    (root / "reviews_Toys_5.json").write_text("".join(
+        json.dumps({"reviewerID": f"U{a}", "asin": f"P{b}", "overall": float(c), "unixReviewTime": d}) + "\n"
+        + ("\n" if k == 7 else "") for k, (a, b, c, d) in enumerate(rows)))
+    (root / "meta_Toys.json").write_text("".join(
+        repr({"asin": f"P{k}", "title": f"Toy &amp; {k}", "categories": [["Toys", f"C{k % 3}"]]}) + "\n"
+        for k in range(1, 12, 2)))
+    (root / "Toys.jsonl").write_text("".join(json.dumps(
+        {"user_id": f"U{a}", "parent_asin": f"P{b}", "rating": float(c), "timestamp": d * 1000 + 999, "text": "x"})
+        + "\n" for a, b, c, d in rows))
+    (root / "meta_Toys.jsonl").write_text("".join(json.dumps(
+        {"parent_asin": f"P{k}", "title": f"Toy {k}", "store": "S", "features": ["f", f"g{k}"],
+         "description": ["d", "e"]}) + "\n" for k in range(1, 12)))
+    (root / "ratings_Toys.csv").write_text("".join(f"P{b},U{a},{c},{d}\n" for a, b, c, d in rows))
+    return [("ml", "movielens", ml, {}), ("ml_k2_random", "movielens", ml, dict(kcore=2, remap="random", seed=3)),
+            ("amazon_k2", "amazon", root / "reviews_Toys_5.json", dict(kcore=2)),
+            ("amazon_min3_drop", "amazon", root / "reviews_Toys_5.json", dict(min_rating=3, drop_items_without_meta=True)),
+            ("a23_k3", "amazon2023", root / "Toys.jsonl", dict(kcore=3)),
+            ("csv_random", "amazon", root / "ratings_Toys.csv", dict(remap="random", seed=1,
+                                                                      csv_columns="item,user,rating,timestamp"))]
+
+
+def test_prepare_reproduces_the_line_loop_readers_outputs_exactly(tmp_path):
+    """Expected outputs recorded with the pure-Python line-loop readers and processing (revision 9e25de2) before
+    the columnar readers: users, items with their text, CSR arrays, timestamps, ratings and per-step counts."""
+    from pathlib import Path
+
+    from jaxrec.data.commands import prepare
+
+    expected = json.loads((Path(__file__).parent / "data_golden" / "prepare_before_columnar.json").read_text())
+    cases = _golden_inputs(tmp_path / "in")
+    assert sorted(name for name, *_ in cases) == sorted(expected)
+    for name, fmt, path, options in cases:
+        ds = prepare(fmt, str(path), tmp_path / "out" / name, **options)
+        for got in (ds, Dataset.load(tmp_path / "out" / name)):
+            assert {"users": got.user_raw_ids, "items": got.items, "offsets": got.offsets.tolist(),
+                    "item_ids": got.item_ids.tolist(), "timestamps": got.timestamps.tolist(),
+                    "ratings": got.ratings.tolist(), "steps": got.info["processing"]["steps"]} == expected[name], name
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 6), st.integers(0, 3)), min_size=1, max_size=60),
+       st.booleans())
+def test_dedup_matches_a_brute_force_earliest_pair(rows, timed):
+    users, items, times = (np.array(x) for x in zip(*rows))
+    keep = dedup_mask(users, items, times if timed else None)
+    best = {}
+    for k, (u, i, t) in enumerate(rows):
+        key = (t if timed else 0, k)
+        if (u, i) not in best or key < best[(u, i)][0]:
+            best[(u, i)] = (key, k)
+    np.testing.assert_array_equal(np.flatnonzero(keep), sorted(k for _, k in best.values()))

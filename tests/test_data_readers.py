@@ -134,6 +134,16 @@ def test_bigrec_csv_and_prompt_json(tmp_path):
      r"Toys.jsonl:2: review is missing parent_asin"),
     ("movielens", "u.data", "1\t2\t3\t4\n1\t2\t3\n", r"u.data:2: expected 4 fields"),
     ("lcrec", "Toys.inter.json", '{"0": [1, 2],\n "1": 3}', r"Toys.inter.json: user '1': expected a list"),
+    # the columnar path: the line loop finds the first bad line (blank lines counted)
+    ("movielens", "ratings.csv", "userId,movieId,rating,timestamp\n1,2,3.5,10\n\n1,x2,4,11\n1,3,4,y\n",
+     r"ratings.csv:4: item id must be an integer id, got 'x2'"),
+    ("movielens", "ratings.dat", "1::2::3::4\n1::2::3\n", r"ratings.dat:2: expected 4 fields"),
+    ("movielens", "ratings.dat", "1::2::3::4\n1:9:2::3::4\n", r"ratings.dat:2: expected 4 fields"),
+    ("movielens", "u.data", "1\t2\t3\t4\n1\t2\t3\t4.5\n", r"u.data:2: timestamp must be an integer, got '4.5'"),
+    ("amazon2023", "Toys.jsonl", ('{"user_id": "u", "parent_asin": "p", "rating": 5, "timestamp": 1}\n\n'
+                                  '{"user_id": "u", "parent_asin": "p", "rating": "five", "timestamp": 2}\n'),
+     r"Toys.jsonl:3: rating must be a number"),
+    ("amazon", "ratings_Toys.csv", 'u,i,5,100\nu,"j,6,101\n', r"ratings_Toys.csv:2: expected 4 comma-separated"),
 ])
 def test_malformed_input_names_file_and_line_and_writes_nothing(tmp_path, capsys, fmt, name, text, expected):
     _write(tmp_path / "in" / name, text)
@@ -180,3 +190,81 @@ def test_amazon_2023_jsonl_reviews_and_meta_with_millisecond_timestamps(tmp_path
     (tmp_path / "All_Beauty.train.csv").write_text("user_id,parent_asin,rating,timestamp\nU1,P1,4.0,1588615000999\n")
     csv_ds = prepare("amazon", str(tmp_path / "All_Beauty.train.csv"), tmp_path / "csv")
     np.testing.assert_array_equal(csv_ds.user_timestamps(0), [1588615000])
+
+
+def test_values_only_the_line_loop_takes_give_the_same_dataset(tmp_path):
+    """Padded fields, ``12.0`` timestamps, JSON numbers as ids, a row with an extra field: the columnar parse
+    declines them and the line loop reads the file, as before."""
+    _write(tmp_path / "clean" / "ratings.csv", "userId,movieId,rating,timestamp\n1,2,3.5,100\n1,3,4,90\n2,2,5,80\n")
+    _write(tmp_path / "odd" / "ratings.csv", "userId,movieId,rating,timestamp\n 1 ,2,3.5,100.0\n1,3, 4,90\n2,2,5,80\n")
+    clean, odd = (prepare("movielens", str(tmp_path / d), tmp_path / f"o-{d}") for d in ("clean", "odd"))
+    assert odd.user_raw_ids == clean.user_raw_ids == ["1", "2"] and odd.items == clean.items
+    np.testing.assert_array_equal(odd.item_ids, clean.item_ids)
+    np.testing.assert_array_equal(odd.timestamps, clean.timestamps)
+    _write(tmp_path / "Toys.jsonl", '{"user_id": 7, "parent_asin": "p", "rating": 5, "timestamp": 1000}\n'
+                                    '{"user_id": "7", "parent_asin": "q", "rating": "4", "timestamp": 2000.0}\n')
+    ds = prepare("amazon2023", str(tmp_path / "Toys.jsonl"), tmp_path / "o-json")
+    assert ds.user_raw_ids == ["7"] and [it["raw_id"] for it in ds.items] == ["p", "q"]
+    np.testing.assert_array_equal(ds.user_ratings(0), [5.0, 4.0])
+    _write(tmp_path / "ratings_Toys.csv", "u,i,5,100\nu,j,4,101,extra\n")
+    ds = prepare("amazon", str(tmp_path / "ratings_Toys.csv"), tmp_path / "o-csv")
+    assert [it["raw_id"] for it in ds.items] == ["i", "j"]
+
+
+def test_meta_is_read_only_for_reviewed_products_and_a_bad_meta_line_is_named(tmp_path):
+    _write(tmp_path / "Toys.jsonl", '{"user_id": "u", "parent_asin": "P1", "rating": 5, "timestamp": 1000}\n')
+    meta = [{"parent_asin": "P9", "title": "Unreviewed"}, {"parent_asin": "P1", "title": "First"},
+            {"parent_asin": "P1", "title": "Repeated id: the first line wins"}]
+    _write(tmp_path / "meta_Toys.jsonl", "\n".join(json.dumps(m) for m in meta) + "\n")
+    from jaxrec.data.readers import get_reader
+
+    raw = get_reader("amazon2023").read(tmp_path / "Toys.jsonl")
+    assert raw.item_meta == {"P1": {"title": "First"}}
+    _write(tmp_path / "meta_Toys.jsonl", json.dumps(meta[1]) + '\n{"title": "no id"}\n')
+    with pytest.raises(DataError, match=r"meta_Toys.jsonl:2: product is missing 'asin'"):
+        prepare("amazon2023", str(tmp_path / "Toys.jsonl"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_parquet_round_trip_and_memory_mapped_arrays(tmp_path):
+    items = [{"raw_id": "a", "title": "Caf\u00e9 \u2615", "categories": ["x", "y"], "lcrec_index": ["<a_1>", "<b_2>"]},
+             {"raw_id": "b", "description": "", "attributes": [], "brand": "B"},
+             {"raw_id": "c"}]
+    ds = Dataset.from_sequences([[0, 2], [1]], items, user_raw_ids=["u1", "u2"], timestamps=[[5, 6], [7]],
+                                ratings=[[1.5, 2.0], [3.0]], name="toy", info={"format": "test"})
+    ds.save(tmp_path / "d")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [
+        "item_ids.npy", "items.parquet", "meta.json", "offsets.npy", "ratings.npy", "timestamps.npy", "users.parquet"]
+    assert json.loads((tmp_path / "d" / "meta.json").read_text())["version"] == 2
+    loaded = Dataset.load(tmp_path / "d")
+    assert loaded.items == items and loaded.user_raw_ids == ["u1", "u2"] and loaded.titles() == ["Caf\u00e9 \u2615", "item b", "item c"]
+    for name in ("offsets", "item_ids", "timestamps", "ratings"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(ds, name))
+        assert not getattr(loaded, name).flags.writeable  # memory-mapped read-only, not read into memory
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "d" / "items.parquet")
+    assert table.column_names == ["raw_id", "title", "categories", "lcrec_index", "description", "attributes", "brand"]
+    assert table["categories"].to_pylist() == [["x", "y"], None, None]
+
+
+def test_a_version_1_directory_still_loads(tmp_path):
+    d = tmp_path / "v1"
+    d.mkdir()
+    (d / "meta.json").write_text(json.dumps({"format": "jaxrec-dataset", "version": 1, "name": "old", "users": 2,
+                                             "items": 2, "interactions": 3, "has_timestamps": True,
+                                             "has_ratings": False, "info": {"format": "s3rec"}}))
+    (d / "items.jsonl").write_text('{"raw_id": "5", "title": "Kite", "categories": ["Toys"]}\n{"raw_id": "3"}\n')
+    (d / "users.jsonl").write_text('{"raw_id": "1"}\n{"raw_id": "2"}\n')
+    np.save(d / "offsets.npy", np.array([0, 2, 3], np.int64))
+    np.save(d / "item_ids.npy", np.array([0, 1, 1], np.int32))
+    np.save(d / "timestamps.npy", np.array([1, 2, 3], np.int64))
+    ds = Dataset.load(d)
+    assert ds.items == [{"raw_id": "5", "title": "Kite", "categories": ["Toys"]}, {"raw_id": "3"}]
+    assert ds.user_raw_ids == ["1", "2"] and ds.name == "old" and ds.ratings is None
+    np.testing.assert_array_equal(ds.sequence(0), [0, 1])
+    (d / "items.jsonl").write_text('{"raw_id": "5"}\n{"title": "no id"}\n')
+    with pytest.raises(DataError, match=r"items.jsonl:2: missing 'raw_id'"):
+        Dataset.load(d)
+    ds.save(tmp_path / "v2")  # saving writes the current version
+    assert Dataset.load(tmp_path / "v2").user_raw_ids == ["1", "2"]

@@ -2,18 +2,20 @@
 
 On disk (a directory, readable with plain tools; see docs/DATA_FORMAT.md)::
 
-    meta.json        {"format": "jaxrec-dataset", "version": 1, "name", "users", "items",
+    meta.json        {"format": "jaxrec-dataset", "version": 2, "name", "users", "items",
                       "interactions", "has_timestamps", "has_ratings", "info": {...provenance...}}
-    items.jsonl      one JSON object per item, line i = item id i:
-                     {"raw_id": str, "title"?: str, "description"?: str, "brand"?: str,
-                      "categories"?: [str], "attributes"?: [str], ...any other text field}
-    users.jsonl      one JSON object per user, line u = user id u: {"raw_id": str}
+    items.parquet    one row per item, row i = item id i: raw_id (string), title, description, brand
+                     (string or null), categories, attributes (list<string> or null), lcrec_index
+                     (list<string>, LC-Rec data only), any other field the items carry
+    users.parquet    one row per user, row u = user id u: raw_id (string)
     offsets.npy      int64 [U+1]   user u's interactions are rows offsets[u]:offsets[u+1]
     item_ids.npy     int32 [E]     item id of each interaction, chronological within a user
     timestamps.npy   int64 [E]     unix seconds (only when known)
     ratings.npy      float32 [E]   explicit rating (only when known)
 
-Item and user ids are dense 0-based integers; ``raw_id`` maps them back to the source.
+The ``.npy`` arrays are loaded memory-mapped (read-only). Version 1 directories (``items.jsonl`` /
+``users.jsonl``, one JSON object per line) still load. Item and user ids are dense 0-based integers;
+``raw_id`` maps them back to the source.
 """
 
 from __future__ import annotations
@@ -24,14 +26,21 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from jaxrec.atomic import atomic_dir
 from jaxrec.errors import DataError
 from jaxrec.remote import is_remote, local_input
 
 FORMAT = "jaxrec-dataset"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: items.jsonl / users.jsonl
 TEXT_FIELDS = ("title", "description", "brand", "categories", "attributes")
+# the Parquet type of each known item field; other fields get the type Arrow infers from their values
+ITEM_TYPES = {"raw_id": pa.string(), "title": pa.string(), "description": pa.string(), "brand": pa.string(),
+              "categories": pa.list_(pa.string()), "attributes": pa.list_(pa.string()),
+              "lcrec_index": pa.list_(pa.string())}
 
 
 @dataclasses.dataclass
@@ -188,12 +197,8 @@ class Dataset:
                 "info": self.info,
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-            with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
-                for it in self.items:
-                    f.write(json.dumps(it, ensure_ascii=False) + "\n")
-            with open(tmp / "users.jsonl", "w", encoding="utf-8") as f:
-                for raw in self.user_raw_ids:
-                    f.write(json.dumps({"raw_id": raw}, ensure_ascii=False) + "\n")
+            pq.write_table(_items_table(self.items), tmp / "items.parquet")
+            pq.write_table(pa.table({"raw_id": pa.array(self.user_raw_ids, pa.string())}), tmp / "users.parquet")
             np.save(tmp / "offsets.npy", self.offsets)
             np.save(tmp / "item_ids.npy", self.item_ids)
             if self.timestamps is not None:
@@ -217,13 +222,18 @@ class Dataset:
             raise DataError(f"{meta_path}: invalid JSON: {e}") from None
         if meta.get("format") != FORMAT:
             raise DataError(f"{meta_path}: 'format' must be {FORMAT!r}, got {meta.get('format')!r}")
-        if meta.get("version") != VERSION:
-            raise DataError(f"{meta_path}: unsupported version {meta.get('version')!r} (expected {VERSION})")
-        items = _read_jsonl(path / "items.jsonl")
-        for i, it in enumerate(items):
-            if "raw_id" not in it:
-                raise DataError(f"{path / 'items.jsonl'}:{i + 1}: missing 'raw_id'")
-        users = [u.get("raw_id", str(i)) for i, u in enumerate(_read_jsonl(path / "users.jsonl"))]
+        if meta.get("version") not in READABLE_VERSIONS:
+            raise DataError(f"{meta_path}: unsupported version {meta.get('version')!r} (expected one of "
+                            f"{', '.join(map(str, READABLE_VERSIONS))})")
+        if meta["version"] == 1:
+            items = _read_jsonl(path / "items.jsonl")
+            for i, it in enumerate(items):
+                if "raw_id" not in it:
+                    raise DataError(f"{path / 'items.jsonl'}:{i + 1}: missing 'raw_id'")
+            users = [u.get("raw_id", str(i)) for i, u in enumerate(_read_jsonl(path / "users.jsonl"))]
+        else:
+            items = _rows(_read_parquet(path / "items.parquet"))
+            users = _read_parquet(path / "users.parquet")["raw_id"].to_pylist()
 
         def arr(name: str, required: bool = True):
             f = path / name
@@ -232,7 +242,7 @@ class Dataset:
                     raise DataError(f"{path}: missing {name}")
                 return None
             try:
-                return np.load(f, allow_pickle=False)
+                return np.load(f, mmap_mode="r", allow_pickle=False)
             except (ValueError, EOFError, OSError) as e:  # truncated or not an .npy file
                 raise DataError(f"{f}: not a readable .npy array ({e}); the dataset is damaged: prepare it "
                                 f"again with `jaxrec data prepare`") from None
@@ -271,3 +281,37 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             out.append(obj)
     return out
+
+
+def _items_table(items: list[dict[str, Any]]) -> pa.Table:
+    """The items as columns: known fields typed by :data:`ITEM_TYPES`, an absent field null."""
+    missing = next((i for i, it in enumerate(items) if it.get("raw_id") is None), None)
+    if missing is not None:
+        raise DataError(f"item {missing}: missing 'raw_id'")
+    names = list(dict.fromkeys(["raw_id", *(k for it in items for k in it)]))
+    columns = {}
+    for name in names:
+        values = [it.get(name) for it in items]
+        try:
+            columns[name] = pa.array(values, ITEM_TYPES.get(name))
+        except (pa.ArrowException, TypeError) as e:
+            raise DataError(f"item field {name!r}: cannot be stored as one Parquet column ({e})") from None
+    return pa.table(columns)
+
+
+def _read_parquet(path: Path) -> pa.Table:
+    if not path.is_file():
+        raise DataError(f"missing file {path}")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({e}); the dataset is damaged: prepare it again "
+                        f"with `jaxrec data prepare`") from None
+    if "raw_id" not in table.column_names or table["raw_id"].null_count:
+        raise DataError(f"{path}: every row needs a 'raw_id'")
+    return table
+
+
+def _rows(table: pa.Table) -> list[dict[str, Any]]:
+    """Per row a dict of its non-null fields (an absent field is stored as null)."""
+    return [{k: v for k, v in row.items() if v is not None} for row in table.to_pylist()]

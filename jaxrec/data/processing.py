@@ -31,31 +31,50 @@ Remap = Literal["first", "random"]
 def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
     """bool [E]: the interactions of the k-core (fixed point of dropping users/items with < k rows).
 
-    ``users``/``items`` are int [E] dense indices.
+    ``users``/``items`` are int [E] dense indices. Each round drops, at once, every row whose user or item has
+    < k rows among the rows still kept; the rounds work on the shrinking set of kept rows.
     """
     keep = np.ones(users.shape[0], dtype=bool)
-    if k <= 1:
+    if k <= 1 or users.size == 0:
         return keep
+    rows, u, i = np.arange(users.shape[0]), users, items
+    num_users, num_items = int(users.max()) + 1, int(items.max()) + 1
     while True:
-        user_counts = np.bincount(users[keep], minlength=int(users.max(initial=-1)) + 1)
-        item_counts = np.bincount(items[keep], minlength=int(items.max(initial=-1)) + 1)
-        new_keep = keep & (user_counts[users] >= k) & (item_counts[items] >= k)
-        if np.array_equal(new_keep, keep):
-            return keep
-        keep = new_keep
+        ok = (np.bincount(u, minlength=num_users)[u] >= k) & (np.bincount(i, minlength=num_items)[i] >= k)
+        if ok.all():
+            break
+        rows, u, i = rows[ok], u[ok], i[ok]
+    keep[:] = False
+    keep[rows] = True
+    return keep
 
 
 def dedup_mask(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None) -> np.ndarray:
-    """bool [E]: True for the earliest occurrence of each (user, item) pair (ties: source order)."""
+    """bool [E]: True for the earliest occurrence of each (user, item) pair (ties: source order).
+
+    ``users``/``items`` are non-negative int [E]. One stable sort by pair finds the repeated pairs; only their
+    rows are ordered by (pair, time, source position).
+    """
     n = users.shape[0]
-    order = np.arange(n)
-    time = timestamps if timestamps is not None else order
-    by_pair = np.lexsort((order, time, items, users))
-    pairs = np.stack([users[by_pair], items[by_pair]], axis=1)
-    first = np.ones(n, dtype=bool)
-    first[1:] = np.any(pairs[1:] != pairs[:-1], axis=1)
-    keep = np.zeros(n, dtype=bool)
-    keep[by_pair[first]] = True
+    keep = np.ones(n, dtype=bool)
+    if n < 2:
+        return keep
+    pair = users.astype(np.int64) * (int(items.max()) + 1) + items
+    by_pair = np.argsort(pair, kind="stable")
+    pair = pair[by_pair]
+    same = pair[1:] == pair[:-1]
+    if not same.any():
+        return keep
+    repeated = np.zeros(n, dtype=bool)  # in pair order: the rows of pairs that occur more than once
+    repeated[1:] |= same
+    repeated[:-1] |= same
+    rows, pair = by_pair[repeated], pair[repeated]  # rows ascending within each pair (stable sort)
+    if timestamps is not None:
+        order = np.lexsort((rows, timestamps[rows], pair))
+        rows, pair = rows[order], pair[order]
+    first = np.ones(rows.size, dtype=bool)
+    first[1:] = pair[1:] != pair[:-1]
+    keep[rows[~first]] = False
     return keep
 
 
@@ -101,8 +120,18 @@ def _mask(rows: np.ndarray, n: int) -> np.ndarray:
 
 
 def _counts(step: str, raw: RawInteractions, keep: np.ndarray) -> dict[str, Any]:
-    return {"step": step, "users": int(np.unique(raw.users[keep]).size),
-            "items": int(np.unique(raw.items[keep]).size), "interactions": int(keep.sum())}
+    return {"step": step, "users": _distinct(raw.users[keep]), "items": _distinct(raw.items[keep]),
+            "interactions": int(keep.sum())}
+
+
+def _distinct(ids: np.ndarray) -> int:
+    """How many distinct values the dense non-negative int ``ids`` hold."""
+    return int(np.count_nonzero(np.bincount(ids))) if ids.size else 0
+
+
+def _present(ids: np.ndarray) -> np.ndarray:
+    """The distinct values of dense non-negative int ``ids``, ascending (``np.unique`` without a sort)."""
+    return np.flatnonzero(np.bincount(ids))
 
 
 def _dense_rank(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -112,21 +141,36 @@ def _dense_rank(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
     return lookup[values]
 
 
+def _chronological(users: np.ndarray, time: np.ndarray) -> np.ndarray:
+    """int [E]: row order by user, then time, ties by position (``np.lexsort((arange, time, users))``), as one
+    stable sort of a combined key when it fits in int64."""
+    if time.size == 0:
+        return np.zeros(0, np.int64)
+    low, span = int(time.min()), int(time.max()) - int(time.min()) + 1
+    if (int(users.max()) + 1) * span >= 2 ** 62:
+        return np.lexsort((np.arange(time.size), time, users))
+    return np.argsort(users.astype(np.int64) * span + (time - low), kind="stable")
+
+
+def _first_appearance(items: np.ndarray) -> np.ndarray:
+    """The distinct values of dense non-negative int ``items`` in order of first appearance."""
+    first = np.full(int(items.max()) + 1, items.size, dtype=np.int64)
+    np.minimum.at(first, items, np.arange(items.size))
+    present = np.flatnonzero(first < items.size)
+    return present[np.argsort(first[present])]
+
+
 def _build(raw: RawInteractions, rows: np.ndarray, remap: Remap, seed: int, record: dict[str, Any]) -> Dataset:
     users, items = raw.users[rows], raw.items[rows]
-    user_keys = np.unique(users)  # source user indices are numbered by first appearance
+    user_keys = _present(users)  # source user indices are numbered by first appearance
     if remap == "random":
         rng = np.random.default_rng(seed)
         user_keys = rng.permutation(user_keys)
     new_user = _dense_rank(user_keys, users)
     time = raw.timestamps[rows] if raw.timestamps is not None else np.zeros(rows.size, np.int64)
-    order = np.lexsort((rows, time, new_user))  # per user chronological, ties by source order
+    order = _chronological(new_user, time)  # per user chronological, ties by source order (rows ascend)
     rows, new_user, items = rows[order], new_user[order], items[order]
-    if remap == "random":
-        item_keys = rng.permutation(np.unique(items))
-    else:
-        uniq, first_pos = np.unique(items, return_index=True)
-        item_keys = uniq[np.argsort(first_pos)]
+    item_keys = rng.permutation(_present(items)) if remap == "random" else _first_appearance(items)
     new_item = _dense_rank(item_keys, items)
     counts = np.bincount(new_user, minlength=user_keys.size)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)

@@ -6,7 +6,8 @@ review fields (title, text, images, ...) are not used.
 
 Metadata: ``meta_<Category>.jsonl(.gz)``, one product per line, keyed by ``parent_asin``. Used fields: ``title``,
 ``description`` (list of paragraphs), ``store`` (kept as ``brand``), ``categories`` (one path, a list of
-strings), ``features`` (kept as ``attributes``), read by :func:`jaxrec.data.readers.amazon.read_meta`. Found next
+strings), ``features`` (kept as ``attributes``), read by :func:`jaxrec.data.readers.amazon.read_meta` (only the
+products that have a review). Found next
 to the reviews file when ``meta`` is not given.
 """
 
@@ -35,9 +36,10 @@ def default_meta(path: Path) -> Path | None:
 
 
 def read(path: Path, meta: Path | None = None) -> RawInteractions:
-    log = read_reviews(path, REVIEW_FIELDS, per_second=1000)
+    columns = read_reviews(path, REVIEW_FIELDS, per_second=1000)
     meta = meta or default_meta(path)
-    item_meta = read_meta(meta) if meta is not None else {}
     info = {"format": "amazon2023", "input": str(path), "meta": str(meta) if meta else None,
             "timestamps": "seconds (the source's milliseconds // 1000)"}
-    return log.build(item_meta, name=category_name(path), info=info)
+    raw = RawInteractions.from_columns(columns, category_name(path), info)
+    raw.item_meta = read_meta(meta, raw.item_raw_ids) if meta is not None else {}
+    return raw

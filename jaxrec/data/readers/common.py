@@ -1,4 +1,5 @@
-"""What every reader shares: the raw interaction log it fills, file access, and meta normalisation."""
+"""What every reader shares: the parsed columns and the raw log built from them (ids numbered by first appearance,
+vectorized), file access, and meta normalisation."""
 
 from __future__ import annotations
 
@@ -12,9 +13,30 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from jaxrec.data.dataset import Dataset
 from jaxrec.errors import DataError
+
+
+@dataclasses.dataclass
+class Columns:
+    """A source's interaction rows in source order, as parsed (E rows).
+
+    Attributes:
+      users, items: Arrow string arrays [E] of the source's raw ids.
+      timestamps: int64 [E] unix seconds, or None when the source has no time.
+      ratings: float32 [E], or None.
+    """
+
+    users: pa.Array | pa.ChunkedArray
+    items: pa.Array | pa.ChunkedArray
+    timestamps: np.ndarray | None = None
+    ratings: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.users)
 
 
 @dataclasses.dataclass
@@ -23,7 +45,7 @@ class RawInteractions:
 
     Attributes:
       users: int64 [E] index into ``user_raw_ids`` (numbered by first appearance in the source).
-      items: int64 [E] index into ``item_raw_ids``.
+      items: int64 [E] index into ``item_raw_ids`` (likewise).
       user_raw_ids, item_raw_ids: the source's ids.
       timestamps: int64 [E] unix seconds, or None when the source has no time.
       ratings: float32 [E], or None.
@@ -46,21 +68,44 @@ class RawInteractions:
     def num_interactions(self) -> int:
         return int(self.users.shape[0])
 
+    @classmethod
+    def from_columns(cls, columns: Columns, name: str, info: dict[str, Any],
+                     item_meta: dict[str, dict[str, Any]] | None = None) -> "RawInteractions":
+        """Number the raw ids of ``columns`` by first appearance (a hash table, no Python loop over rows)."""
+        if len(columns) == 0:
+            raise DataError(f"{info.get('input', name)}: no interactions found")
+        users, user_raw_ids = encode_ids(columns.users)
+        items, item_raw_ids = encode_ids(columns.items)
+        return cls(users=users, items=items, user_raw_ids=user_raw_ids, item_raw_ids=item_raw_ids,
+                   timestamps=columns.timestamps, ratings=columns.ratings, item_meta=item_meta or {}, name=name,
+                   info=info)
+
+
+def encode_ids(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """(int64 [E] index of each value, the distinct values in order of first appearance)."""
+    encoded = pc.dictionary_encode(values)
+    chunks = encoded.chunks if isinstance(encoded, pa.ChunkedArray) else [encoded]
+    if not chunks:
+        return np.zeros(0, np.int64), []
+    # one hash table runs over all chunks: each chunk's dictionary extends the previous one's
+    dictionary = chunks[-1].dictionary
+    indices = np.concatenate([c.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False) for c in chunks])
+    return indices, dictionary.to_pylist()
+
 
 class InteractionLog:
-    """Collects (user, item, timestamp, rating) rows, numbering raw ids by first appearance."""
+    """Collects (user, item, timestamp, rating) rows of the line-by-line readers (the small formats, and the
+    line loop that locates a bad row) as :class:`Columns`."""
 
     def __init__(self, with_timestamps: bool, with_ratings: bool):
-        self._user_index: dict[str, int] = {}
-        self._item_index: dict[str, int] = {}
-        self._users: list[int] = []
-        self._items: list[int] = []
+        self._users: list[str] = []
+        self._items: list[str] = []
         self._timestamps: list[int] | None = [] if with_timestamps else None
         self._ratings: list[float] | None = [] if with_ratings else None
 
     def add(self, user: str, item: str, timestamp: int | None = None, rating: float | None = None) -> None:
-        self._users.append(self._user_index.setdefault(user, len(self._user_index)))
-        self._items.append(self._item_index.setdefault(item, len(self._item_index)))
+        self._users.append(user)
+        self._items.append(item)
         if self._timestamps is not None:
             self._timestamps.append(timestamp)
         if self._ratings is not None:
@@ -69,17 +114,13 @@ class InteractionLog:
     def __len__(self) -> int:
         return len(self._users)
 
+    def columns(self) -> Columns:
+        return Columns(users=pa.array(self._users, pa.string()), items=pa.array(self._items, pa.string()),
+                       timestamps=None if self._timestamps is None else np.asarray(self._timestamps, dtype=np.int64),
+                       ratings=None if self._ratings is None else np.asarray(self._ratings, dtype=np.float32))
+
     def build(self, item_meta: dict[str, dict[str, Any]], name: str, info: dict[str, Any]) -> RawInteractions:
-        if not self._users:
-            raise DataError(f"{info.get('input', name)}: no interactions found")
-        return RawInteractions(
-            users=np.asarray(self._users, dtype=np.int64),
-            items=np.asarray(self._items, dtype=np.int64),
-            user_raw_ids=list(self._user_index),
-            item_raw_ids=list(self._item_index),
-            timestamps=None if self._timestamps is None else np.asarray(self._timestamps, dtype=np.int64),
-            ratings=None if self._ratings is None else np.asarray(self._ratings, dtype=np.float32),
-            item_meta=item_meta, name=name, info=info)
+        return RawInteractions.from_columns(self.columns(), name, info, item_meta)
 
 
 def raw_from_dataset(ds: Dataset) -> RawInteractions:

@@ -19,8 +19,9 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from jaxrec.data.readers.common import (InteractionLog, RawInteractions, integer_id, iter_lines, to_float,
-                                       to_int)
+from jaxrec.data.readers import columnar
+from jaxrec.data.readers.common import (Columns, InteractionLog, RawInteractions, integer_id, iter_lines, to_float,
+                                        to_int)
 from jaxrec.errors import DataError
 
 RATINGS_FILES = ("u.data", "ratings.dat", "ratings.csv")
@@ -29,6 +30,7 @@ ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "C
                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
                  "War", "Western")
 NO_GENRE = "(no genres listed)"
+FIELDS = ("user", "item", "rating", "timestamp")
 
 
 def _ratings_file(path: Path) -> Path:
@@ -45,20 +47,36 @@ def _ratings_file(path: Path) -> Path:
 def read(path: Path, meta: Path | None = None) -> RawInteractions:
     ratings = _ratings_file(path)
     movies = meta or ratings.with_name(MOVIES_FILES[ratings.name])
-    log = InteractionLog(with_timestamps=True, with_ratings=True)
-    if ratings.name == "u.data":
-        _read_ratings(ratings, log, split=lambda line: line.split("\t"), header=False)
-    elif ratings.name == "ratings.dat":
-        _read_ratings(ratings, log, split=lambda line: line.split("::"), header=False)
-    else:
-        _read_ratings(ratings, log, split=lambda line: next(csv.reader([line])), header=True)
+    columns = columnar.columnar_or_lines(lambda: _ratings_columnar(ratings), lambda: _ratings_lines(ratings))
     item_meta = _read_movies(movies) if movies.is_file() else {}
     name = ratings.parent.name or "movielens"
     info = {"format": "movielens", "input": str(ratings), "meta": str(movies) if movies.is_file() else None}
-    return log.build(item_meta, name=name, info=info)
+    return RawInteractions.from_columns(columns, name, info, item_meta)
 
 
-def _read_ratings(path: Path, log: InteractionLog, split, header: bool) -> None:
+def _ratings_columnar(path: Path) -> Columns:
+    if path.name == "u.data":
+        table = columnar.read_csv(path, FIELDS, delimiter="\t", quoted=False)
+    elif path.name == "ratings.dat":  # `::` read as `:` with an empty field in each gap
+        names = ("user", "gap1", "item", "gap2", "rating", "gap3", "timestamp")
+        table = columnar.read_csv(path, names, delimiter=":", quoted=False)
+        for gap in ("gap1", "gap2", "gap3"):
+            columnar.empty(table[gap])
+    else:
+        table = columnar.read_csv(path, FIELDS, skip_rows=1)
+    return Columns(users=columnar.digit_ids(table["user"]), items=columnar.digit_ids(table["item"]),
+                   timestamps=columnar.ints(table["timestamp"]), ratings=columnar.floats(table["rating"]))
+
+
+def _ratings_lines(path: Path) -> Columns:
+    """The line loop: every line's four fields checked in order (the first bad line raises)."""
+    if path.name == "u.data":
+        split, header = (lambda line: line.split("\t")), False
+    elif path.name == "ratings.dat":
+        split, header = (lambda line: line.split("::")), False
+    else:
+        split, header = (lambda line: next(csv.reader([line]))), True
+    log = InteractionLog(with_timestamps=True, with_ratings=True)
     for lineno, line in iter_lines(path, "auto"):
         if header and lineno == 1:
             continue
@@ -66,7 +84,9 @@ def _read_ratings(path: Path, log: InteractionLog, split, header: bool) -> None:
         if len(fields) != 4:
             raise DataError(f"{path}:{lineno}: expected 4 fields user, item, rating, timestamp; got {line[:60]!r}")
         user, item, rating, ts = (f.strip() for f in fields)
-        log.add(integer_id(path, lineno, "user id", user), integer_id(path, lineno, "item id", item), to_int(path, lineno, "timestamp", ts), to_float(path, lineno, "rating", rating))
+        log.add(integer_id(path, lineno, "user id", user), integer_id(path, lineno, "item id", item),
+                to_int(path, lineno, "timestamp", ts), to_float(path, lineno, "rating", rating))
+    return log.columns()
 
 
 def _read_movies(path: Path) -> dict[str, dict[str, Any]]:
