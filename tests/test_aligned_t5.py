@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from jaxrec.config import from_dict
+from jaxrec.decode.driver import constrained_items
+from jaxrec.models.prompts import encode, prompt_ids
 
 TINY = {
     "method": "aligned_t5",
@@ -65,10 +67,10 @@ def test_retrieval_beams_are_distinct_valid_items(run):
     keys, space = aligned_t5.load_item_keys(config.out_dir, ds)
     model, tok = llm.load_run(config.out_dir)
     examples = aligned_t5_eval_examples("retrieval", ds, leave_one_out(ds), keys, "test", config.tasks)[:8]
-    trie = ItemTrie.from_sequences(llm.encode(tok, [aligned_t5.answer_text(k, space) for k in keys]),
+    trie = ItemTrie.from_sequences(encode(tok, [aligned_t5.answer_text(k, space) for k in keys]),
                                    eos_id=tok.eos_token_id, vocab_size=model.config.vocab_size)
-    items = aligned_t5.retrieval_items(model, llm.prompt_ids(tok, model, [e.prompt for e in examples]), trie,
-                                       config.eval, tok.eos_token_id, tok.pad_token_id, "test")
+    items = constrained_items(model, prompt_ids(tok, model, [e.prompt for e in examples]), trie,
+                              num_beams=config.eval.num_beams, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
     assert items.shape == (8, 4) and ((items >= 0) & (items < 60)).all()
     assert all(len(set(row)) == 4 for row in items.tolist())
 
@@ -98,7 +100,7 @@ def test_candidate_log_likelihoods_equal_teacher_forced_forward():
     import jax
     from flax import nnx
 
-    from jaxrec.methods.aligned_t5 import candidate_log_likelihoods, token_matrix
+    from jaxrec.decode.candidates import candidate_log_likelihoods, token_matrix
     from jaxrec.models import build_model, tiny_t5_config
 
     model = build_model(tiny_t5_config(40, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=2,
@@ -133,7 +135,7 @@ def test_decoder_only_candidate_log_likelihoods_equal_full_forward():
     candidates fed as beams == log p(answer + EOS | prompt) from one full forward per pair."""
     import jax
 
-    from jaxrec.methods.aligned_t5 import candidate_log_likelihoods, token_matrix
+    from jaxrec.decode.candidates import candidate_log_likelihoods, token_matrix
     from jaxrec.models import build_model, tiny_llama_config
 
     model = build_model(tiny_llama_config(40, hidden_size=32, intermediate_size=64, head_dim=8), seed=4)
@@ -173,7 +175,7 @@ def test_decoder_only_backbone_runs_the_task_mixture(tmp_path):
 
 
 def test_ranks_among_candidates_follow_the_tie_rule():
-    from jaxrec.methods.aligned_t5 import ranks_among_candidates
+    from jaxrec.eval.ranking import ranks_among
 
     rng = np.random.default_rng(0)
     candidates = np.stack([rng.permutation(100)[:12] for _ in range(30)])
@@ -181,7 +183,7 @@ def test_ranks_among_candidates_follow_the_tie_rule():
     targets = candidates[np.arange(30), rng.integers(0, 12, 30)]
     order = np.lexsort((candidates, -scores), axis=-1)  # by (-score, item id)
     expected = np.argmax(candidates[np.arange(30)[:, None], order] == targets[:, None], axis=1) + 1
-    np.testing.assert_array_equal(ranks_among_candidates(scores, candidates, targets), expected)
+    np.testing.assert_array_equal(ranks_among(scores, candidates, targets), expected)
 
 
 def test_rating_metrics_and_predictions_match_numpy():

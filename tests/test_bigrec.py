@@ -7,6 +7,10 @@ import numpy as np
 import pytest
 
 from jaxrec.config import from_dict
+from jaxrec.decode.driver import decode_texts, generate
+from jaxrec.ground.embed import embed_prompt_texts
+from jaxrec.models.prompts import encode, prompt_ids
+from jaxrec.models.section import ModelSection, make_model
 
 TINY = {
     "method": "bigrec",
@@ -89,17 +93,17 @@ def test_constrained_generation_returns_only_real_items(run):
     model, tokenizer = llm.load_run(config.out_dir)
     eos = tokenizer.eos_token_id
     item_titles = [quoted(t) for t in titles(ds)]
-    trie = ItemTrie.from_sequences(llm.encode(tokenizer, item_titles), eos_id=eos)
-    seqs, scores, items = llm.generate(model, llm.prompt_ids(tokenizer, model, [e.prompt for e in examples]),
+    trie = ItemTrie.from_sequences(encode(tokenizer, item_titles), eos_id=eos)
+    seqs, scores, items = generate(model, prompt_ids(tokenizer, model, [e.prompt for e in examples]),
                                        constraint=trie, num_beams=2, max_new_tokens=trie.max_length + 1, eos_id=eos,
                                        pad_id=tokenizer.pad_token_id, batch_size=8)
     assert items.shape == (8, 2) and (items >= 0).all() and np.isfinite(scores).all()
-    texts = llm.decode_texts(tokenizer, seqs.reshape(16, -1), eos)
+    texts = decode_texts(tokenizer, seqs.reshape(16, -1), eos)
     assert texts == [item_titles[i] for i in items.reshape(-1)]
 
 
 def test_grounding_equals_numpy_brute_force():
-    from jaxrec.methods.llm import ground_ranks
+    from jaxrec.ground.rank import target_ranks
 
     rng = np.random.default_rng(0)
     items = rng.normal(size=(50, 8)).astype(np.float32)
@@ -111,8 +115,8 @@ def test_grounding_equals_numpy_brute_force():
     dist = np.linalg.norm(queries[:, None] - items[None], axis=-1)
     order = np.lexsort((np.broadcast_to(np.arange(50), dist.shape), dist), axis=-1)  # by (distance, id)
     expected = np.argmax(order == targets[:, None], axis=1) + 1
-    np.testing.assert_array_equal(ground_ranks(queries, items, targets), expected)
-    assert list(ground_ranks(queries[:1], items, np.array([3]))) == [1]
+    np.testing.assert_array_equal(np.asarray(target_ranks(queries, items, targets, metric="l2")), expected)
+    assert list(np.asarray(target_ranks(queries[:1], items, np.array([3]), metric="l2"))) == [1]
 
 
 def test_embeddings_ignore_left_padding_and_run_io_round_trips(tmp_path):
@@ -124,13 +128,13 @@ def test_embeddings_ignore_left_padding_and_run_io_round_trips(tmp_path):
     from jaxrec.models.lora import LoraConfig
     from jaxrec.train.config import TrainConfig
 
-    section = llm.ModelSection(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+    section = ModelSection(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
                                num_kv_heads=1, max_position_embeddings=64)
     texts = ["Classic Yoga Mat", "Pro Dog Leash with a much longer title", "Pen"]
     tokenizer = llm.make_tokenizer(section, lambda: texts * 20, tmp_path)
-    model = llm.build_model(section, tokenizer)
-    batch = llm.embed_texts(model, tokenizer, {"texts": texts}, batch_size=4)["texts"]
-    ids = llm.prompt_ids(tokenizer, model, texts)
+    model = make_model(section, tokenizer)
+    batch = embed_prompt_texts(model, tokenizer, {"texts": texts}, batch_size=4)["texts"]
+    ids = prompt_ids(tokenizer, model, texts)
     for row, seq in zip(batch, ids):
         alone = model(np.asarray([seq]), return_hidden=True)[0, -1]
         np.testing.assert_allclose(row, alone, atol=1e-5)
@@ -153,10 +157,10 @@ def test_grow_vocab_records_growth_and_clears_a_stale_record(tmp_path):
     from jaxrec.methods import llm
     from jaxrec.models.tokenizer import add_tokens
 
-    section = llm.ModelSection(vocab_size=300, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
+    section = ModelSection(vocab_size=300, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
                                num_kv_heads=1, max_position_embeddings=32)
     tokenizer = llm.make_tokenizer(section, lambda: ["Classic Yoga Mat", "Pen"] * 20, tmp_path)
-    model = llm.build_model(section, tokenizer)
+    model = make_model(section, tokenizer)
     old = model.config.vocab_size
     add_tokens(tokenizer, [f"<a_{i}>" for i in range(old + 5 - len(tokenizer))])
     assert llm.grow_vocab(model, tokenizer, tmp_path, seed=1) == old

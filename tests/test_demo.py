@@ -7,6 +7,7 @@ import json
 
 from jaxrec.cli import main
 from jaxrec.commands.demo import RUNNERS, format_table
+from jaxrec.eval.sample import eval_subset
 
 
 def test_demo_quick(tmp_path, capsys):
@@ -56,16 +57,17 @@ def test_llm_row_runs_lcrec_on_a_pretrained_model(tmp_path):
     from jaxrec.data.tasks.rows import leave_one_out_rows
     from jaxrec.eval.metrics import metrics_from_ranks
     from jaxrec.methods import lcrec, llm
+    from jaxrec.models.section import ModelSection, make_model
     from jaxrec.commands.demo import run_demo
-    from jaxrec.methods.popularity import item_counts, rank_table
+    from jaxrec.eval.ranking import item_counts, static_ranks
     from jaxrec.models import save_pretrained
     from jaxrec.models.tokenizer import save_tokenizer
 
     ds = make_preset("tiny", seed=0)
-    section = llm.ModelSection(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+    section = ModelSection(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
                                num_kv_heads=1, max_position_embeddings=512)
     tokenizer = llm.make_tokenizer(section, lambda: lcrec.tokenizer_texts(ds), tmp_path / "bpe")
-    save_pretrained(llm.build_model(section, tokenizer), tmp_path / "hf")
+    save_pretrained(make_model(section, tokenizer), tmp_path / "hf")
     save_tokenizer(tokenizer, tmp_path / "hf")
 
     result = run_demo(tmp_path / "demo", quick=True, methods=["lcrec-llm"], llm=str(tmp_path / "hf"))
@@ -74,8 +76,8 @@ def test_llm_row_runs_lcrec_on_a_pretrained_model(tmp_path):
     run = json.loads((tmp_path / "demo" / "lcrec-llm-quick" / "run.json").read_text())
     assert run["mode"] == "lora" and run["config"]["train"]["steps"] == 2
     split = leave_one_out(ds)
-    chosen = llm.eval_subset(len(leave_one_out_rows(split, "test").users), 4, 0)
+    chosen = eval_subset(len(leave_one_out_rows(split, "test").users), 4, 0)
     targets = leave_one_out_rows(split, "test").targets[chosen]
-    expected = metrics_from_ranks(rank_table(item_counts(split.train, ds.num_items))[targets], (1, 5, 10, 20))
+    expected = metrics_from_ranks(static_ranks(item_counts(split.train, ds.num_items))[targets], (1, 5, 10, 20))
     assert row["popularity"] == {k: v for k, v in expected.items() if k.split("@")[0] in ("HR", "NDCG")}
     assert "popularity" in format_table(result["rows"]).splitlines()[2]

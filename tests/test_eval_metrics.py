@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxrec.errors import JaxrecError
-from jaxrec.eval.metrics import (metrics_from_ranks, metrics_from_topk, ranks_from_scores, ranks_from_topk,
+from jaxrec.eval.ranking import ranks_from_scores
+from jaxrec.eval.metrics import (list_metrics, metrics_from_ranks, ranks_from_topk,
                                  recall_at_k)
 from jaxrec.eval.ranking import batched_ranks
 
@@ -68,7 +69,7 @@ def test_topk_lists():
     topk = np.array([[3, 1, 2], [0, 4, 5], [7, 8, 9]])
     targets = np.array([1, 0, 6])
     np.testing.assert_array_equal(ranks_from_topk(topk, targets), [2, 1, 4])
-    m = metrics_from_topk(topk, targets, ks=(1, 3))
+    m = list_metrics(topk, targets, ks=(1, 3))
     assert m["HR@1"] == pytest.approx(1 / 3) and m["HR@3"] == pytest.approx(2 / 3)
     assert m["NDCG@3"] == pytest.approx((1 / math.log2(3) + 1) / 3)
     assert m["Recall@3"] == pytest.approx(m["HR@3"])
@@ -87,8 +88,8 @@ def test_recall_with_several_targets():
 def test_bad_inputs_raise_clear_errors():
     with pytest.raises(JaxrecError, match="1-based"):
         metrics_from_ranks(np.array([0, 2]))
-    with pytest.raises(JaxrecError, match="top-20"):
-        metrics_from_topk(np.zeros((2, 10), int), np.zeros(2, int))
+    with pytest.raises(JaxrecError, match="expected topk"):
+        list_metrics(np.zeros((2, 10), int), np.zeros(3, int))
     with pytest.raises(JaxrecError, match="no relevant item"):
         recall_at_k(np.zeros((1, 20), int), [[]])
 
@@ -107,8 +108,6 @@ def test_batched_ranks_pads_the_last_batch():
 
 def test_list_metrics_count_a_target_outside_the_list_as_a_miss_at_every_k():
     """4-item lists scored at K up to 10: a target absent from its list never becomes a hit at K > 4."""
-    from jaxrec.eval.metrics import list_metrics
-
     lists = np.array([[5, 3, 9, 1], [2, 7, -1, -1], [4, 4, 4, 4]])
     targets = np.array([9, 8, 4])  # rank 3, absent, rank 1
     m = list_metrics(lists, targets, [1, 3, 10])
@@ -116,3 +115,4 @@ def test_list_metrics_count_a_target_outside_the_list_as_a_miss_at_every_k():
     assert m["HR@10"] == pytest.approx(2 / 3)  # not 1: the absent target stays a miss
     assert m["NDCG@10"] == pytest.approx((1 / np.log2(4) + 1) / 3)
     assert m["MRR@4"] == pytest.approx((1 / 3 + 0 + 1) / 3) and "MRR" not in m and m["users"] == 3
+    assert m["Recall@3"] == m["HR@3"] and "Recall@10" not in m  # recall only where the lists reach K

@@ -8,6 +8,10 @@ import numpy as np
 import pytest
 
 from jaxrec.config import from_dict
+from jaxrec.index.source import index_mapping, index_token_ids
+from jaxrec.decode.driver import constrained_items
+from jaxrec.models.prompts import prompt_ids
+from jaxrec.models.section import ModelSection, make_model
 
 SYNTHETIC = {"synthetic": {"preset": "tiny", "num_users": 60, "num_items": 60}}
 LEVELS, CODES = 3, 6
@@ -39,10 +43,10 @@ def run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("lcrec")
     ds = load_dataset(from_dict(DataConfig, SYNTHETIC))
-    section = llm.ModelSection(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+    section = ModelSection(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
                                num_kv_heads=1, max_position_embeddings=256)
     tokenizer = llm.make_tokenizer(section, lambda: lcrec.tokenizer_texts(ds), tmp / "bpe")
-    save_pretrained(llm.build_model(section, tokenizer), tmp / "hf")
+    save_pretrained(make_model(section, tokenizer), tmp / "hf")
     save_tokenizer(tokenizer, tmp / "hf")
     codes = np.stack(np.unravel_index(np.random.default_rng(0).permutation(CODES ** LEVELS)[:ds.num_items],
                                       (CODES,) * LEVELS), 1)  # distinct rows: collision-free
@@ -82,17 +86,17 @@ def test_constrained_beams_are_distinct_real_items(run):
     from jaxrec.data.splits import leave_one_out
     from jaxrec.data.tasks.lcrec import lcrec_eval_examples
     from jaxrec.decode import ItemTrie
-    from jaxrec.methods import lcrec, llm
+    from jaxrec.methods import llm
 
     config, ds, codes, _, _ = run
     model, tokenizer = llm.load_run(config.out_dir)
-    ids = lcrec.index_token_ids(tokenizer, codes)
-    assert [tokenizer.decode(row) for row in ids[:2]] == ["".join(lcrec.index_mapping(codes)[i]) for i in (0, 1)]
+    ids = index_token_ids(tokenizer, codes)
+    assert [tokenizer.decode(row) for row in ids[:2]] == ["".join(index_mapping(codes)[i]) for i in (0, 1)]
     trie = ItemTrie.from_sequences(ids, eos_id=tokenizer.eos_token_id, vocab_size=model.config.vocab_size)
-    examples = lcrec_eval_examples(ds, leave_one_out(ds), lcrec.index_mapping(codes), "test", 0, 5)[:8]
-    prompts = llm.prompt_ids(tokenizer, model, [e.prompt for e in examples])
-    items = lcrec.beam_items(model, prompts, llm.padded_length(prompts), trie, "trie", config.eval,
-                             tokenizer.eos_token_id, tokenizer.pad_token_id, "test")
+    examples = lcrec_eval_examples(ds, leave_one_out(ds), index_mapping(codes), "test", 0, 5)[:8]
+    prompts = prompt_ids(tokenizer, model, [e.prompt for e in examples])
+    items = constrained_items(model, prompts, trie, mode="trie", num_beams=config.eval.num_beams,
+                              eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, batch_size=config.eval.batch_size)
     assert items.shape == (8, 10) and ((items >= 0) & (items < ds.num_items)).all()
     assert all(len(set(row)) == 10 for row in items.tolist())
 
@@ -124,20 +128,21 @@ def test_index_tokens_added_and_only_new_rows_trained(run):
 def test_index_from_dataset_field_and_errors():
     from jaxrec.data.dataset import Dataset
     from jaxrec.errors import DataError
+    from jaxrec.index.source import index_codes
     from jaxrec.methods import lcrec
 
     items = [{"raw_id": "7", "lcrec_index": ["<a_1>", "<b_2>"]}, {"raw_id": "3", "lcrec_index": ["<a_1>", "<b_0>"]}]
     ds = Dataset.from_sequences([[0, 1, 0], [1, 0, 1]], items)
     config = from_dict(lcrec.Config, {"data": {"path": "unused"}, "index": {"source": "dataset"}})
-    codes, report = lcrec.index_codes(config, ds)
+    codes, report = index_codes(config.index, ds)
     np.testing.assert_array_equal(codes, [[1, 2], [1, 0]])
     assert report["collision_rate_final"] == 0.0 and report["levels"] == 2
     items[1]["lcrec_index"] = ["<b_1>", "<a_0>"]
     with pytest.raises(DataError, match="item 1 .raw id 3"):
-        lcrec.index_codes(config, Dataset.from_sequences([[0, 1, 0]], items))
+        index_codes(config.index, Dataset.from_sequences([[0, 1, 0]], items))
     items[1]["lcrec_index"] = ["<a_1>", "<b_2>"]
     with pytest.raises(DataError, match="share an index"):
-        lcrec.index_codes(config, Dataset.from_sequences([[0, 1, 0]], items))
+        index_codes(config.index, Dataset.from_sequences([[0, 1, 0]], items))
 
 
 def test_configs_load():

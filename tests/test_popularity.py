@@ -8,7 +8,8 @@ import pytest
 from jaxrec.cli import main
 from jaxrec.data.dataset import Dataset
 from jaxrec.data.splits import leave_one_out
-from jaxrec.methods.popularity import evaluate_split, item_counts, rank_table
+from jaxrec.eval.ranking import item_counts, static_ranks
+from jaxrec.methods.popularity import evaluate_split
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +25,8 @@ def test_counts_exclude_the_last_two_items(toy):
     # user 4 ([1, 0]) is too short to evaluate, so its whole sequence is training data (counts 0 and 1)
 
 
-def test_rank_table_breaks_ties_by_lower_id():
-    np.testing.assert_array_equal(rank_table(np.array([2, 3, 3, 1, 1])), [3, 1, 2, 4, 5])
+def test_static_ranks_break_ties_by_lower_id():
+    np.testing.assert_array_equal(static_ranks(np.array([2, 3, 3, 1, 1])), [3, 1, 2, 4, 5])
 
 
 def test_hand_computed_metrics(toy):

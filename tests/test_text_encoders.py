@@ -13,6 +13,8 @@ from jaxrec.data.synthetic import make_preset
 from jaxrec.data.tasks.item_text import documents
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.ground.embed import encode_texts
+from jaxrec.models.prompts import bos_id, chat_prompts
+from jaxrec.models.section import ModelSection
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -84,21 +86,20 @@ def test_index_build_from_item_text(tiny_bert, tmp_path):
 
 
 def test_chat_prompts_use_the_template_or_say_there_is_none(tmp_path):
-    from jaxrec.methods import llm
     from jaxrec.models.tokenizer import load_tokenizer, save_tokenizer, train_bpe_tokenizer
 
     tokenizer = train_bpe_tokenizer(["a user watched a movie"] * 10, 64)
-    section = llm.ModelSection(chat_template=True)
+    section = ModelSection(chat_template=True)
     with pytest.raises(ConfigError, match="has no chat template"):
-        llm.chat_prompts(tokenizer, section, ["hi"])
+        chat_prompts(tokenizer, section, ["hi"])
     tokenizer.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{% endfor %}[assistant] "
-    assert llm.chat_prompts(tokenizer, section, ["hi"]) == ["[user] hi[assistant] "]
-    assert llm.chat_prompts(tokenizer, llm.ModelSection(), ["hi"]) == ["hi"]
-    assert llm.bos_id(tokenizer) == tokenizer.bos_token_id == 3
-    assert llm.bos_id(load_tokenizer(save_tokenizer(tokenizer, tmp_path / "with_bos"))) == 3
+    assert chat_prompts(tokenizer, section, ["hi"]) == ["[user] hi[assistant] "]
+    assert chat_prompts(tokenizer, ModelSection(), ["hi"]) == ["hi"]
+    assert bos_id(tokenizer) == tokenizer.bos_token_id == 3
+    assert bos_id(load_tokenizer(save_tokenizer(tokenizer, tmp_path / "with_bos"))) == 3
     tokenizer.init_kwargs["add_bos_token"] = False  # as a GGUF file's metadata says for SmolLM2
-    assert llm.bos_id(tokenizer) is None
-    assert llm.bos_id(load_tokenizer(save_tokenizer(tokenizer, tmp_path / "no_bos"))) is None
+    assert bos_id(tokenizer) is None
+    assert bos_id(load_tokenizer(save_tokenizer(tokenizer, tmp_path / "no_bos"))) is None
 
 
 def test_bigrec_grounding_with_a_sentence_encoder_matches_hf_brute_force(tiny_bert, tmp_path):
@@ -137,4 +138,4 @@ def test_chat_template_is_refused_by_recipes_that_do_not_apply_it(tmp_path):
     from jaxrec.methods import llm
 
     with pytest.raises(ConfigError, match="supported by the bigrec recipe only"):
-        llm.make_tokenizer(llm.ModelSection(chat_template=True), lambda: ["a b"], tmp_path)
+        llm.make_tokenizer(ModelSection(chat_template=True), lambda: ["a b"], tmp_path)

@@ -44,7 +44,7 @@ def run(tmp_path_factory):
 
 
 def test_end_to_end_metrics_and_real_items(run, monkeypatch):
-    from jaxrec.methods import lcrec, tiger
+    from jaxrec.methods import tiger
 
     config, ds, codes, summary, result = run
     assert summary["step"] == 2 and np.isfinite(summary["loss"])
@@ -61,13 +61,13 @@ def test_end_to_end_metrics_and_real_items(run, monkeypatch):
     assert [row["step"] for row in curve] == [1, 2] and all(0.0 <= row["eval/HR@5"] <= 1.0 for row in curve)
 
     seen = []
-    real = lcrec.beam_items
+    real = tiger.constrained_items
 
     def spy(*args, **kwargs):
         seen.append(real(*args, **kwargs))
         return seen[-1]
 
-    monkeypatch.setattr(tiger, "beam_items", spy)
+    monkeypatch.setattr(tiger, "constrained_items", spy)
     tiger.evaluate(config)
     items = seen[0]
     assert items.shape == (8, 5) and ((items >= 0) & (items < ds.num_items)).all()

@@ -11,6 +11,7 @@ from jaxrec.data.pipeline import CausalFeatures, Seq2SeqFeatures, TokenDataConfi
 from jaxrec.models import build_model, tiny_llama_config, tiny_t5_config
 from jaxrec.train.losses import causal_lm_loss, seq2seq_lm_loss
 from jaxrec.models.prompts import bos_id, encode, row_fits
+from jaxrec.models.section import ModelSection
 
 
 def examples(n, seed=0):
@@ -124,7 +125,7 @@ def test_row_fits_agrees_with_the_rows_the_pipeline_builds(tmp_path):
     from jaxrec.methods import llm
 
     texts = [f"user {i} watched item {i * 7} then item {i * 3}" for i in range(200)]
-    tokenizer = llm.make_tokenizer(llm.ModelSection(vocab_size=300), lambda: texts, tmp_path)
+    tokenizer = llm.make_tokenizer(ModelSection(vocab_size=300), lambda: texts, tmp_path)
     bos = bos_id(tokenizer)
     for seq_len in (12, 20, 32):
         fits = row_fits(tokenizer, seq_len)

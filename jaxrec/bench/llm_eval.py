@@ -4,16 +4,16 @@ Both sides run the same per-user workload on the same weights (a ``.gguf`` file 
 float32 by each side's own loader), the same token ids and the same catalog:
 
 1. the BIGRec prompt of a test example (BIGRec's temporal split, history 10; the tokenizer's chat
-   template when it has one, unless ``--no-chat``), ``[BOS] +`` prompt as :func:`jaxrec.methods.llm.prompt_ids`;
+   template when it has one, unless ``--no-chat``), ``[BOS] +`` prompt as :func:`jaxrec.models.prompts.prompt_ids`;
 2. free generation by beam search (``--beams``, top beam, ``max_new_tokens`` = longest tokenized
    quoted title + 1), batches of ``--batch`` users;
 3. the generated text (cut at EOS, quotes stripped) embedded by the last token's final hidden state
    (in batches of ``--embed-batch`` texts, or all of them when fewer);
 4. the whole catalog ranked by L2 distance to the item-title embeddings: the target's 1-based rank.
 
-jaxrec runs the real evaluation path (:func:`jaxrec.methods.llm.generate` with the title trie in
-``mode="none"``, as ``bigrec.evaluate`` does, :func:`~jaxrec.methods.llm.decode_texts`,
-:func:`~jaxrec.methods.llm.embed_texts`, :func:`~jaxrec.methods.llm.ground_ranks`). The peer runs
+jaxrec runs the real evaluation path (:func:`jaxrec.decode.driver.generate` with the title trie in
+``mode="none"``, as ``bigrec.evaluate`` does, :func:`~jaxrec.decode.driver.decode_texts`,
+:func:`~jaxrec.ground.embed.embed_prompt_texts`, :func:`~jaxrec.ground.rank.target_ranks`). The peer runs
 what BIGRec's own evaluation code does: ``transformers`` ``generate(num_beams, do_sample=False)`` on
 left-padded batches (each padded to its own longest prompt) under ``torch.inference_mode`` in
 float32, ``model(..., output_hidden_states=True).hidden_states[-1][:, -1]`` for the embeddings and
@@ -38,6 +38,10 @@ import sys
 import time
 
 import numpy as np
+from jaxrec.decode.driver import decode_texts, generate, left_pad, padded_length
+from jaxrec.ground.rank import target_ranks
+from jaxrec.ground.embed import embed_prompt_texts
+from jaxrec.models.prompts import bos_id, chat_prompts, encode, prompt_ids
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -86,7 +90,7 @@ def _query_texts(texts: list[str]) -> list[str]:
 
 def _query_batch(args, texts: list[str]) -> int:
     """Texts per forward when embedding the generated texts: ``--embed-batch``, or all of them when
-    fewer (llm.embed_texts pads a short last batch to the full batch size with copies)."""
+    fewer (embed_prompt_texts pads a short last batch to the full batch size with copies)."""
     return max(1, min(args.embed_batch, len(texts)))
 
 
@@ -105,7 +109,8 @@ def prepare(args) -> dict:
     """The shared inputs: prompts (token ids), targets, item titles, tokenizer and search settings."""
     from jaxrec.data.tasks import bigrec_eval_examples
     from jaxrec.data.tasks.item_text import quoted, titles as item_titles
-    from jaxrec.methods import bigrec, llm
+    from jaxrec.methods import bigrec
+    from jaxrec.models.section import ModelSection
     from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
     from jaxrec.models.tokenizer import load_tokenizer
 
@@ -119,11 +124,11 @@ def prepare(args) -> dict:
     if tokenizer.pad_token is None:  # as llm.make_tokenizer
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     chat = bool(getattr(tokenizer, "chat_template", None)) if args.chat is None else args.chat
-    section = llm.ModelSection(pretrained=args.model, chat_template=chat)
-    texts = llm.chat_prompts(tokenizer, section, [e.prompt for e in examples])
-    prompts = llm.prompt_ids(tokenizer, None, texts)  # decoder-only: [BOS] + prompt when the tokenizer adds one
+    section = ModelSection(pretrained=args.model, chat_template=chat)
+    texts = chat_prompts(tokenizer, section, [e.prompt for e in examples])
+    prompts = prompt_ids(tokenizer, None, texts)  # decoder-only: [BOS] + prompt when the tokenizer adds one
     titles = item_titles(ds)
-    title_ids = llm.encode(tokenizer, [quoted(t) for t in titles])
+    title_ids = encode(tokenizer, [quoted(t) for t in titles])
     return {"data": data, "tokenizer": tokenizer, "chat": chat, "prompts": prompts, "titles": titles,
             "title_ids": title_ids, "targets": np.asarray([e.target for e in examples], np.int32),
             "max_new_tokens": max(len(t) for t in title_ids) + 1, "eos": tokenizer.eos_token_id,
@@ -135,7 +140,6 @@ class JaxrecSide:
 
     def __init__(self, args, w: dict):
         from jaxrec.decode import ItemTrie
-        from jaxrec.methods import llm
         from jaxrec.models import load_pretrained
 
         start = time.perf_counter()
@@ -144,31 +148,29 @@ class JaxrecSide:
         self.args, self.w = args, w
         self.trie = ItemTrie.from_sequences(w["title_ids"], eos_id=w["eos"],
                                             vocab_size=self.model.config.vocab_size)
-        self.length = llm.padded_length(w["prompts"])
+        self.length = padded_length(w["prompts"])
         self.items = None
 
     def embed_catalog(self) -> float:
-        from jaxrec.methods import llm
 
         start = time.perf_counter()
-        self.items = llm.embed_texts(self.model, self.w["tokenizer"], {"items": self.w["titles"]},
+        self.items = embed_prompt_texts(self.model, self.w["tokenizer"], {"items": self.w["titles"]},
                                      self.args.embed_batch)["items"]
         return time.perf_counter() - start
 
     def __call__(self) -> tuple[list[str], np.ndarray, dict]:
-        from jaxrec.methods import llm
 
         a, w, tok = self.args, self.w, self.w["tokenizer"]
         t0 = time.perf_counter()
-        seqs, _, _ = llm.generate(self.model, w["prompts"], num_beams=a.beams, max_new_tokens=w["max_new_tokens"],
+        seqs, _, _ = generate(self.model, w["prompts"], num_beams=a.beams, max_new_tokens=w["max_new_tokens"],
                                   eos_id=w["eos"], pad_id=w["pad"], constraint=self.trie, mode="none",
                                   num_return_sequences=1, length_penalty=1.0, batch_size=a.batch,
                                   length=self.length)
         t1 = time.perf_counter()
-        texts = llm.decode_texts(tok, seqs[:, 0], w["eos"])
-        queries = llm.embed_texts(self.model, tok, {"q": _query_texts(texts)}, _query_batch(a, texts))["q"]
+        texts = decode_texts(tok, seqs[:, 0], w["eos"])
+        queries = embed_prompt_texts(self.model, tok, {"q": _query_texts(texts)}, _query_batch(a, texts))["q"]
         t2 = time.perf_counter()
-        ranks = llm.ground_ranks(queries, self.items, w["targets"])
+        ranks = np.asarray(target_ranks(queries, self.items, w["targets"], metric="l2"))
         t3 = time.perf_counter()
         return texts, ranks, {"generate": t1 - t0, "embed": t2 - t1, "rank": t3 - t2}
 
@@ -180,7 +182,6 @@ class HFSide:
         import torch
         import transformers
 
-        from jaxrec.methods import llm
         from jaxrec.models.checkpoints import resolve_pretrained
 
         if args.peer_threads:
@@ -195,13 +196,12 @@ class HFSide:
             model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
         self.model = model.eval()
         self.load_s = time.perf_counter() - start
-        self.bos = llm.bos_id(w["tokenizer"])
+        self.bos = bos_id(w["tokenizer"])
         self.items = None
 
     def _left_pad(self, rows):
-        from jaxrec.methods import llm
 
-        ids, mask = llm.left_pad(rows, max(len(r) for r in rows), self.w["pad"])
+        ids, mask = left_pad(rows, max(len(r) for r in rows), self.w["pad"])
         torch = self.torch
         return torch.as_tensor(ids, dtype=torch.long), torch.as_tensor(mask, dtype=torch.long)
 
@@ -224,7 +224,6 @@ class HFSide:
         return time.perf_counter() - start
 
     def __call__(self, prompts=None, targets=None) -> tuple[list[str], np.ndarray, dict]:
-        from jaxrec.methods import llm
 
         torch, a, w = self.torch, self.args, self.w
         prompts = w["prompts"] if prompts is None else prompts
@@ -242,7 +241,7 @@ class HFSide:
         t1 = time.perf_counter()
         width = max(len(g) for g in generated)
         seqs = np.asarray([g + [w["pad"]] * (width - len(g)) for g in generated])
-        texts = llm.decode_texts(w["tokenizer"], seqs, w["eos"])
+        texts = decode_texts(w["tokenizer"], seqs, w["eos"])
         queries = self._embed(_query_texts(texts), _query_batch(a, texts))
         t2 = time.perf_counter()
         with torch.inference_mode():

@@ -22,38 +22,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.errors import JaxrecError
 
 DEFAULT_KS = (1, 5, 10, 20)
-
-
-def ranks_from_scores(scores: jax.Array, targets: jax.Array, exclude: jax.Array | None = None) -> jax.Array:
-    """Rank of each target among all N items under the canonical tie rule, in O(B·N) without a sort.
-
-    Args:
-      scores: float [B, N], one score per catalog item (higher is better).
-      targets: int [B], the relevant item of each row.
-      exclude: optional int [B, L] item ids that are removed from the ranking of that row (e.g. the
-        user's history); negative entries are padding. The target itself is never removed, even if
-        it appears in ``exclude``.
-
-    Returns:
-      int32 [B] ranks in ``1..N`` (``1..N - #excluded`` with ``exclude``).
-    """
-    num_items = scores.shape[-1]
-    targets = targets.astype(jnp.int32)
-    target_scores = jnp.take_along_axis(scores, targets[:, None], axis=-1)
-    item_ids = jnp.arange(num_items, dtype=jnp.int32)[None, :]
-    ahead = (scores > target_scores) | ((scores == target_scores) & (item_ids < targets[:, None]))
-    if exclude is not None:
-        rows = jnp.arange(scores.shape[0])[:, None]
-        cols = jnp.where(exclude >= 0, exclude, num_items)  # padding -> out of range -> dropped
-        keep = jnp.ones(scores.shape, dtype=bool).at[rows, cols].set(False, mode="drop")
-        ahead = ahead & keep  # the target is never "ahead" of itself, so it is unaffected
-    return 1 + jnp.sum(ahead, axis=-1, dtype=jnp.int32)
 
 
 def ranks_from_topk(topk: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -115,24 +88,9 @@ def recall_at_k(topk: np.ndarray, targets: Sequence[Sequence[int]] | np.ndarray,
             raise JaxrecError(f"user row {row} has no relevant item; Recall is undefined")
         padded[row, : len(t)] = np.unique(np.asarray(t))  # duplicates would count twice
     sizes = (padded >= 0).sum(axis=1)
-    found = (topk[:, :, None] == padded[:, None, :]).any(axis=2)  # [B, Kmax] position holds a target
-    return {f"Recall@{k}": _mean(found[:, :k].sum(axis=1) / sizes) for k in ks}
-
-
-def metrics_from_topk(topk: np.ndarray, targets: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
-    """HR/NDCG/Recall@K and ``MRR@Kmax`` (misses count 0) for single-target users from top-K lists.
-
-    Used where a method produces a list rather than a score per item (e.g. beam search).
-    """
-    topk = np.asarray(topk)
-    if max(ks) > topk.shape[1]:
-        raise JaxrecError(f"metrics at K={max(ks)} need top-{max(ks)} lists, got top-{topk.shape[1]}")
-    ranks = ranks_from_topk(topk, targets)
-    out = metrics_from_ranks(ranks, ks)
-    del out["MRR"]  # a list only knows ranks up to Kmax: report the truncated MRR under its own name
-    out[f"MRR@{topk.shape[1]}"] = _mean(np.where(ranks <= topk.shape[1], 1.0 / ranks, 0.0))
-    out.update(recall_at_k(topk, np.asarray(targets), ks))
-    return out
+    match = topk[:, :, None] == padded[:, None, :]  # [B, Kmax, T]: position holds that target
+    # each target counts once, even if a (degenerate) list repeats it
+    return {f"Recall@{k}": _mean(match[:, :k].any(axis=1).sum(axis=1) / sizes) for k in ks}
 
 
 def _check_batch(topk: np.ndarray, targets: np.ndarray) -> None:
@@ -151,15 +109,16 @@ def random_ranking_metrics(num_items: int, ks: list[int]) -> dict:
             **{f"NDCG@{k}": float(gains[:k].sum() / num_items) for k in ks}}
 
 
-def list_metrics(item_ids: np.ndarray, targets: np.ndarray, ks: Sequence[int]) -> dict:
-    """HR/NDCG@K of ranked item lists [Q,R] (-1 = empty, e.g. beam search output) and ``MRR@R``: a
-    target outside its list is a miss at every K, also for K > R, and counts 0 in the MRR (a list
-    cannot know the full-catalog MRR)."""
+def list_metrics(item_ids: np.ndarray, targets: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict:
+    """HR/NDCG@K, ``Recall@K`` (K <= R) and ``MRR@R`` of ranked item lists [Q,R] for single-target
+    users (e.g. beam search output; -1 = an empty slot). A target outside its list is a miss at every
+    K, also for K > R, and counts 0 in the MRR (a list cannot know the full-catalog MRR)."""
     item_ids, targets = np.asarray(item_ids), np.asarray(targets)
     _check_batch(item_ids, targets)
-    hit = item_ids == targets[:, None]
-    ranks = np.where(hit.any(1), np.argmax(hit, 1) + 1.0, np.inf)
-    out = metrics_from_ranks(ranks, ks)
+    ranks = ranks_from_topk(item_ids, targets)
+    width = item_ids.shape[1]
+    out = metrics_from_ranks(np.where(ranks <= width, ranks, np.inf), ks)
     del out["MRR"]
-    out[f"MRR@{item_ids.shape[1]}"] = _mean(1.0 / ranks)
+    out[f"MRR@{width}"] = _mean(np.where(ranks <= width, 1.0 / ranks, 0.0))
+    out.update(recall_at_k(item_ids, targets, [k for k in ks if k <= width]) if any(k <= width for k in ks) else {})
     return out

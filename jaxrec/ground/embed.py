@@ -27,7 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxrec.decode.driver import batched, padded_length
 from jaxrec.errors import JaxrecError
+from jaxrec.models.prompts import prompt_ids
 
 POOLINGS = ("last", "mean")
 
@@ -111,6 +113,24 @@ class Embedder:
                 span = slice(length - len(row), length) if padding_side == "left" else slice(0, len(row))
                 ids[i, span], mask[i, span] = row, 1
             yield np.asarray(self(ids, mask))[:len(rows)]
+
+
+def embed_prompt_texts(model, tokenizer, texts: dict[str, list[str]], batch_size: int) -> dict[str, np.ndarray]:
+    """float32 [P,d] per group of texts: BIGRec's grounding embedding, the final hidden state at the
+    last token of ``[BOS] + text`` (an empty text embeds its BOS, or EOS when the tokenizer has none).
+    Texts of all groups are bucketed by length (multiples of 16 tokens: a few compilations, little
+    padding) and returned in their groups' order."""
+    embedder = Embedder(model, pooling="last")
+    names = list(texts)
+    seqs = [ids or [tokenizer.eos_token_id] for name in names for ids in prompt_ids(tokenizer, model, texts[name])]
+    buckets = np.asarray([padded_length([s]) for s in seqs])
+    out = np.empty((len(seqs), model.config.hidden_size), np.float32)
+    for length in np.unique(buckets):
+        rows = np.flatnonzero(buckets == length)
+        out[rows] = batched(lambda ids, mask: (embedder(ids, mask),), [seqs[i] for i in rows], batch_size,
+                            tokenizer.pad_token_id, int(length), f"embed {length}-token texts")[0]
+    ends = np.cumsum([len(texts[name]) for name in names])
+    return dict(zip(names, np.split(out, ends[:-1])))
 
 
 def encode_texts(pretrained: str, texts: Sequence[str], *, batch_size: int = 64, max_length: int = 128,

@@ -52,12 +52,9 @@ import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from jaxrec.atomic import atomic_file, write_json
 from jaxrec.data.dataset import Dataset
@@ -67,12 +64,18 @@ from jaxrec.data.tasks import item_text
 from jaxrec.data.tasks.span_corruption import sentinel
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.eval.metrics import list_metrics, metrics_from_ranks
+from jaxrec.eval.ranking import item_counts, ranks_among, static_ranks
 from jaxrec.eval.rating import rating_metrics, ratings_from_log_likelihoods
 from jaxrec.methods import llm
 from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.data.pipeline import TokenDataConfig
 from jaxrec.models.lora import LoraConfig
 from jaxrec.train.config import OptimConfig, TrainConfig
+from jaxrec.decode.candidates import candidate_log_likelihoods, token_matrix
+from jaxrec.decode.driver import constrained_items
+from jaxrec.eval.sample import eval_subset
+from jaxrec.models.prompts import encode, prompt_ids
+from jaxrec.models.section import ModelSection, make_model
 
 KEYS_FILE = "item_keys.json"
 KEY_TASKS = ("retrieval", "ranking", "bpr")  # tasks whose answer is an item key
@@ -128,7 +131,7 @@ class Config:
     tasks: AlignedT5TaskConfig = dataclasses.field(default_factory=AlignedT5TaskConfig)
     task_seed: int = 0
     ids: IdSection = dataclasses.field(default_factory=IdSection)
-    model: llm.ModelSection = dataclasses.field(default_factory=lambda: llm.ModelSection(
+    model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(
         arch="t5", vocab_size=2048, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4))
     target_len: int = 64  # T5: decoder tokens per training row (response + EOS; longer ones are cut)
     train: TrainConfig = dataclasses.field(default_factory=_default_train)
@@ -223,7 +226,7 @@ def train(config: Config) -> dict:
     tokenizer = llm.make_tokenizer(config.model, lambda: tokenizer_texts(ds, examples), out_dir)
     add_tokens(tokenizer, added_tokens(config, keys))
     save_tokenizer(tokenizer, out_dir / "tokenizer")
-    model = llm.build_model(config.model, tokenizer)
+    model = make_model(config.model, tokenizer)
     llm.grow_vocab(model, tokenizer, out_dir, seed=config.model.seed)
     llm.start_run(out_dir, config.model, model, tokenizer)
     save_item_keys(out_dir, keys, config, space)
@@ -237,87 +240,9 @@ def train(config: Config) -> dict:
             "seconds_total": round(time.perf_counter() - start, 2), "out_dir": str(out_dir)}
 
 
-# ----------------------------------------------------------------------------- scoring and ranking
-
-
-def _candidate_log_likelihoods(graphdef, params, input_ids, attention_mask, candidates, lengths):
-    """[B,C] sum of log p(token) over each candidate's first ``lengths`` tokens [B,C], teacher-forced:
-    the prompt [B,T] is prefilled once with C beams, candidates [B,C,S] are fed as the beams."""
-    model = nnx.merge(graphdef, params)
-    steps = candidates.shape[2]
-    state, logits0 = model.prefill(input_ids, attention_mask, num_beams=candidates.shape[1], max_new_tokens=steps)
-    first = jax.nn.log_softmax(logits0.astype(jnp.float32), axis=-1)
-    total = jnp.take_along_axis(first, candidates[:, :, 0], axis=1)
-    for s in range(steps - 1):
-        logits, state = model.decode_step(candidates[:, :, s], state, jnp.asarray(s, jnp.int32))
-        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        token = jnp.take_along_axis(log_probs, candidates[:, :, s + 1, None], axis=-1)[..., 0]
-        total = total + jnp.where(s + 1 < lengths, token, 0.0)
-    return total
-
-
-_candidate_log_likelihoods_jit = jax.jit(_candidate_log_likelihoods, static_argnames="graphdef")
-
-
-def token_matrix(seqs: Sequence[Sequence[int]], eos: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens int32 [N, S]: each sequence + EOS, padded; lengths int32 [N] including EOS)."""
-    lengths = np.asarray([len(s) + 1 for s in seqs], np.int32)
-    tokens = np.full((len(seqs), int(lengths.max())), pad, np.int32)
-    for row, seq in enumerate(seqs):
-        tokens[row, :len(seq) + 1] = [*seq, eos]
-    return tokens, lengths
-
-
-def _batches(total: int, batch_size: int, desc: str, progress: bool) -> Iterator[tuple[np.ndarray, int]]:
-    """Row indices of fixed-size batches (the last one filled with its last row) and the real count."""
-    from tqdm.auto import tqdm
-
-    with tqdm(total=total, desc=desc, unit="user", leave=False, disable=not progress) as bar:
-        for start in range(0, total, batch_size):
-            idx = np.minimum(np.arange(start, start + batch_size), total - 1)
-            real = min(batch_size, total - start)
-            yield idx, real
-            bar.update(real)
-
-
-def candidate_log_likelihoods(model, prompts: Sequence[Sequence[int]], candidates: np.ndarray, lengths: np.ndarray,
-                              pad_id: int, batch_size: int, desc: str = "scoring", progress: bool = False) -> np.ndarray:
-    """float32 [P, C]: log-likelihood of every candidate answer (tokens [P,C,S] incl. EOS, ``lengths``
-    [P,C]) given its prompt (token ids, EOS-terminated for T5). One compilation per shape."""
-    graphdef, params = nnx.split(model)
-    length = llm.padded_length(prompts)
-    out = []
-    for idx, real in _batches(len(prompts), batch_size, desc, progress):
-        ids, mask = llm.left_pad([prompts[i] for i in idx], length, pad_id)
-        scores = _candidate_log_likelihoods_jit(graphdef, params, ids, mask, jnp.asarray(candidates[idx]),
-                                                jnp.asarray(lengths[idx]))
-        out.append(np.asarray(scores)[:real])
-    return np.concatenate(out)
-
-
-def ranks_among_candidates(scores: np.ndarray, candidates: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """1-based rank [P] of each target among its candidates (scores, ids [P,C]) by the canonical tie rule."""
-    is_target = candidates == targets[:, None]
-    if not is_target.any(axis=1).all():
-        raise DataError("a ranking target is not among its candidates")
-    target_score = scores[np.arange(len(scores)), np.argmax(is_target, axis=1)][:, None]
-    ahead = (scores > target_score) | ((scores == target_score) & (candidates < targets[:, None]))
-    return 1 + ahead.sum(axis=1)
-
-
-def retrieval_items(model, prompts: Sequence[Sequence[int]], trie, e: EvalConfig, eos: int, pad: int,
-                    desc: str) -> np.ndarray:
-    """int32 [P, num_beams]: beam items of each prompt, best first (-1 = not an item)."""
-    from jaxrec.decode import beam_search
-
-    length = llm.padded_length(prompts)
-    out = []
-    for idx, real in _batches(len(prompts), e.batch_size, desc, e.progress):
-        ids, mask = llm.left_pad([prompts[i] for i in idx], length, pad)
-        res = beam_search(model, ids, mask, trie, num_beams=e.num_beams, max_new_tokens=trie.max_length + 1,
-                          eos_token_id=eos, pad_token_id=pad)
-        out.append(np.asarray(res.item_ids)[:real])
-    return np.concatenate(out)
+def _bar(e: EvalConfig, name: str) -> str | None:
+    """A progress bar's name when ``eval.progress`` is on."""
+    return name if e.progress else None
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -336,20 +261,20 @@ class _EvalContext:
 
 def _eval_retrieval(c: _EvalContext, config: Config, part: str, chosen: np.ndarray) -> dict:
     from jaxrec.decode import ItemTrie
-    from jaxrec.methods.popularity import rank_table
 
     e, tok = config.eval, c.tokenizer
     examples = aligned_t5_eval_examples("retrieval", c.ds, c.split, c.keys, part, config.tasks, config.task_seed)
     examples = [examples[i] for i in chosen.tolist()]
     targets = np.asarray([x.target for x in examples], np.int32)
-    trie = ItemTrie.from_sequences(llm.encode(tok, [answer_text(k, c.space) for k in c.keys]),
+    trie = ItemTrie.from_sequences(encode(tok, [answer_text(k, c.space) for k in c.keys]),
                                    eos_id=tok.eos_token_id, vocab_size=c.model.config.vocab_size)
-    prompts = llm.prompt_ids(tok, c.model, [x.prompt for x in examples])
-    items = retrieval_items(c.model, prompts, trie, e, tok.eos_token_id, tok.pad_token_id, f"retrieval {part}")
+    prompts = prompt_ids(tok, c.model, [x.prompt for x in examples])
+    items = constrained_items(c.model, prompts, trie, num_beams=e.num_beams, eos_id=tok.eos_token_id,
+                              pad_id=tok.pad_token_id, batch_size=e.batch_size, desc=_bar(e, f"retrieval {part}"))
     return {"protocol": f"full catalog ({c.ds.num_items} items), beam search constrained to item keys, "
                         f"{e.num_beams} beams; items beyond the beams ranked as missing",
             **list_metrics(items, targets, e.ks), "item_rate": float(np.mean(items >= 0)),
-            "popularity": metrics_from_ranks(rank_table(c.counts)[targets], e.ks)}
+            "popularity": metrics_from_ranks(static_ranks(c.counts)[targets], e.ks)}
 
 
 def _eval_ranking(c: _EvalContext, config: Config, part: str, chosen: np.ndarray) -> dict:
@@ -358,16 +283,16 @@ def _eval_ranking(c: _EvalContext, config: Config, part: str, chosen: np.ndarray
     examples = [examples[i] for i in chosen.tolist()]
     targets = np.asarray([x.target for x in examples], np.int64)
     candidates = np.asarray([x.meta["candidates"] for x in examples], np.int64)  # [P, C]
-    keys, lengths = token_matrix(llm.encode(tok, [answer_text(k, c.space) for k in c.keys]), tok.eos_token_id,
+    keys, lengths = token_matrix(encode(tok, [answer_text(k, c.space) for k in c.keys]), tok.eos_token_id,
                                  tok.pad_token_id)
-    prompts = llm.prompt_ids(tok, c.model, [x.prompt for x in examples])
+    prompts = prompt_ids(tok, c.model, [x.prompt for x in examples])
     scores = candidate_log_likelihoods(c.model, prompts, keys[candidates], lengths[candidates], tok.pad_token_id,
-                                       e.batch_size, f"ranking {part}", e.progress)
+                                       e.batch_size, _bar(e, f"ranking {part}"))
     ks = [k for k in e.ks if k <= candidates.shape[1]]
-    popularity = ranks_among_candidates(c.counts[candidates].astype(np.float64), candidates, targets)
+    popularity = ranks_among(c.counts[candidates].astype(np.float32), candidates, targets)
     return {"protocol": examples[0].meta["protocol"] if examples else "sampled",
             "scoring": "sequence log-likelihood of each candidate's key + EOS",
-            **metrics_from_ranks(ranks_among_candidates(scores, candidates, targets), ks),
+            **metrics_from_ranks(ranks_among(scores, candidates, targets), ks),
             "popularity": metrics_from_ranks(popularity, ks)}
 
 
@@ -379,13 +304,13 @@ def _eval_rating(c: _EvalContext, config: Config, part: str, chosen: np.ndarray)
     examples = aligned_t5_eval_examples("rating", c.ds, c.split, c.keys, part, config.tasks, config.task_seed)
     examples = [examples[i] for i in chosen.tolist()]
     truth = np.asarray([x.meta["rating"] for x in examples], np.float64)
-    answers, lengths = token_matrix(llm.encode(tok, [str(v) for v in RATING_VALUES]), tok.eos_token_id,
+    answers, lengths = token_matrix(encode(tok, [str(v) for v in RATING_VALUES]), tok.eos_token_id,
                                     tok.pad_token_id)
     n = len(examples)
-    prompts = llm.prompt_ids(tok, c.model, [x.prompt for x in examples])
+    prompts = prompt_ids(tok, c.model, [x.prompt for x in examples])
     scores = candidate_log_likelihoods(c.model, prompts, np.broadcast_to(answers, (n, *answers.shape)),
                                        np.broadcast_to(lengths, (n, len(lengths))), tok.pad_token_id, e.batch_size,
-                                       f"rating {part}", e.progress)
+                                       _bar(e, f"rating {part}"))
     values = np.asarray(RATING_VALUES, np.float64)
     train_ratings = np.concatenate([c.ds.user_ratings(u)[:len(s)] for u, s in enumerate(c.split.train)])
     out = {"prediction": e.rating_prediction,
@@ -407,7 +332,6 @@ def evaluate(config: Config) -> dict:
 
 def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     """:func:`evaluate` on an already loaded dataset and split."""
-    from jaxrec.methods.popularity import item_counts
 
     start = time.perf_counter()
     e = config.eval
@@ -418,7 +342,7 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
               "catalog_items": ds.num_items, "id_mode": config.tasks.id_mode}
     for part in e.parts:
         users = len(split.test_users if part == "test" else split.valid_users)
-        chosen = llm.eval_subset(users, e.users, e.seed)
+        chosen = eval_subset(users, e.users, e.seed)
         out = {"users": int(len(chosen))}
         for task in e.tasks:
             t0 = time.perf_counter()

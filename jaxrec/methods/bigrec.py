@@ -42,11 +42,17 @@ from jaxrec.data.tasks import bigrec_eval_examples, bigrec_train_examples
 from jaxrec.data.tasks.domains import DomainName
 from jaxrec.data.tasks.item_text import quoted, titles as item_titles
 from jaxrec.decode import ItemTrie
-from jaxrec.eval.metrics import list_metrics, metrics_from_ranks, random_ranking_metrics, ranks_from_scores
+from jaxrec.eval.metrics import list_metrics, metrics_from_ranks, random_ranking_metrics
+from jaxrec.eval.ranking import static_ranks
 from jaxrec.ground.fusion import POPULARITY_GAMMAS, choose_gamma, fused_target_ranks, minmax
 from jaxrec.methods import llm
 from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.train.config import TrainConfig
+from jaxrec.decode.driver import decode_texts, generate, padded_length
+from jaxrec.ground.rank import target_ranks
+from jaxrec.ground.embed import embed_prompt_texts
+from jaxrec.models.prompts import chat_examples, chat_prompts, encode, prompt_ids
+from jaxrec.models.section import ModelSection, make_model
 
 
 @dataclasses.dataclass
@@ -107,7 +113,7 @@ class Config:
     data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(synthetic=SyntheticData()))
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
     prompts: PromptConfig = dataclasses.field(default_factory=PromptConfig)
-    model: llm.ModelSection = dataclasses.field(default_factory=llm.ModelSection)
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
     ground: GroundConfig = dataclasses.field(default_factory=GroundConfig)
@@ -133,10 +139,10 @@ def train(config: Config) -> dict:
     titles = [quoted(t) for t in item_titles(ds)]
     tokenizer = llm.make_tokenizer(config.model, lambda: [e.prompt + e.response for e in examples] + titles, out_dir,
                                    chat=True)
-    model = llm.build_model(config.model, tokenizer)
+    model = make_model(config.model, tokenizer)
     llm.start_run(out_dir, config.model, model, tokenizer)
     train_cfg = config.train if config.train.log_dir else dataclasses.replace(config.train, log_dir=str(out_dir / "logs"))
-    model, summary = llm.finetune(model, tokenizer, llm.chat_examples(tokenizer, config.model, examples), train_cfg)
+    model, summary = llm.finetune(model, tokenizer, chat_examples(tokenizer, config.model, examples), train_cfg)
     llm.save_run(out_dir, config.model, model, train_cfg, config, summary)
     return {"method": "bigrec", "data": config.data.describe(), "model": config.model.describe(),
             "train_examples": len(examples), **summary, "out_dir": str(out_dir)}
@@ -154,8 +160,8 @@ def popularity_metrics(split: TemporalSplit, num_items: int, targets: dict[str, 
     """The popularity baseline on the same examples: every user gets the catalog ranked by training-target
     count (ties to the lower id); ``targets``: part -> item ids [Q]."""
     counts = np.bincount(split.train.target, minlength=num_items).astype(np.float32)
-    return {part: metrics_from_ranks(ranks_from_scores(np.broadcast_to(counts, (len(t), num_items)), t), ks)
-            for part, t in targets.items()}
+    ranks = static_ranks(counts)
+    return {part: metrics_from_ranks(ranks[t], ks) for part, t in targets.items()}
 
 
 def fusion_metrics(valid: tuple, test: tuple, weights: np.ndarray, ks: list[int]) -> dict:
@@ -190,13 +196,13 @@ def evaluate(config: Config) -> dict:
     model, tokenizer = llm.load_run(config.out_dir, "fine_tuned", config.model.dtype, config.model)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     raw_titles = item_titles(ds)
-    trie = ItemTrie.from_sequences(llm.encode(tokenizer, [quoted(t) for t in raw_titles]), eos_id=eos,
+    trie = ItemTrie.from_sequences(encode(tokenizer, [quoted(t) for t in raw_titles]), eos_id=eos,
                                    vocab_size=model.config.vocab_size)
-    prompts = {part: llm.prompt_ids(tokenizer, model, llm.chat_prompts(tokenizer, config.model, [e.prompt for e in ex]))
+    prompts = {part: prompt_ids(tokenizer, model, chat_prompts(tokenizer, config.model, [e.prompt for e in ex]))
                for part, ex in parts.items()}
     targets = {part: np.asarray([e.target for e in ex], np.int32) for part, ex in parts.items()}
     beams = dict(num_beams=g.num_beams, eos_id=eos, pad_id=pad, length_penalty=g.length_penalty,
-                 batch_size=g.batch_size, length=llm.padded_length(prompts["valid"] + prompts["test"]))
+                 batch_size=g.batch_size, length=padded_length(prompts["valid"] + prompts["test"]))
     result = {"method": "bigrec", "data": config.data.describe(), "model": config.model.describe(),
               "catalog_items": ds.num_items, "examples": {k: len(v) for k, v in parts.items()},
               "num_beams": g.num_beams, "random": random_ranking_metrics(ds.num_items, ks),
@@ -210,13 +216,13 @@ def evaluate(config: Config) -> dict:
         t0 = time.perf_counter()
         out = {"list_length": g.num_beams}
         for part in ("valid", "test"):
-            seqs, _, items = llm.generate(model, prompts[part], constraint=trie, max_new_tokens=trie.max_length + 1,
+            seqs, _, items = generate(model, prompts[part], constraint=trie, max_new_tokens=trie.max_length + 1,
                                           desc=f"constrained {part}", **beams)
             out[part] = list_metrics(items, targets[part], ks)
             for row, item in zip(rows[part], items[:, 0]):
                 row["constrained"] = raw_titles[item] if item >= 0 else None
             if part == "test":
-                for s, text in zip(samples, llm.decode_texts(tokenizer, seqs[:3, 0], eos)):
+                for s, text in zip(samples, decode_texts(tokenizer, seqs[:3, 0], eos)):
                     s["constrained"] = text
         result["constrained"] = out
         seconds["constrained"] = round(time.perf_counter() - t0, 2)
@@ -226,9 +232,9 @@ def evaluate(config: Config) -> dict:
         max_new = g.max_new_tokens or trie.max_length + 1
         texts, exact = {}, {}
         for part in ("valid", "test") if config.ground.fusion else ("test",):
-            seqs, _, items = llm.generate(model, prompts[part], constraint=trie, mode="none", max_new_tokens=max_new,
+            seqs, _, items = generate(model, prompts[part], constraint=trie, mode="none", max_new_tokens=max_new,
                                           num_return_sequences=1, desc=f"free {part}", **beams)
-            texts[part] = llm.decode_texts(tokenizer, seqs[:, 0], eos)
+            texts[part] = decode_texts(tokenizer, seqs[:, 0], eos)
             exact[part] = float(np.mean(items[:, 0] >= 0))
             for row, text in zip(rows[part], texts[part]):
                 row["free"] = text
@@ -248,11 +254,11 @@ def evaluate(config: Config) -> dict:
         else:
             if config.ground.model == "base":
                 model, _ = llm.load_run(config.out_dir, "base", config.model.dtype)
-            queries = llm.embed_texts(model, tokenizer, {"items": raw_titles, **generated}, config.ground.batch_size)
+            queries = embed_prompt_texts(model, tokenizer, {"items": raw_titles, **generated}, config.ground.batch_size)
         items_emb = queries.pop("items")
         free = {"ground_model": config.ground.encoder or config.ground.model, "exact_title_rate": exact}
         for part, q in queries.items():
-            free[part] = metrics_from_ranks(llm.ground_ranks(q, items_emb, targets[part]), ks)
+            free[part] = metrics_from_ranks(np.asarray(target_ranks(q, items_emb, targets[part], metric="l2")), ks)
         if config.ground.fusion:
             free["popularity_fusion"] = fusion_metrics((queries["valid"], items_emb, targets["valid"]),
                                                        (queries["test"], items_emb, targets["test"]),

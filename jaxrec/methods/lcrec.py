@@ -46,60 +46,22 @@ from jaxrec.data.tasks.alpaca import alpaca_prompt
 from jaxrec.data.tasks.rows import leave_one_out_rows
 from jaxrec.data.tasks.lcrec import SEQREC_TEMPLATES, TEMPLATES, LCRecTaskConfig, lcrec_eval_examples, \
     lcrec_train_examples
-from jaxrec.errors import DataError
-from jaxrec.eval.metrics import DEFAULT_KS, metrics_from_ranks, metrics_from_topk
-from jaxrec.index.build import IndexConfig
-from jaxrec.index.collisions import ResolveConfig
-from jaxrec.index.train_rqvae import TrainConfig as RQVAETrainConfig
+from jaxrec.eval.metrics import DEFAULT_KS, list_metrics, metrics_from_ranks
+from jaxrec.eval.ranking import item_counts, static_ranks
+from jaxrec.timing import Clock
+from jaxrec.index.source import (INDEX_FILE, EmbeddingSection, IndexSection, index_codes, index_mapping,
+                                 index_token_ids, item_embeddings)
 from jaxrec.methods import llm
 from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
-from jaxrec.index.rqvae import RQVAEConfig
 from jaxrec.data.pipeline import TokenDataConfig
 from jaxrec.models.lora import LoraConfig
 from jaxrec.train.config import OptimConfig, TrainConfig
+from jaxrec.decode.driver import constrained_items, padded_length
+from jaxrec.eval.sample import eval_subset
+from jaxrec.models.prompts import prompt_ids, row_fits
+from jaxrec.models.section import ModelSection, make_model
 
-INDEX_FILE = "index.json"
 log = logging.getLogger("jaxrec.methods.lcrec")
-
-
-@dataclasses.dataclass
-class EmbeddingSection:
-    """Item embeddings to index. ``text``: mean-pooled last hidden states of each item's ``fields``
-    (default ``title description``, as LC-Rec) from ``model`` (null = the run's model; or a pretrained
-    name/path: an LLM, or a sentence encoder such as ``minilm-l6``, TIGER's choice); ``npy``: ``path`` holds [N, d],
-    row i = item i (SASRec's exported ``item_embeddings.npy`` is such a file); ``sasrec``: ``path`` is
-    a raw SASRec item table [N+1, d] whose row 0 is padding."""
-
-    source: Literal["text", "npy", "sasrec"] = "text"
-    path: str | None = None
-    model: str | None = None
-    fields: list[str] = dataclasses.field(default_factory=lambda: ["title", "description"])
-    batch_size: int = 64
-    max_length: int = 128
-
-    def __post_init__(self):
-        if self.source != "text" and not self.path:
-            raise ValueError(f"embeddings.source={self.source!r} needs embeddings.path (a .npy file)")
-
-
-@dataclasses.dataclass
-class IndexSection:
-    """Where the semantic index comes from: ``rqvae`` (built from the embeddings with ``rqvae``
-    settings), ``file`` (an LC-Rec/LETTER ``.index.json`` keyed by the dataset's raw item ids), or
-    ``dataset`` (the ``lcrec_index`` the LC-Rec reader kept per item)."""
-
-    source: Literal["rqvae", "file", "dataset"] = "rqvae"
-    file: str | None = None
-    seed: int = 0
-    rqvae: IndexConfig = dataclasses.field(default_factory=lambda: IndexConfig(
-        model=RQVAEConfig(hidden=(128, 64), e_dim=16, levels=3, codebook_size=32),
-        train=RQVAETrainConfig(epochs=200, batch_size=256, lr=3e-3, warmup_epochs=5, kmeans_iters=20,
-                               sinkhorn_epsilons=(0.0, 0.0, 0.003), eval_every=50),
-        resolve=ResolveConfig()))
-
-    def __post_init__(self):
-        if self.source == "file" and not self.file:
-            raise ValueError("index.source='file' needs index.file (an LC-Rec .index.json)")
 
 
 @dataclasses.dataclass
@@ -150,7 +112,7 @@ class Config:
     tasks: LCRecTaskConfig = dataclasses.field(default_factory=lambda: LCRecTaskConfig(
         ratios={"fusionseqrec": 0.1, "itemsearch": 0.1}))
     task_seed: int = 0
-    model: llm.ModelSection = dataclasses.field(default_factory=lambda: llm.ModelSection(
+    model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(
         vocab_size=1024, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
         max_position_embeddings=512))
     train: TrainConfig = dataclasses.field(default_factory=_default_train)
@@ -158,100 +120,6 @@ class Config:
 
 
 # ----------------------------------------------------------------------------- embeddings and index
-
-
-def text_embeddings(model, tokenizer, texts: list[str], section: EmbeddingSection) -> np.ndarray:
-    """float32 [N, d]: mean-pooled last-layer states of each text (LC-Rec's item embeddings)."""
-    from jaxrec.ground.embed import Embedder
-
-    empty = [i for i, t in enumerate(texts) if not t]
-    if empty:
-        raise DataError(f"embeddings.source='text': {len(empty)} items have none of embeddings.fields (first: "
-                        f"item {empty[0]}); use embeddings.source npy/sasrec, or index.source file/dataset")
-    blocks = Embedder(model, pooling="mean").embed_texts(tokenizer, texts, batch_size=section.batch_size,
-                                                         max_length=section.max_length,
-                                                         pad_id=tokenizer.pad_token_id)
-    return np.concatenate(list(blocks))
-
-
-def item_embeddings(config: Config, ds: Dataset, model, tokenizer) -> np.ndarray:
-    """float32 [N, d] embeddings to index, from ``config.embeddings``."""
-    from jaxrec.index.item_embeddings import load_item_embeddings
-
-    e = config.embeddings
-    if e.source != "text":
-        return load_item_embeddings(e.path, e.source, ds.num_items)
-    if e.model is not None:
-        from jaxrec.models import load_pretrained
-        from jaxrec.models.tokenizer import load_tokenizer
-
-        model, tokenizer = load_pretrained(e.model, dtype=config.model.dtype), load_tokenizer(e.model)
-    return text_embeddings(model, tokenizer, item_text.documents(ds, e.fields), e)
-
-
-def index_codes(config: Config, ds: Dataset, embeddings=None) -> tuple[np.ndarray, dict]:
-    """(codes int32 [N, L], report) of the configured index; ``embeddings()`` is called for ``rqvae``."""
-    from jaxrec.index.build import build_semantic_index
-    from jaxrec.index.collisions import code_usage, collision_rate
-    from jaxrec.index.index_io import read_index
-
-    s = config.index
-    if s.source == "rqvae":
-        return build_semantic_index(embeddings(), s.rqvae, seed=s.seed, progress=config.train.progress)
-    if s.source == "file":
-        raw = read_index(s.file)  # rows = LC-Rec item ids 0..M-1
-        try:
-            codes = raw[np.asarray([int(it["raw_id"]) for it in ds.items])]
-        except (ValueError, IndexError):
-            raise DataError(f"{s.file}: the dataset's raw item ids are not all item ids of this index "
-                            f"(0..{len(raw) - 1}); was the dataset prepared from the same LC-Rec files?") from None
-    else:
-        codes = dataset_index(ds)
-    report = {"items": int(codes.shape[0]), "levels": int(codes.shape[1]),
-              "collision_rate_final": float(collision_rate(codes)),
-              "code_usage": code_usage(codes, int(codes.max()) + 1)}
-    if report["collision_rate_final"] > 0:
-        raise DataError(f"index ({s.source}): {report['collision_rate_final']:.4f} of the items share an index "
-                        f"with another item; LC-Rec needs a collision-free index")
-    return codes, report
-
-
-def dataset_index(ds: Dataset) -> np.ndarray:
-    """codes int32 [N, L] from the ``lcrec_index`` tokens the LC-Rec reader stored per item."""
-    from jaxrec.data.readers.lcrec import INDEX_FIELD
-    from jaxrec.index.index_io import level_token
-
-    rows = []
-    for item, it in enumerate(ds.items):
-        tokens = it.get(INDEX_FIELD) or []
-        codes = [int(t[3:-1]) if t[3:-1].isdigit() else -1 for t in tokens]
-        if not tokens or [level_token(level, c) for level, c in enumerate(codes)] != list(tokens) or (
-                rows and len(tokens) != len(rows[0])):
-            raise DataError(f"index.source='dataset': item {item} (raw id {it.get('raw_id')}) has index "
-                            f"{tokens!r}; expected one token <a_N>, <b_N>, ... per level, the same levels for "
-                            f"every item (prepare the data from LC-Rec files with a <D>.index.json)")
-        rows.append(codes)
-    return np.asarray(rows, np.int32)
-
-
-def index_mapping(codes: np.ndarray) -> dict[int, list[str]]:
-    """codes [N, L] → ``{item id: ["<a_..>", ...]}`` (the task builders' index argument)."""
-    from jaxrec.index.index_io import codes_to_tokens
-
-    return dict(enumerate(codes_to_tokens(codes)))
-
-
-def index_token_ids(tokenizer, codes: np.ndarray) -> np.ndarray:
-    """int32 [N, L]: the token id of every item's index token at every level."""
-    from jaxrec.index.index_io import codes_to_tokens
-
-    vocab = tokenizer.get_vocab()
-    tokens = codes_to_tokens(codes)
-    missing = sorted({t for row in tokens for t in row if t not in vocab})
-    if missing:
-        raise DataError(f"the run's tokenizer lacks {len(missing)} index tokens (first {missing[0]}); "
-                        f"was index.json replaced after training? re-run jaxrec train")
-    return np.asarray([[vocab[t] for t in row] for row in tokens], np.int32)
 
 
 def add_index_tokens(model, tokenizer, codes: np.ndarray, config: Config) -> int:
@@ -287,20 +155,6 @@ def train_config(config: Config, first_new_row: int) -> TrainConfig:
 # ----------------------------------------------------------------------------- train
 
 
-class Clock:
-    """Wall seconds of consecutive phases: ``lap(name)`` records the time since the previous lap."""
-
-    def __init__(self):
-        self.laps: dict[str, float] = {}
-        self.start = self.last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.laps[name] = round(now - self.last, 2)
-        self.laps["total"] = round(now - self.start, 2)
-        self.last = now
-
-
 def train(config: Config) -> dict:
     """Index, add tokens, alignment-tune; writes the run directory (see the module docstring)."""
     ds = load_dataset(config.data)
@@ -316,9 +170,10 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     llm.refuse_other_model(out_dir, config.model)  # before the index and tokenizer are rewritten
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = llm.make_tokenizer(config.model, lambda: tokenizer_texts(ds), out_dir / "base")
-    model = llm.build_model(config.model, tokenizer)
+    model = make_model(config.model, tokenizer)
     clock.lap("model")
-    codes, report = index_codes(config, ds, lambda: item_embeddings(config, ds, model, tokenizer))
+    codes, report = index_codes(config.index, ds, lambda: item_embeddings(config.embeddings, ds, model, tokenizer,
+                                                                          config.model.dtype), config.train.progress)
     clock.lap("index")
     write_index(out_dir / INDEX_FILE, codes)
     write_json(out_dir / "index.report.json", {"source": config.index.source, **report}, indent=1)
@@ -328,7 +183,7 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     save_tokenizer(tokenizer, out_dir / "tokenizer")
     llm.start_run(out_dir, config.model, model, tokenizer)
     tc = train_config(config, first_new_row)
-    fits = llm.row_fits(tokenizer, tc.data.seq_len) if config.tasks.fit_history else None
+    fits = row_fits(tokenizer, tc.data.seq_len) if config.tasks.fit_history else None
     examples = lcrec_train_examples(ds, split, index_mapping(codes), config.tasks, config.task_seed, fits=fits)
     clock.lap("tasks")
     model, summary = llm.finetune(model, tokenizer, examples, tc)
@@ -345,28 +200,6 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
 
 
 # ----------------------------------------------------------------------------- evaluate
-
-
-def beam_items(model, prompts: list[list[int]], length: int, trie, mode: str, e: EvalConfig, eos: int, pad: int,
-               desc: str) -> np.ndarray:
-    """int32 [P, num_beams]: the items of each prompt's beams, best first (-1 = not an item), with a
-    progress bar; every batch is left-padded to ``length`` (one compilation per mode)."""
-    from tqdm.auto import tqdm
-
-    from jaxrec.decode import beam_search
-
-    def run(ids, mask):
-        out = beam_search(model, ids, mask, trie, mode=mode, num_beams=e.num_beams, max_new_tokens=trie.max_length + 1,
-                          eos_token_id=eos, pad_token_id=pad)
-        return (out.item_ids,)
-
-    chunk = e.batch_size * 4
-    parts = []
-    with tqdm(total=len(prompts), desc=desc, unit="user", leave=False, disable=not e.progress) as bar:
-        for start in range(0, len(prompts), chunk):
-            parts.append(llm.batched(run, prompts[start:start + chunk], e.batch_size, pad, length)[0])
-            bar.update(len(parts[-1]))
-    return np.concatenate(parts)
 
 
 def summarize_templates(per_template: dict[int, dict]) -> dict:
@@ -386,7 +219,6 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     """:func:`evaluate` on an already loaded dataset and split."""
     from jaxrec.decode import ItemTrie
     from jaxrec.index.index_io import read_index
-    from jaxrec.methods.popularity import item_counts, rank_table
 
     start = time.perf_counter()
     e = config.eval
@@ -396,27 +228,29 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     trie = ItemTrie.from_sequences(index_token_ids(tokenizer, codes), eos_id=eos, vocab_size=model.config.vocab_size)
     templates = e.templates if e.templates is not None else list(range(len(SEQREC_TEMPLATES)))
     index = index_mapping(codes)
-    popularity_ranks = rank_table(item_counts(split.train, ds.num_items))
+    popularity_ranks = static_ranks(item_counts(split.train, ds.num_items))
     result = {"method": "lcrec", "data": config.data.describe(), "model": config.model.describe(),
               "catalog_items": ds.num_items, "index_levels": int(codes.shape[1]), "num_beams": e.num_beams,
               "templates": templates}
     for part in e.parts:
         rows = leave_one_out_rows(split, part)
-        chosen = llm.eval_subset(len(rows.users), e.users, e.seed)
+        chosen = eval_subset(len(rows.users), e.users, e.seed)
         targets = rows.targets[chosen]
         out = {"users": int(len(chosen)),
                "popularity": metrics_from_ranks(popularity_ranks[targets], e.ks)}
         prompts = {}
         for k in templates:
             examples = lcrec_eval_examples(ds, split, index, part, k, config.tasks.max_history)
-            prompts[k] = llm.prompt_ids(tokenizer, model, [examples[i].prompt for i in chosen.tolist()])
-        length = max(llm.padded_length(p) for p in prompts.values())
+            prompts[k] = prompt_ids(tokenizer, model, [examples[i].prompt for i in chosen.tolist()])
+        length = max(padded_length(p) for p in prompts.values())
         for mode in e.modes:
             t0 = time.perf_counter()
             per_template, valid_rate = {}, {}
             for k in templates:
-                items = beam_items(model, prompts[k], length, trie, mode, e, eos, pad, f"lcrec {part} {mode} t{k}")
-                per_template[k] = metrics_from_topk(items, targets, e.ks)
+                items = constrained_items(model, prompts[k], trie, mode=mode, num_beams=e.num_beams, eos_id=eos,
+                                          pad_id=pad, batch_size=e.batch_size, length=length,
+                                          desc=f"lcrec {part} {mode} t{k}" if e.progress else None)
+                per_template[k] = list_metrics(items, targets, e.ks)
                 valid_rate[k] = float(np.mean(items >= 0))
             out[mode] = {**summarize_templates(per_template), "per_template": per_template,
                          "item_rate": valid_rate, "seconds": round(time.perf_counter() - t0, 2)}
@@ -450,7 +284,7 @@ def demo_config(out_dir: str | Path, quick: bool = False, seed: int = 0, pretrai
             c.train, batch_size=8, steps=2 if quick else 64, log_every=8, lora=lora,
             optim=OptimConfig(learning_rate=5e-4, warmup_steps=6, decay="cosine", weight_decay=0.01),
             data=TokenDataConfig(seq_len=256, bucket_lengths=(128,)), progress=not quick)
-        c = dataclasses.replace(c, model=llm.ModelSection(pretrained=pretrained, dtype="float32"), train=train,
+        c = dataclasses.replace(c, model=ModelSection(pretrained=pretrained, dtype="float32"), train=train,
                                 embeddings=dataclasses.replace(c.embeddings, batch_size=32),
                                 eval=dataclasses.replace(c.eval, users=4 if quick else users, batch_size=20,
                                                          progress=not quick))

@@ -1,9 +1,8 @@
 """Shared plumbing of the LLM recipes (BIGRec, LC-Rec, aligned T5, RSLLM): a few composable functions.
 
-* :class:`ModelSection` — the ``model:`` config section: a local Hugging Face directory
-  (``pretrained``) or a tiny model trained from scratch (``arch``/sizes) with a byte-level BPE
-  tokenizer trained on the dataset's text.
-* :func:`make_tokenizer`, :func:`build_model` — build them (the tokenizer is saved in the run dir); :func:`encode` — text → token ids
+* :func:`make_tokenizer` — the tokenizer of a ``model:`` section (:class:`~jaxrec.models.section.ModelSection`:
+  a local Hugging Face directory, or a byte-level BPE trained on the dataset's text for a from-scratch
+  model), saved in the run dir; :func:`encode` — text → token ids
   (never special tokens; the pipeline and :func:`prompt_ids` add BOS/EOS explicitly).
 * :func:`finetune` — train a model on a list of :class:`~jaxrec.data.tasks.Example` through the
   training engine (LoRA or full fine-tuning, as ``train.lora.mode`` says).
@@ -22,58 +21,26 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Literal, Sequence
 
-import numpy as np
 from flax import nnx
 
 from jaxrec.atomic import write_json
 from jaxrec.config import to_dict
 from jaxrec.data.tasks import Example
 from jaxrec.errors import ConfigError
+from jaxrec.models.prompts import bos_id, encode
+from jaxrec.models.registry import is_seq2seq
+from jaxrec.models.section import ModelSection, with_attention
 from jaxrec.train.config import TrainConfig
 
 RUN_FILE = "run.json"
 VOCAB_GROWTH_FILE = "vocab_growth.json"
 log = logging.getLogger("jaxrec.methods.llm")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSection:
-    """The LLM: ``pretrained`` (a local HF model directory, a ``.gguf`` file or a named small checkpoint
-    such as ``smollm2-135m``; never downloaded) or, when it is null, a small ``arch`` model trained from
-    scratch with a ``vocab_size`` BPE tokenizer trained on the dataset's prompts and item titles. The
-    size fields apply to from-scratch models only. ``chat_template``: every prompt becomes one user
-    turn of the tokenizer's chat template, the response the assistant's turn ended by EOS."""
-
-    pretrained: str | None = None
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    attention: Literal["auto", "xla", "cudnn", "splash"] = "auto"  # full-sequence attention kernel (Llama family)
-    chat_template: bool = False  # wrap each prompt in the tokenizer's chat template (instruct models)
-    arch: Literal["llama", "t5"] = "llama"
-    vocab_size: int = 2048
-    hidden_size: int = 128
-    intermediate_size: int = 256
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    max_position_embeddings: int = 1024
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size={self.hidden_size} must be a multiple of num_heads={self.num_heads}")
-
-    def describe(self) -> str:
-        if self.pretrained:
-            return self.pretrained
-        return (f"{self.arch} from scratch (hidden {self.hidden_size}, {self.num_layers} layers, "
-                f"vocab {self.vocab_size})")
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -101,97 +68,6 @@ def make_tokenizer(section: ModelSection, texts: Callable[[], Iterable[str]], ru
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     save_tokenizer(tokenizer, path)
     return tokenizer
-
-
-def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each text, without special tokens."""
-    if not texts:
-        return []
-    return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-
-
-def is_seq2seq(model) -> bool:
-    return hasattr(model, "encode")
-
-
-def bos_id(tokenizer) -> int | None:
-    """The BOS id to put before every prompt, or None (see :func:`jaxrec.models.tokenizer.adds_bos`)."""
-    from jaxrec.models.tokenizer import adds_bos
-
-    return tokenizer.bos_token_id if adds_bos(tokenizer) else None
-
-
-def row_fits(tokenizer, seq_len: int) -> Callable[[str, str], bool]:
-    """``fits(prompt, response)``: whether a decoder-only training row of ``seq_len`` tokens holds the
-    whole example, as :func:`finetune` builds it (:meth:`CausalFeatures.keeps_whole`)."""
-    from jaxrec.data.pipeline import CausalFeatures
-
-    features = CausalFeatures(seq_len, tokenizer.eos_token_id, bos_id(tokenizer))
-
-    def fits(prompt: str, response: str) -> bool:
-        p, r = encode(tokenizer, [prompt, response])
-        return features.keeps_whole(len(p), len(r))
-
-    return fits
-
-
-def chat_prompts(tokenizer, section: ModelSection, prompts: Sequence[str]) -> list[str]:
-    """``prompts`` as the model reads them: unchanged, or each one user turn of the tokenizer's chat
-    template followed by the assistant's turn opening (``model.chat_template: true``)."""
-    if not section.chat_template:
-        return list(prompts)
-    if not getattr(tokenizer, "chat_template", None):
-        raise ConfigError(f"model.chat_template is true, but the tokenizer of {section.describe()} has no chat "
-                          f"template; set model.chat_template: false")
-    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                          add_generation_prompt=True) for p in prompts]
-
-
-def chat_examples(tokenizer, section: ModelSection, examples: Sequence[Example]) -> list[Example]:
-    """``examples`` with their prompts passed through :func:`chat_prompts`."""
-    prompts = chat_prompts(tokenizer, section, [e.prompt for e in examples])
-    return [dataclasses.replace(e, prompt=p) for e, p in zip(examples, prompts)]
-
-
-def prompt_ids(tokenizer, model, prompts: Sequence[str]) -> list[list[int]]:
-    """Model inputs: decoder-only ``[BOS] + prompt`` (when the tokenizer adds a BOS); T5 ``prompt + EOS``."""
-    ids = encode(tokenizer, prompts)
-    if is_seq2seq(model):
-        return [x + [tokenizer.eos_token_id] for x in ids]
-    bos = bos_id(tokenizer)
-    return [([bos] if bos is not None else []) + x for x in ids]
-
-
-# ----------------------------------------------------------------------------- model
-
-
-def build_model(section: ModelSection, tokenizer):
-    """Load ``section.pretrained``, or initialise a from-scratch model sized to ``tokenizer``."""
-    from jaxrec.models import build_model as build, load_pretrained, tiny_llama_config, tiny_t5_config
-
-    if section.pretrained:
-        return _with_attention(load_pretrained(section.pretrained, dtype=section.dtype), section)
-    s, vocab = section, len(tokenizer)
-    if s.arch == "t5":
-        config = tiny_t5_config(vocab, d_model=s.hidden_size, d_ff=s.intermediate_size, d_kv=s.hidden_size // s.num_heads,
-                                num_layers=s.num_layers, num_decoder_layers=s.num_layers, num_heads=s.num_heads,
-                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                dtype=s.dtype, param_dtype=s.dtype)
-    else:
-        config = tiny_llama_config(vocab, hidden_size=s.hidden_size, intermediate_size=s.intermediate_size,
-                                   num_layers=s.num_layers, num_heads=s.num_heads, num_kv_heads=s.num_kv_heads,
-                                   head_dim=s.hidden_size // s.num_heads,
-                                   max_position_embeddings=s.max_position_embeddings,
-                                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                   pad_token_id=tokenizer.pad_token_id, dtype=s.dtype, param_dtype=s.dtype)
-    return _with_attention(build(config, seed=s.seed), section)
-
-
-def _with_attention(model, section: ModelSection):
-    from jaxrec.models.attention import use_attention
-
-    use_attention(model, section.attention)
-    return model
 
 
 # ----------------------------------------------------------------------------- training
@@ -366,10 +242,10 @@ def load_run(run_dir: str | Path, which: Literal["fine_tuned", "base"] = "fine_t
     tokenizer = load_tokenizer(run_dir / "tokenizer")
     section = section or ModelSection()
     if which == "base":
-        return _with_attention(load_pretrained(meta["base_model"], dtype=dtype), section), tokenizer
+        return with_attention(load_pretrained(meta["base_model"], dtype=dtype), section), tokenizer
     if meta["mode"] == "full":
-        return _with_attention(load_pretrained(run_dir / "model", dtype=dtype), section), tokenizer
-    model = _with_attention(load_pretrained(meta["base_model"], dtype=dtype), section)
+        return with_attention(load_pretrained(run_dir / "model", dtype=dtype), section), tokenizer
+    model = with_attention(load_pretrained(meta["base_model"], dtype=dtype), section)
     growth = run_dir / VOCAB_GROWTH_FILE
     if growth.is_file():  # the adapter was trained on the base with added tokens: regrow it the same way
         g = json.loads(growth.read_text())
@@ -377,110 +253,3 @@ def load_run(run_dir: str | Path, which: Literal["fine_tuned", "base"] = "fine_t
     load_adapter(model, run_dir / "adapter")
     remove_lora(model, merge=True)
     return model, tokenizer
-
-
-# ----------------------------------------------------------------------------- batched inference
-
-
-def left_pad(seqs: Sequence[Sequence[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids [B,length] int32, mask [B,length] int32): each sequence right-aligned (left padding);
-    longer sequences keep their last ``length`` tokens."""
-    ids = np.full((len(seqs), length), pad_id, np.int32)
-    mask = np.zeros((len(seqs), length), np.int32)
-    for row, seq in enumerate(seqs):
-        tail = list(seq)[-length:]
-        if tail:
-            ids[row, length - len(tail):] = tail
-            mask[row, length - len(tail):] = 1
-    return ids, mask
-
-
-def padded_length(seqs: Sequence[Sequence[int]], multiple: int = 16) -> int:
-    """The longest sequence rounded up to ``multiple`` (one compiled shape for a whole set)."""
-    longest = max((len(s) for s in seqs), default=1)
-    return -(-longest // multiple) * multiple
-
-
-def batched(fn: Callable[[np.ndarray, np.ndarray], tuple], seqs: Sequence[Sequence[int]], batch_size: int,
-            pad_id: int, length: int | None = None, desc: str | None = None) -> tuple[np.ndarray, ...]:
-    """Apply ``fn(ids [batch_size,L], mask)`` → tuple of arrays [batch_size,...] over all ``seqs``;
-    the last batch is filled with copies of its last row; results concatenated (numpy). ``desc``: a
-    progress bar (rows done) on stderr under that name."""
-    from tqdm.auto import tqdm
-
-    length = length or padded_length(seqs)
-    parts = []
-    with tqdm(total=len(seqs), desc=desc, unit="row", leave=False, disable=desc is None) as bar:
-        for start in range(0, len(seqs), batch_size):
-            chunk = list(seqs[start:start + batch_size])
-            real = len(chunk)
-            chunk += [chunk[-1]] * (batch_size - real)
-            ids, mask = left_pad(chunk, length, pad_id)
-            parts.append(tuple(np.asarray(x)[:real] for x in fn(ids, mask)))
-            bar.update(real)
-    return tuple(np.concatenate(cols) for cols in zip(*parts))
-
-
-def generate(model, prompts: Sequence[Sequence[int]], *, num_beams: int, max_new_tokens: int, eos_id: int, pad_id: int,
-             constraint=None, mode: str | None = None, num_return_sequences: int | None = None,
-             length_penalty: float = 1.0, batch_size: int = 32, length: int | None = None, desc: str | None = None):
-    """Beam search over every prompt (token ids); returns numpy ``(sequences [P,R,S], scores [P,R],
-    item_ids [P,R])`` as :func:`jaxrec.decode.beam_search` (``constraint`` with ``mode="none"``:
-    free generation that still reports which generations are exactly an item). ``length``: the
-    padded prompt length (default :func:`padded_length` of ``prompts``); ``desc``: a progress bar name."""
-    from jaxrec.decode import beam_search
-
-    def run(ids, mask):
-        out = beam_search(model, ids, mask, constraint, mode=mode, num_beams=num_beams,
-                          num_return_sequences=num_return_sequences or num_beams, max_new_tokens=max_new_tokens,
-                          length_penalty=length_penalty, eos_token_id=eos_id, pad_token_id=pad_id)
-        return out.sequences, out.scores, out.item_ids
-
-    return batched(run, prompts, batch_size, pad_id, length, desc)
-
-
-def decode_texts(tokenizer, sequences: np.ndarray, eos_id: int) -> list[str]:
-    """Generated token rows [P,S] → text, cut at the first EOS."""
-    texts = []
-    for row in np.asarray(sequences):
-        end = np.flatnonzero(row == eos_id)
-        texts.append(tokenizer.decode(row[: end[0] if end.size else len(row)].tolist(), skip_special_tokens=True))
-    return texts
-
-
-def eval_subset(total: int, limit: int | None, seed: int) -> np.ndarray:
-    """int [n]: the sorted rows of ``total`` evaluation users to score: all of them, or a seeded
-    sample of ``limit`` (the recipes' ``eval.users``)."""
-    if limit is None or limit >= total:
-        return np.arange(total)
-    return np.sort(np.random.default_rng(seed).choice(total, limit, replace=False))
-
-
-# ----------------------------------------------------------------------------- grounding (BIGRec, RSLLM)
-
-
-def embed_texts(model, tokenizer, texts: dict[str, list[str]], batch_size: int) -> dict[str, np.ndarray]:
-    """float32 [P,d] per group of texts: BIGRec's grounding embedding, the final hidden state at the
-    last token of ``[BOS] + text`` (an empty text embeds its BOS, or EOS when the tokenizer has none).
-    Texts of all groups are bucketed by length (multiples of 16 tokens: a few compilations, little
-    padding) and returned in their groups' order."""
-    from jaxrec.ground.embed import Embedder
-
-    embedder = Embedder(model, pooling="last")
-    names = list(texts)
-    seqs = [ids or [tokenizer.eos_token_id] for name in names for ids in prompt_ids(tokenizer, model, texts[name])]
-    buckets = np.asarray([padded_length([s]) for s in seqs])
-    out = np.empty((len(seqs), model.config.hidden_size), np.float32)
-    for length in np.unique(buckets):
-        rows = np.flatnonzero(buckets == length)
-        out[rows] = batched(lambda ids, mask: (embedder(ids, mask),), [seqs[i] for i in rows], batch_size,
-                            tokenizer.pad_token_id, int(length), f"embed {length}-token texts")[0]
-    ends = np.cumsum([len(texts[name]) for name in names])
-    return dict(zip(names, np.split(out, ends[:-1])))
-
-
-def ground_ranks(queries: np.ndarray, items: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """1-based full-catalog ranks [Q] of ``targets`` by L2 distance (closest first)."""
-    from jaxrec.ground.rank import target_ranks
-
-    return np.asarray(target_ranks(queries, items, targets, metric="l2"))

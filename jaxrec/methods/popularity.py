@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-import numpy as np
 
 from jaxrec.data.splits import LeaveOneOut, leave_one_out
 from jaxrec.eval.metrics import DEFAULT_KS, metrics_from_ranks
+from jaxrec.eval.ranking import item_counts, static_ranks
 from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 
 
@@ -32,24 +32,10 @@ class Config:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
-def item_counts(train: list[np.ndarray], num_items: int) -> np.ndarray:
-    """int64 [N]: how often each item occurs in the training sequences."""
-    flat = np.concatenate(train) if train else np.zeros(0, np.int32)
-    return np.bincount(flat, minlength=num_items).astype(np.int64)
-
-
-def rank_table(counts: np.ndarray) -> np.ndarray:
-    """int64 [N]: 1-based rank of every item when sorted by (-count, item id)."""
-    order = np.lexsort((np.arange(counts.size), -counts))
-    ranks = np.empty(counts.size, dtype=np.int64)
-    ranks[order] = np.arange(1, counts.size + 1)
-    return ranks
-
-
 def evaluate_split(split: LeaveOneOut, num_items: int, which: str = "test", ks=DEFAULT_KS) -> dict:
     """Full-catalog HR/NDCG@K and MRR of popularity on the ``valid`` or ``test`` targets."""
     targets = split.test_target if which == "test" else split.valid_target
-    ranks = rank_table(item_counts(split.train, num_items))[targets]
+    ranks = static_ranks(item_counts(split.train, num_items))[targets]
     return metrics_from_ranks(ranks, ks)
 
 

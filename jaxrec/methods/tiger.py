@@ -39,17 +39,25 @@ from jaxrec.data.splits import LeaveOneOut, leave_one_out
 from jaxrec.data.tasks import Example
 from jaxrec.data.tasks.rows import leave_one_out_rows
 from jaxrec.errors import ConfigError
-from jaxrec.eval.metrics import DEFAULT_KS, metrics_from_ranks, metrics_from_topk
+from jaxrec.eval.metrics import DEFAULT_KS, list_metrics, metrics_from_ranks
+from jaxrec.eval.ranking import item_counts, static_ranks
 from jaxrec.index.build import IndexConfig
 from jaxrec.index.collisions import ResolveConfig
+from jaxrec.timing import Clock
+from jaxrec.index.source import INDEX_FILE, IndexSection, index_codes, index_token_ids
 from jaxrec.index.train_rqvae import TrainConfig as RQVAETrainConfig
-from jaxrec.methods import llm, sasrec
+from jaxrec import seqrec
+from jaxrec.methods import llm
 from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
-from jaxrec.methods.lcrec import INDEX_FILE, Clock, IndexSection, beam_items, index_codes, index_token_ids
 from jaxrec.index.rqvae import RQVAEConfig
 from jaxrec.data.pipeline import TokenDataConfig
 from jaxrec.models.lora import LoraConfig
 from jaxrec.train.config import OptimConfig, TrainConfig
+from jaxrec.eval.sample import eval_subset
+from jaxrec.decode.driver import constrained_items
+from jaxrec.models.prompts import prompt_ids
+from jaxrec.models.registry import architecture
+from jaxrec.models.section import ModelSection, make_model
 
 SPECIAL = ("<pad>", "</s>", "<unk>")
 
@@ -62,9 +70,9 @@ class EmbeddingSection:
 
     source: Literal["sasrec_fit", "npy", "sasrec"] = "sasrec_fit"
     path: str | None = None
-    sasrec_model: sasrec.ModelConfig = dataclasses.field(default_factory=lambda: sasrec.ModelConfig(max_len=20))
-    sasrec_train: sasrec.TrainConfig = dataclasses.field(
-        default_factory=lambda: sasrec.TrainConfig(epochs=20, batch_size=256, lr=3e-3, patience=3))
+    sasrec_model: seqrec.ModelConfig = dataclasses.field(default_factory=lambda: seqrec.ModelConfig(max_len=20))
+    sasrec_train: seqrec.TrainConfig = dataclasses.field(
+        default_factory=lambda: seqrec.TrainConfig(epochs=20, batch_size=256, lr=3e-3, patience=3))
 
     def __post_init__(self):
         if self.source != "sasrec_fit" and not self.path:
@@ -110,14 +118,14 @@ class Config:
         resolve=ResolveConfig())))
     max_history: int = 20
     user_tokens: int = 0  # TIGER's user-id hash tokens (paper: 2000); 0: no user token
-    model: llm.ModelSection = dataclasses.field(default_factory=lambda: llm.ModelSection(
+    model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(
         arch="t5", hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4))
     train: TrainConfig = dataclasses.field(default_factory=_default_train)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
     def __post_init__(self):
-        if self.model.arch != "t5" or self.model.pretrained:
-            raise ValueError("model: TIGER trains a T5 from scratch (model.arch: t5, model.pretrained: null)")
+        if not architecture(self.model.arch).encoder_decoder or self.model.pretrained:
+            raise ValueError("model: TIGER trains an encoder-decoder from scratch (model.arch: t5, model.pretrained: null)")
         if self.max_history < 1 or self.user_tokens < 0:
             raise ValueError(f"max_history={self.max_history} must be >= 1 and user_tokens={self.user_tokens} >= 0")
 
@@ -183,9 +191,9 @@ def train_config(config: Config, levels: int) -> TrainConfig:
 def sasrec_embeddings(config: Config, ds: Dataset, split: LeaveOneOut) -> np.ndarray:
     """float32 [N, d]: the item table of a SASRec trained on this run's split (``out_dir/sasrec``)."""
     e = config.embeddings
-    run = sasrec.Config(out_dir=str(Path(config.out_dir) / "sasrec"), data=config.data, model=e.sasrec_model,
+    run = seqrec.Config(out_dir=str(Path(config.out_dir) / "sasrec"), data=config.data, model=e.sasrec_model,
                         train=e.sasrec_train)
-    sasrec.fit(run, ds, split)
+    seqrec.fit(run, ds, split)
     return np.load(Path(run.out_dir) / "item_embeddings.npy")
 
 
@@ -213,14 +221,14 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut, embeddings: np.ndarray 
     clock = Clock()
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    codes, report = index_codes(config, ds, (lambda: embeddings) if embeddings is not None
-                                else (lambda: item_embeddings(config, ds, split)))
+    codes, report = index_codes(config.index, ds, (lambda: embeddings) if embeddings is not None
+                                else (lambda: item_embeddings(config, ds, split)), config.train.progress)
     clock.lap("index")
     write_index(out_dir / INDEX_FILE, codes)
     write_json(out_dir / "index.report.json", {"source": config.index.source, **report}, indent=1)
     tokenizer = code_tokenizer(codes, config.user_tokens)
     save_tokenizer(tokenizer, out_dir / "tokenizer")
-    model = llm.build_model(config.model, tokenizer)
+    model = make_model(config.model, tokenizer)
     llm.start_run(out_dir, config.model, model, tokenizer)
     examples = training_examples(split, codes, config)
     tc = train_config(config, codes.shape[1])
@@ -248,14 +256,13 @@ def evaluate(config: Config) -> dict:
 def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     """:func:`evaluate` on an already loaded dataset and split."""
     from jaxrec.index.index_io import read_index
-    from jaxrec.methods.popularity import item_counts, rank_table
 
     start = time.perf_counter()
     e = config.eval
     codes = read_index(Path(config.out_dir) / INDEX_FILE, ds.num_items)
     model, tokenizer = llm.load_run(config.out_dir, "fine_tuned", config.model.dtype, config.model)
     decoder = BeamDecoder(config, codes, tokenizer, model.config.vocab_size)
-    popularity_ranks = rank_table(item_counts(split.train, ds.num_items))
+    popularity_ranks = static_ranks(item_counts(split.train, ds.num_items))
     result = {"method": "tiger", "data": config.data.describe(), "model": config.model.describe(),
               "catalog_items": ds.num_items, "index_levels": int(codes.shape[1]), "num_beams": e.num_beams,
               "protocol": f"exact-trie beam search over all items; a target outside the {e.num_beams} beams is a miss"}
@@ -263,7 +270,7 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
         t0 = time.perf_counter()
         texts, targets = decoder.inputs(split, part, e.users)
         items = decoder.items(model, texts, f"tiger {part}")
-        result[part] = {"users": len(texts), "tiger": metrics_from_topk(items, targets, e.ks),
+        result[part] = {"users": len(texts), "tiger": list_metrics(items, targets, e.ks),
                         "popularity": metrics_from_ranks(popularity_ranks[targets], e.ks),
                         "item_rate": float(np.mean(items >= 0)), "seconds": round(time.perf_counter() - t0, 2)}
     result["seconds"] = round(time.perf_counter() - start, 2)
@@ -289,14 +296,16 @@ class BeamDecoder:
     def inputs(self, split: LeaveOneOut, part: str, limit: int | None) -> tuple[list[str], np.ndarray]:
         """Encoder texts and target items of a seeded sample of ``limit`` users of ``part``."""
         rows = leave_one_out_rows(split, part)
-        chosen = llm.eval_subset(len(rows.users), limit, self.config.eval.seed)
+        chosen = eval_subset(len(rows.users), limit, self.config.eval.seed)
         return ([encoder_text(rows.histories[i], int(rows.users[i]), self.item_tokens, self.config)
                  for i in chosen.tolist()], rows.targets[chosen])
 
     def items(self, model, texts: list[str], desc: str) -> np.ndarray:
         """int32 [P, num_beams]: each input's beam items, best first (-1: not an item)."""
-        return beam_items(model, llm.prompt_ids(self.tokenizer, model, texts), self.length, self.trie, "trie",
-                          self.eval, self.eos, self.pad, desc)
+        return constrained_items(model, prompt_ids(self.tokenizer, model, texts), self.trie, mode="trie",
+                                 num_beams=self.eval.num_beams, eos_id=self.eos, pad_id=self.pad,
+                                 batch_size=self.eval.batch_size, length=self.length,
+                                 desc=desc if self.eval.progress else None)
 
 
 def validation_curve(config: Config, split: LeaveOneOut, codes: np.ndarray, tokenizer, vocab_size: int):
@@ -306,7 +315,7 @@ def validation_curve(config: Config, split: LeaveOneOut, codes: np.ndarray, toke
     texts, targets = decoder.inputs(split, "valid", config.eval.curve_users)
 
     def evaluate(model) -> dict:
-        return metrics_from_topk(decoder.items(model, texts, "tiger curve"), targets, config.eval.ks)
+        return list_metrics(decoder.items(model, texts, "tiger curve"), targets, config.eval.ks)
 
     return evaluate
 
