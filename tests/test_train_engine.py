@@ -50,7 +50,7 @@ def config(mesh=(8, 1, 1), ckdir=None, log_dir=None, dropout=0.1, **train):
         data=TokenDataConfig(seq_len=16), checkpoint=CheckpointConfig(dir=ckdir, every=2), **train)
 
 
-def run(cfg, steps=None, evaluate=None, data=None, loss_fn=None):
+def run(cfg, steps=None, evaluate=None, data=None, loss_fn=None, **fit):
     """Train on ``data`` (default :func:`examples`) for ``steps`` (default the config's: ``steps`` or
     ``epochs``); returns (per-step losses from the JSONL log, final trained params in the layer-list
     layout, fit result)."""
@@ -66,7 +66,7 @@ def run(cfg, steps=None, evaluate=None, data=None, loss_fn=None):
     trainer = Trainer(tiny_model(), cfg, loss_fn or causal_lm_loss, num_examples=len(data))
     batches = make_batches(data, CausalFeatures(cfg.data.seq_len, eos_id=2, bos_id=1), cfg.data,
                            trainer.mesh, global_batch=cfg.batch_size, seed=cfg.seed, num_epochs=cfg.epochs)
-    result = trainer.fit(batches, evaluate=evaluate, steps=steps)
+    result = trainer.fit(batches, evaluate=evaluate, steps=steps, **fit)
     trainer.close()
     params = {".".join(map(str, p)): np.asarray(jax.device_get(v[...]))
               for p, v in nnx.to_flat_state(nnx.state(trainer.model(), trainable_filter(cfg.lora)))}
@@ -148,6 +148,47 @@ def test_sigterm_saves_a_final_checkpoint_that_resumes_exactly(reference, tmp_pa
     assert result["stopped"] == "sigterm" and result["step"] == 3
     assert sorted(p.name for p in (Path(ck) / "last").iterdir() if p.name.isdigit()) == ["3"]
     assert_same_run(run(config(ckdir=ck, log_dir=log)), reference, atol=1e-6, what="resumed after SIGTERM")
+
+
+def test_early_stopping_state_resumes_and_eval_last_validates_the_last_step(tmp_path):
+    """The best metric and the count of validations without improvement are saved with the checkpoint: a run
+    stopped by SIGTERM and resumed stops early at the same step as one never interrupted (a fresh count would
+    train on). ``eval_last`` validates a last step off the ``eval_every`` schedule."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are installed from the main thread only")
+    scores = [0.5, 0.4, 0.3, 0.2]  # by validation: the first is the best
+
+    def scripted(calls, preempt_at=None):
+        def evaluate(model):
+            calls.append(1)
+            if len(calls) == preempt_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return {"m": scores[len(calls) - 1]}
+        return evaluate
+
+    def cfg(name):
+        c = config(log_dir=str(tmp_path / name / "log"), eval_every=1, patience=2)
+        return dataclasses.replace(c, checkpoint=CheckpointConfig(dir=str(tmp_path / name / "ck"), every=2,
+                                                                  best_metric="m"))
+
+    _, whole_params, whole = run(cfg("whole"), evaluate=scripted([]))
+    assert (whole["stopped"], whole["step"], whole["best_metric"]) == ("early_stopping", 3, 0.5)
+    calls = []
+    _, _, first = run(cfg("resumed"), evaluate=scripted(calls, preempt_at=2))
+    assert (first["stopped"], first["step"]) == ("sigterm", 2)
+    _, params, resumed = run(cfg("resumed"), evaluate=scripted(calls))
+    assert (resumed["stopped"], resumed["step"], resumed["best_metric"]) == ("early_stopping", 3, 0.5)
+    for k in whole_params:
+        np.testing.assert_allclose(params[k], whole_params[k], atol=1e-6, err_msg=k)
+    # eval_every=3 over 4 steps: validations at steps 3 and 4 (the last) with eval_last, only 3 without
+    for eval_last, expected in ((False, [3]), (True, [3, 4])):
+        log = tmp_path / f"last{eval_last}"
+        run(config(log_dir=str(log), eval_every=3), evaluate=lambda model: {"m": 1.0}, eval_last=eval_last)
+        rows = [json.loads(line) for line in (log / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows if "eval/m" in r] == expected
 
 
 def test_bf16_compute_keeps_fp32_master_weights(reference, tmp_path):

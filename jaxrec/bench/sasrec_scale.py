@@ -1,10 +1,12 @@
 """`jaxrec bench sasrec-scale`: SASRec over a catalog of a million items on this machine, with peak memory.
 
-Training uses the full softmax through the chunked cross-entropy (``train.softmax_chunk``: an online
-log-sum-exp over item chunks, so no [B,T,N] logits exist). Evaluation ranks every item through the tiled
-rank kernel. The data is seeded and vectorized, and carries no signal beyond popularity: ``--users``
-sequences of 5..``--max-len`` items drawn from a Zipf(1) popularity over ``--items`` items. This measures
-throughput and memory, not quality.
+Training (``--loss``) uses either the full softmax through the chunked cross-entropy (``softmax``,
+``train.softmax_chunk``: an online log-sum-exp over item chunks, so no [B,T,N] logits exist) or the sampled
+softmax with logQ correction (``sampled_softmax``: ``--negatives`` items per row from the ``--proposal``,
+uniform or popularity, shared by the batch). Evaluation ranks every item through the tiled rank kernel.
+Peak memory is per process: run one loss per command. The data is seeded and vectorized, and carries no
+signal beyond popularity: ``--users`` sequences of 5..``--max-len`` items drawn from a Zipf(1) popularity
+over ``--items`` items. This measures throughput and memory, not quality.
 
 Reported: data generation seconds; training (``--epochs`` over every user, compile and the validation ranking
 included) and the whole fit with the test ranking; peak resident memory of the process (``getrusage``); and, as the peer that
@@ -32,7 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--loss", choices=("softmax", "sampled_softmax"), default="softmax", help="train.loss")
     p.add_argument("--chunk", type=int, default=16_384, help="items per chunk of the softmax (train.softmax_chunk)")
+    p.add_argument("--negatives", type=int, default=64, help="sampled_softmax: items drawn per row (train.negatives)")
+    p.add_argument("--proposal", choices=("uniform", "popularity"), default="popularity", help="train.proposal")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
@@ -59,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     from jaxrec.bench.hardware import hardware_info
     from jaxrec.config import from_dict
     from jaxrec.data.splits import leave_one_out
-    from jaxrec.methods import sasrec
+    from jaxrec import seqrec
+    from jaxrec.seqrec.batches import EpochBatches, training_pairs
 
     start = time.perf_counter()
     ds = scale_dataset(args.users, args.items, args.max_len, args.seed)
@@ -68,23 +74,24 @@ def run(args: argparse.Namespace) -> int:
     print(f"jaxrec bench sasrec-scale: {ds.num_items:,} items, {ds.num_users:,} users, {ds.num_interactions:,} "
           f"interactions ({data_s:.1f} s)", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="jaxrec-sasrec-scale-") as out:
-        config = from_dict(sasrec.Config, {
+        config = from_dict(seqrec.Config, {
             "out_dir": out, "model": {"max_len": args.max_len, "hidden_size": args.hidden, "num_layers": 2, "num_heads": 1},
-            "train": {"epochs": args.epochs, "batch_size": args.batch, "loss": "softmax", "softmax_chunk": args.chunk,
-                      "seed": args.seed, "eval_every": args.epochs, "progress": True},
+            "train": {"epochs": args.epochs, "batch_size": args.batch, "loss": args.loss, "softmax_chunk": args.chunk,
+                      "negatives": args.negatives, "proposal": args.proposal, "seed": args.seed,
+                      "eval_every": args.epochs, "progress": True},
             "eval": {"ks": [10], "exclude_history": False, "batch_size": 256}})
         start = time.perf_counter()
-        result = sasrec.fit(config, ds, split)
+        result = seqrec.fit(config, ds, split)
         fit_s = time.perf_counter() - start
-    _, labels = sasrec.training_pairs(split.train, args.max_len)
-    steps = args.epochs * len(sasrec.epoch_batches(labels, args.batch, np.random.default_rng(0)))  # as fit batches
+    inputs, labels = training_pairs(split.train, args.max_len)
+    steps = args.epochs * EpochBatches(inputs, labels, args.batch, args.epochs, args.seed).steps_per_epoch
     evaluated = 2 * ds.num_users  # valid + test, each over the whole catalog
-    settings = ("items", "users", "max_len", "hidden", "batch", "epochs", "chunk", "seed")
+    settings = ("items", "users", "max_len", "hidden", "batch", "epochs", "loss", "chunk", "negatives", "proposal", "seed")
     out = {"benchmark": "sasrec-scale", "config": {k: getattr(args, k) for k in settings},
            "interactions": ds.num_interactions, "data_s": round(data_s, 1), "train_and_eval_s": round(fit_s, 1),
            "steps": steps, "train_s_with_valid_eval": result["train_seconds"], "test": result["test"],
            "peak_rss_gib": round(_peak_rss_gib(), 2),
-           "unchunked_logits_gib": round(args.batch * args.max_len * args.items * 4 / 1024 ** 3, 1),
+           "protocol": result["protocol"], "unchunked_logits_gib": round(args.batch * args.max_len * args.items * 4 / 1024 ** 3, 1),
            "evaluated_users": evaluated, "hardware": hardware_info()}
     print(json.dumps(out, indent=2))
     return 0

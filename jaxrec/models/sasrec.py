@@ -14,6 +14,10 @@ Architecture (pre-LayerNorm Transformer blocks, as in the paper's released code)
 
 Attention is causal and ignores padded keys; a padded query attends to itself only, so no row of
 the softmax is empty (those positions carry no loss and are never read).
+
+The model carries one RNG stream for training (``train_rngs.dropout``, seeded by ``dropout_seed``): a
+training loss draws one key per step from it, so the stream's counter is the step and a checkpoint of
+the model's RNG state resumes the same keys.
 """
 
 from __future__ import annotations
@@ -95,8 +99,9 @@ class Block(nnx.Module):
 class SASRec(nnx.Module):
     """Sequence encoder + dot-product scorer over the item catalog."""
 
-    def __init__(self, cfg: SASRecConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: SASRecConfig, rngs: nnx.Rngs, *, dropout_seed: int = 0):
         self.config = cfg
+        self.train_rngs = nnx.Rngs(dropout=dropout_seed)  # one key per training step (module docstring)
         init = nnx.initializers.normal(stddev=0.02)
         self.item_embed = nnx.Embed(cfg.num_items + 1, cfg.hidden_size, embedding_init=init, rngs=rngs)
         self.pos_embed = nnx.Embed(cfg.max_len, cfg.hidden_size, embedding_init=init, rngs=rngs)

@@ -91,13 +91,14 @@ class Checkpointer:
         """Whether :meth:`save` writes a periodic checkpoint at ``step``."""
         return bool(self.config.every) and step % self.config.every == 0
 
-    def save(self, step: int, state, data_iter=None, *, force: bool = False) -> bool:
-        """Save the resumable state at ``step`` (every ``config.every`` steps, or when ``force``)."""
+    def save(self, step: int, state, data_iter=None, *, force: bool = False, metrics: dict | None = None) -> bool:
+        """Save the resumable state at ``step`` (every ``config.every`` steps, or when ``force``); ``metrics``
+        (JSON values, e.g. the early-stopping state) are stored in its meta."""
         if not force and not self.due(step):
             return False
         if step in self.last.all_steps():
             return False
-        return self.last.save(step, args=self._args(state, data_iter, None), force=True)
+        return self.last.save(step, args=self._args(state, data_iter, metrics), force=True)
 
     def save_best(self, step: int, state, metrics: dict) -> bool:
         """Offer ``state`` to the best-N set, ranked by ``metrics[best_metric]``."""

@@ -156,8 +156,10 @@ class Trainer:
 
     # ------------------------------------------------------------------- loop
     def fit(self, batches: DeviceIterator, evaluate: Callable[[nnx.Module], dict] | None = None,
-            steps: int | None = None) -> dict:
+            steps: int | None = None, *, eval_last: bool = False) -> dict:
         """Train until ``steps`` (default ``total_steps``), early stopping, data exhaustion or SIGTERM.
+        ``eval_last``: also evaluate after the last step when it is not a multiple of ``eval_every``.
+        The early-stopping state (best metric, validations since) is saved with each checkpoint and resumed.
 
         Returns the last logged train metrics plus ``step``, ``best_metric`` and ``stopped`` (why).
         """
@@ -176,7 +178,10 @@ class Trainer:
         # our own SIGTERM flag, unless JAX's preemption service (which catches SIGTERM itself) is in charge
         previous = (signal.signal(signal.SIGTERM, self._on_sigterm)
                     if not _preemption_service() and _main_thread() else None)
-        best, stale, stopped, last = None, 0, "steps", {}
+        best, stale = self._early_stopping_state(start)
+        stopped, last = "steps", {}
+        if cfg.patience is not None and stale >= cfg.patience:  # the checkpoint is where early stopping ended
+            stopped, steps = "early_stopping", start
         step = logged_step = start
         t0 = time.perf_counter()
         try:
@@ -200,7 +205,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{host['loss']:.4f}", tok_s=f"{tps:,.0f}", mfu=f"{host['mfu']:.1%}")
                     last, t0, logged_step = host, time.perf_counter(), step
                 bar.update(1)
-                if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
+                if evaluate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or (eval_last and step == steps)):
                     self._stop_if_diverged()
                     scores = {k: float(v) for k, v in evaluate(self.model()).items()}
                     logger.log(step, scores, prefix="eval/")
@@ -217,7 +222,7 @@ class Trainer:
                             break
                 if self.checkpointer is not None and self.checkpointer.due(step):
                     self._stop_if_diverged()
-                    self.checkpointer.save(step, self.state, batches)
+                    self.checkpointer.save(step, self.state, batches, metrics={"best": best, "stale": stale})
                 if self._preempted(step):
                     stopped = "sigterm"
                     break
@@ -225,7 +230,7 @@ class Trainer:
         finally:
             if self.checkpointer is not None:
                 if self.diverged() is None:
-                    self.checkpointer.save(step, self.state, batches, force=True)
+                    self.checkpointer.save(step, self.state, batches, force=True, metrics={"best": best, "stale": stale})
                 self.checkpointer.wait()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
@@ -233,6 +238,25 @@ class Trainer:
             logger.close()
         return {**last, "step": step, "best_metric": best, "stopped": stopped,
                 "nonfinite_steps": int(jax.device_get(self.guard)[0])}
+
+    def _early_stopping_state(self, step: int) -> tuple[float | None, int]:
+        """(best metric, validations without improvement) saved with the checkpoint at ``step`` ((None, 0): fresh)."""
+        if not step or self.checkpointer is None:
+            return None, 0
+        saved = self.checkpointer.check(self.checkpointer.last, step)["metrics"]
+        return saved.get("best"), int(saved.get("stale", 0))
+
+    def best_model(self) -> nnx.Module | None:
+        """The model (as :meth:`model`) with the parameters of the best checkpoint by ``checkpoint.best_metric``;
+        None without one."""
+        if self.checkpointer is None or self.checkpointer.best_step() is None:
+            return None
+        current = self.state
+        self.state, _ = self.checkpointer.restore(abstract_like(self.state, self.state_sh), best=True)
+        try:
+            return self.model()
+        finally:
+            self.state = current
 
     def batch_flops(self, batch: dict) -> float:
         """Model FLOPs (forward + backward, :mod:`jaxrec.train.mfu`) of one step on ``batch``; for an
