@@ -11,6 +11,7 @@ import pytest
 from jaxrec.config import from_dict
 from jaxrec.decode.driver import constrained_items
 from jaxrec.models.prompts import encode, prompt_ids
+from jaxrec.models.run_dir import load_run
 
 TINY = {
     "method": "aligned_t5",
@@ -59,13 +60,13 @@ def test_retrieval_beams_are_distinct_valid_items(run):
     from jaxrec.data.splits import leave_one_out
     from jaxrec.data.tasks import aligned_t5_eval_examples
     from jaxrec.decode import ItemTrie
-    from jaxrec.methods import aligned_t5, llm
+    from jaxrec.methods import aligned_t5
     from jaxrec.data.source import load_dataset
 
     config, _, _ = run
     ds = load_dataset(config.data)
     keys, space = aligned_t5.load_item_keys(config.out_dir, ds)
-    model, tok = llm.load_run(config.out_dir)
+    model, tok = load_run(config.out_dir)
     examples = aligned_t5_eval_examples("retrieval", ds, leave_one_out(ds), keys, "test", config.tasks)[:8]
     trie = ItemTrie.from_sequences(encode(tok, [aligned_t5.answer_text(k, space) for k in keys]),
                                    eos_id=tok.eos_token_id, vocab_size=model.config.vocab_size)

@@ -11,6 +11,7 @@ import pytest
 
 from jaxrec.atomic import HOST, atomic_dir
 from jaxrec.cli import main
+from jaxrec.models.run_dir import start_run
 
 
 def prepare(out, *extra):
@@ -85,17 +86,17 @@ def test_index_build_refuses_to_replace_a_file_that_is_not_an_index(tmp_path, ca
 
 def test_a_run_dir_of_another_model_size_is_refused_before_anything_is_written(tmp_path):
     from jaxrec.errors import ConfigError
-    from jaxrec.methods import llm
+    from jaxrec.models.section import ModelSection
     from jaxrec.models import build_model, tiny_llama_config
 
-    section = llm.ModelSection()
+    section = ModelSection()
     small = build_model(tiny_llama_config(64, hidden_size=16, intermediate_size=32, num_layers=1), seed=0)
-    llm.start_run(tmp_path, section, small, None)
+    start_run(tmp_path, section, small, None)
     before = (tmp_path / "base_model" / "model.safetensors").read_bytes()
-    llm.start_run(tmp_path, section, small, None)  # a resumed run: the base model is kept as it is
+    start_run(tmp_path, section, small, None)  # a resumed run: the base model is kept as it is
     wider = build_model(tiny_llama_config(64, hidden_size=32, intermediate_size=32, num_layers=1), seed=0)
     with pytest.raises(ConfigError, match="holds a run of another model .*hidden_size=16, this config 32"):
-        llm.start_run(tmp_path, section, wider, None)
+        start_run(tmp_path, section, wider, None)
     assert (tmp_path / "base_model" / "model.safetensors").read_bytes() == before
 
 

@@ -11,6 +11,7 @@ from jaxrec.decode.driver import decode_texts, generate
 from jaxrec.ground.embed import embed_prompt_texts
 from jaxrec.models.prompts import encode, prompt_ids
 from jaxrec.models.section import ModelSection, make_model
+from jaxrec.models.run_dir import VOCAB_GROWTH_FILE, grow_vocab, load_run, make_tokenizer, save_run, start_run
 
 TINY = {
     "method": "bigrec",
@@ -84,13 +85,13 @@ def test_constrained_generation_returns_only_real_items(run):
     from jaxrec.data.tasks import bigrec_eval_examples
     from jaxrec.data.tasks.item_text import quoted, titles
     from jaxrec.decode import ItemTrie
-    from jaxrec.methods import bigrec, llm
+    from jaxrec.methods import bigrec
     from jaxrec.data.source import load_dataset
 
     config, _, _ = run
     ds = load_dataset(config.data)
     examples = bigrec_eval_examples(ds, bigrec.split_of(config, ds), "test", "items", sample=8)
-    model, tokenizer = llm.load_run(config.out_dir)
+    model, tokenizer = load_run(config.out_dir)
     eos = tokenizer.eos_token_id
     item_titles = [quoted(t) for t in titles(ds)]
     trie = ItemTrie.from_sequences(encode(tokenizer, item_titles), eos_id=eos)
@@ -123,15 +124,13 @@ def test_embeddings_ignore_left_padding_and_run_io_round_trips(tmp_path):
     """Last-token states of a padded batch equal one-by-one forwards; a LoRA run reloads merged."""
     import jax
 
-    from jaxrec.methods import llm
     from jaxrec.models.lora import apply_lora, lora_modules
     from jaxrec.models.lora import LoraConfig
-    from jaxrec.train.config import TrainConfig
 
     section = ModelSection(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
                                num_kv_heads=1, max_position_embeddings=64)
     texts = ["Classic Yoga Mat", "Pro Dog Leash with a much longer title", "Pen"]
-    tokenizer = llm.make_tokenizer(section, lambda: texts * 20, tmp_path)
+    tokenizer = make_tokenizer(section, lambda: texts * 20, tmp_path)
     model = make_model(section, tokenizer)
     batch = embed_prompt_texts(model, tokenizer, {"texts": texts}, batch_size=4)["texts"]
     ids = prompt_ids(tokenizer, model, texts)
@@ -139,34 +138,33 @@ def test_embeddings_ignore_left_padding_and_run_io_round_trips(tmp_path):
         alone = model(np.asarray([seq]), return_hidden=True)[0, -1]
         np.testing.assert_allclose(row, alone, atol=1e-5)
 
-    llm.start_run(tmp_path, section, model, tokenizer)
+    start_run(tmp_path, section, model, tokenizer)
     lora = LoraConfig(rank=2, target_modules=("q_proj", "v_proj"))
     apply_lora(model, lora)
     for _, m in lora_modules(model):
         m.lora_b[...] = jax.random.normal(jax.random.key(1), m.lora_b.shape) * 0.1
     expected = model(np.asarray([ids[0]]))
-    llm.save_run(tmp_path, section, model, TrainConfig(lora=lora), {"note": "test"}, {"stopped": "steps", "step": 0})
-    reloaded, _ = llm.load_run(tmp_path)
+    save_run(tmp_path, section, model, lora, {"note": "test"}, {"stopped": "steps", "step": 0})
+    reloaded, _ = load_run(tmp_path)
     assert not lora_modules(reloaded)
     np.testing.assert_allclose(reloaded(np.asarray([ids[0]])), expected, atol=1e-4)
-    base, _ = llm.load_run(tmp_path, "base")
+    base, _ = load_run(tmp_path, "base")
     assert not np.allclose(base(np.asarray([ids[0]])), expected, atol=1e-4)
 
 
 def test_grow_vocab_records_growth_and_clears_a_stale_record(tmp_path):
-    from jaxrec.methods import llm
     from jaxrec.models.tokenizer import add_tokens
 
     section = ModelSection(vocab_size=300, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
                                num_kv_heads=1, max_position_embeddings=32)
-    tokenizer = llm.make_tokenizer(section, lambda: ["Classic Yoga Mat", "Pen"] * 20, tmp_path)
+    tokenizer = make_tokenizer(section, lambda: ["Classic Yoga Mat", "Pen"] * 20, tmp_path)
     model = make_model(section, tokenizer)
     old = model.config.vocab_size
     add_tokens(tokenizer, [f"<a_{i}>" for i in range(old + 5 - len(tokenizer))])
-    assert llm.grow_vocab(model, tokenizer, tmp_path, seed=1) == old
-    assert model.config.vocab_size == len(tokenizer) and (tmp_path / llm.VOCAB_GROWTH_FILE).is_file()
-    assert llm.grow_vocab(model, tokenizer, tmp_path, seed=1) == len(tokenizer)  # nothing to add this time
-    assert not (tmp_path / llm.VOCAB_GROWTH_FILE).exists()  # so load_run will not regrow a stale size
+    assert grow_vocab(model, tokenizer, tmp_path, seed=1) == old
+    assert model.config.vocab_size == len(tokenizer) and (tmp_path / VOCAB_GROWTH_FILE).is_file()
+    assert grow_vocab(model, tokenizer, tmp_path, seed=1) == len(tokenizer)  # nothing to add this time
+    assert not (tmp_path / VOCAB_GROWTH_FILE).exists()  # so load_run will not regrow a stale size
 
 
 def test_a_run_stopped_by_sigterm_exits_143_looks_unfinished_and_resumes(tmp_path, caplog):
@@ -179,7 +177,6 @@ def test_a_run_stopped_by_sigterm_exits_143_looks_unfinished_and_resumes(tmp_pat
 
     import yaml
 
-    from jaxrec.methods import llm
 
     out = tmp_path / "run"
     cfg = {**TINY, "out_dir": str(out),
@@ -198,7 +195,7 @@ def test_a_run_stopped_by_sigterm_exits_143_looks_unfinished_and_resumes(tmp_pat
     assert meta["state"] == "preempted" and meta["step"] >= 2
     assert f"stopped by SIGTERM at step {meta['step']} before it finished" in err.strip().splitlines()[-1]
     with caplog.at_level("WARNING"):
-        llm.load_run(out)
+        load_run(out)
     assert f"stopped (SIGTERM) at step {meta['step']} before training finished" in caplog.text
 
     done = subprocess.run(cli + ["--set", f"train.steps={meta['step'] + 2}", "--set",

@@ -8,6 +8,7 @@ import json
 from jaxrec.cli import main
 from jaxrec.commands.demo import RUNNERS, format_table
 from jaxrec.eval.sample import eval_subset
+from jaxrec.models.run_dir import make_tokenizer
 
 
 def test_demo_quick(tmp_path, capsys):
@@ -56,7 +57,7 @@ def test_llm_row_runs_lcrec_on_a_pretrained_model(tmp_path):
     from jaxrec.data.synthetic import make_preset
     from jaxrec.data.tasks.rows import leave_one_out_rows
     from jaxrec.eval.metrics import metrics_from_ranks
-    from jaxrec.methods import lcrec, llm
+    from jaxrec.methods import lcrec
     from jaxrec.models.section import ModelSection, make_model
     from jaxrec.commands.demo import run_demo
     from jaxrec.eval.ranking import item_counts, static_ranks
@@ -66,7 +67,7 @@ def test_llm_row_runs_lcrec_on_a_pretrained_model(tmp_path):
     ds = make_preset("tiny", seed=0)
     section = ModelSection(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
                                num_kv_heads=1, max_position_embeddings=512)
-    tokenizer = llm.make_tokenizer(section, lambda: lcrec.tokenizer_texts(ds), tmp_path / "bpe")
+    tokenizer = make_tokenizer(section, lambda: lcrec.tokenizer_texts(ds), tmp_path / "bpe")
     save_pretrained(make_model(section, tokenizer), tmp_path / "hf")
     save_tokenizer(tokenizer, tmp_path / "hf")
 

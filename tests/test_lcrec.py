@@ -12,6 +12,7 @@ from jaxrec.index.source import index_mapping, index_token_ids
 from jaxrec.decode.driver import constrained_items
 from jaxrec.models.prompts import prompt_ids
 from jaxrec.models.section import ModelSection, make_model
+from jaxrec.models.run_dir import load_run, make_tokenizer
 
 SYNTHETIC = {"synthetic": {"preset": "tiny", "num_users": 60, "num_items": 60}}
 LEVELS, CODES = 3, 6
@@ -36,7 +37,7 @@ def tiny_config(out_dir, pretrained, index_file) -> dict:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny "pretrained" HF Llama dir, an LC-Rec index file keyed by raw ids, then train + evaluate."""
-    from jaxrec.methods import lcrec, llm
+    from jaxrec.methods import lcrec
     from jaxrec.data.source import DataConfig, load_dataset
     from jaxrec.models import save_pretrained
     from jaxrec.models.tokenizer import save_tokenizer
@@ -45,7 +46,7 @@ def run(tmp_path_factory):
     ds = load_dataset(from_dict(DataConfig, SYNTHETIC))
     section = ModelSection(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
                                num_kv_heads=1, max_position_embeddings=256)
-    tokenizer = llm.make_tokenizer(section, lambda: lcrec.tokenizer_texts(ds), tmp / "bpe")
+    tokenizer = make_tokenizer(section, lambda: lcrec.tokenizer_texts(ds), tmp / "bpe")
     save_pretrained(make_model(section, tokenizer), tmp / "hf")
     save_tokenizer(tokenizer, tmp / "hf")
     codes = np.stack(np.unravel_index(np.random.default_rng(0).permutation(CODES ** LEVELS)[:ds.num_items],
@@ -86,10 +87,9 @@ def test_constrained_beams_are_distinct_real_items(run):
     from jaxrec.data.splits import leave_one_out
     from jaxrec.data.tasks.lcrec import lcrec_eval_examples
     from jaxrec.decode import ItemTrie
-    from jaxrec.methods import llm
 
     config, ds, codes, _, _ = run
-    model, tokenizer = llm.load_run(config.out_dir)
+    model, tokenizer = load_run(config.out_dir)
     ids = index_token_ids(tokenizer, codes)
     assert [tokenizer.decode(row) for row in ids[:2]] == ["".join(index_mapping(codes)[i]) for i in (0, 1)]
     trie = ItemTrie.from_sequences(ids, eos_id=tokenizer.eos_token_id, vocab_size=model.config.vocab_size)
@@ -102,14 +102,13 @@ def test_constrained_beams_are_distinct_real_items(run):
 
 
 def test_index_tokens_added_and_only_new_rows_trained(run):
-    from jaxrec.methods import llm
     from jaxrec.models import load_pretrained
     from jaxrec.models.tokenizer import load_tokenizer, resize_token_embeddings
 
     config, _, codes, summary, _ = run
     base = load_pretrained(config.model.pretrained)
     first_new = base.config.vocab_size
-    tuned, tokenizer = llm.load_run(config.out_dir)  # regrows the pretrained base's vocabulary first
+    tuned, tokenizer = load_run(config.out_dir)  # regrows the pretrained base's vocabulary first
     assert len(tokenizer) == first_new + summary["index"]["new_tokens"] == tuned.config.vocab_size
     assert len(load_tokenizer(config.model.pretrained)) == first_new  # the base dir is untouched
     resize_token_embeddings(base, len(tokenizer), seed=config.model.seed, noise_scale=config.tokens.noise_scale)

@@ -15,6 +15,7 @@ from jaxrec.errors import ConfigError, DataError
 from jaxrec.ground.embed import encode_texts
 from jaxrec.models.prompts import bos_id, chat_prompts
 from jaxrec.models.section import ModelSection
+from jaxrec.models.run_dir import make_tokenizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -135,7 +136,6 @@ def test_bigrec_grounding_with_a_sentence_encoder_matches_hf_brute_force(tiny_be
 
 
 def test_chat_template_is_refused_by_recipes_that_do_not_apply_it(tmp_path):
-    from jaxrec.methods import llm
 
     with pytest.raises(ConfigError, match="supported by the bigrec recipe only"):
-        llm.make_tokenizer(ModelSection(chat_template=True), lambda: ["a b"], tmp_path)
+        make_tokenizer(ModelSection(chat_template=True), lambda: ["a b"], tmp_path)

@@ -12,6 +12,7 @@ from jaxrec.models import build_model, tiny_llama_config, tiny_t5_config
 from jaxrec.train.losses import causal_lm_loss, seq2seq_lm_loss
 from jaxrec.models.prompts import bos_id, encode, row_fits
 from jaxrec.models.section import ModelSection
+from jaxrec.models.run_dir import make_tokenizer
 
 
 def examples(n, seed=0):
@@ -122,10 +123,9 @@ def test_keeps_response_says_whether_a_cut_row_still_scores_the_response(bos_id)
 def test_row_fits_agrees_with_the_rows_the_pipeline_builds(tmp_path):
     """``row_fits`` (used to shorten LC-Rec histories) says True exactly when the built row scores the
     whole response and its EOS."""
-    from jaxrec.methods import llm
 
     texts = [f"user {i} watched item {i * 7} then item {i * 3}" for i in range(200)]
-    tokenizer = llm.make_tokenizer(ModelSection(vocab_size=300), lambda: texts, tmp_path)
+    tokenizer = make_tokenizer(ModelSection(vocab_size=300), lambda: texts, tmp_path)
     bos = bos_id(tokenizer)
     for seq_len in (12, 20, 32):
         fits = row_fits(tokenizer, seq_len)

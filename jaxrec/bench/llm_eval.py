@@ -121,7 +121,7 @@ def prepare(args) -> dict:
     domain = args.domain or ("movies" if args.data else "items")
     examples = bigrec_eval_examples(ds, split, "test", domain, config.split.history, args.users, args.seed)
     tokenizer = load_tokenizer(args.model)
-    if tokenizer.pad_token is None:  # as llm.make_tokenizer
+    if tokenizer.pad_token is None:  # as make_tokenizer
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     chat = bool(getattr(tokenizer, "chat_template", None)) if args.chat is None else args.chat
     section = ModelSection(pretrained=args.model, chat_template=chat)

@@ -41,7 +41,7 @@ Recipe (every step configured by a section of :class:`Config`):
    candidates are fed teacher-forced as beams (T5: encoder output and cross-attention K/V shared;
    decoder-only: the prompt's K/V cache shared).
 
-Run directory: ``item_keys.json`` + the files of :mod:`jaxrec.methods.llm`; ``results.json``.
+Run directory: ``item_keys.json`` + the files of :mod:`jaxrec.models.run_dir`; ``results.json``.
 """
 
 from __future__ import annotations
@@ -66,7 +66,6 @@ from jaxrec.errors import ConfigError, DataError
 from jaxrec.eval.metrics import list_metrics, metrics_from_ranks
 from jaxrec.eval.ranking import item_counts, ranks_among, static_ranks
 from jaxrec.eval.rating import rating_metrics, ratings_from_log_likelihoods
-from jaxrec.methods import llm
 from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.data.pipeline import TokenDataConfig
 from jaxrec.models.lora import LoraConfig
@@ -76,6 +75,8 @@ from jaxrec.decode.driver import constrained_items
 from jaxrec.eval.sample import eval_subset
 from jaxrec.models.prompts import encode, prompt_ids
 from jaxrec.models.section import ModelSection, make_model
+from jaxrec.models.run_dir import grow_vocab, load_run, make_tokenizer, save_run, start_run
+from jaxrec.train.finetune import finetune
 
 KEYS_FILE = "item_keys.json"
 KEY_TASKS = ("retrieval", "ranking", "bpr")  # tasks whose answer is an item key
@@ -223,18 +224,18 @@ def train(config: Config) -> dict:
     keys = make_item_keys(config, ds)
     space = leading_space(config)
     examples = training_examples(config, ds, split, keys, space)
-    tokenizer = llm.make_tokenizer(config.model, lambda: tokenizer_texts(ds, examples), out_dir)
+    tokenizer = make_tokenizer(config.model, lambda: tokenizer_texts(ds, examples), out_dir)
     add_tokens(tokenizer, added_tokens(config, keys))
     save_tokenizer(tokenizer, out_dir / "tokenizer")
     model = make_model(config.model, tokenizer)
-    llm.grow_vocab(model, tokenizer, out_dir, seed=config.model.seed)
-    llm.start_run(out_dir, config.model, model, tokenizer)
+    grow_vocab(model, tokenizer, out_dir, seed=config.model.seed)
+    start_run(out_dir, config.model, model, tokenizer)
     save_item_keys(out_dir, keys, config, space)
     train_cfg = dataclasses.replace(config.train, log_dir=config.train.log_dir or str(out_dir / "logs"))
     if not examples:
         raise ConfigError("aligned_t5: no training examples (every task switched off or skipped)")
-    model, summary = llm.finetune(model, tokenizer, examples, train_cfg, target_len=config.target_len)
-    llm.save_run(out_dir, config.model, model, train_cfg, config, summary)
+    model, summary = finetune(model, tokenizer, examples, train_cfg, target_len=config.target_len)
+    save_run(out_dir, config.model, model, train_cfg.lora, config, summary)
     return {"method": "aligned_t5", "data": config.data.describe(), "model": config.model.describe(),
             "id_mode": config.tasks.id_mode, "train_examples": dict(Counter(e.task for e in examples)), **summary,
             "seconds_total": round(time.perf_counter() - start, 2), "out_dir": str(out_dir)}
@@ -336,7 +337,7 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     start = time.perf_counter()
     e = config.eval
     keys, space = load_item_keys(config.out_dir, ds)
-    model, tokenizer = llm.load_run(config.out_dir, "fine_tuned", config.model.dtype, config.model)
+    model, tokenizer = load_run(config.out_dir, "fine_tuned", config.model.dtype, config.model)
     context = _EvalContext(model, tokenizer, keys, space, item_counts(split.train, ds.num_items), split, ds)
     result = {"method": "aligned_t5", "data": config.data.describe(), "model": config.model.describe(),
               "catalog_items": ds.num_items, "id_mode": config.tasks.id_mode}

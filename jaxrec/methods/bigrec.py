@@ -45,7 +45,6 @@ from jaxrec.decode import ItemTrie
 from jaxrec.eval.metrics import list_metrics, metrics_from_ranks, random_ranking_metrics
 from jaxrec.eval.ranking import static_ranks
 from jaxrec.ground.fusion import POPULARITY_GAMMAS, choose_gamma, fused_target_ranks, minmax
-from jaxrec.methods import llm
 from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.train.config import TrainConfig
 from jaxrec.decode.driver import decode_texts, generate, padded_length
@@ -53,6 +52,8 @@ from jaxrec.ground.rank import target_ranks
 from jaxrec.ground.embed import embed_prompt_texts
 from jaxrec.models.prompts import chat_examples, chat_prompts, encode, prompt_ids
 from jaxrec.models.section import ModelSection, make_model
+from jaxrec.models.run_dir import load_run, make_tokenizer, save_run, start_run
+from jaxrec.train.finetune import finetune
 
 
 @dataclasses.dataclass
@@ -129,7 +130,7 @@ def split_of(config: Config, ds) -> TemporalSplit:
 
 
 def train(config: Config) -> dict:
-    """Fine-tune on title generation; writes the run directory (see :mod:`jaxrec.methods.llm`)."""
+    """Fine-tune on title generation; writes the run directory (see :mod:`jaxrec.models.run_dir`)."""
     ds = load_dataset(config.data)
     split = split_of(config, ds)
     p = config.prompts
@@ -137,13 +138,13 @@ def train(config: Config) -> dict:
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     titles = [quoted(t) for t in item_titles(ds)]
-    tokenizer = llm.make_tokenizer(config.model, lambda: [e.prompt + e.response for e in examples] + titles, out_dir,
+    tokenizer = make_tokenizer(config.model, lambda: [e.prompt + e.response for e in examples] + titles, out_dir,
                                    chat=True)
     model = make_model(config.model, tokenizer)
-    llm.start_run(out_dir, config.model, model, tokenizer)
+    start_run(out_dir, config.model, model, tokenizer)
     train_cfg = config.train if config.train.log_dir else dataclasses.replace(config.train, log_dir=str(out_dir / "logs"))
-    model, summary = llm.finetune(model, tokenizer, chat_examples(tokenizer, config.model, examples), train_cfg)
-    llm.save_run(out_dir, config.model, model, train_cfg, config, summary)
+    model, summary = finetune(model, tokenizer, chat_examples(tokenizer, config.model, examples), train_cfg)
+    save_run(out_dir, config.model, model, train_cfg.lora, config, summary)
     return {"method": "bigrec", "data": config.data.describe(), "model": config.model.describe(),
             "train_examples": len(examples), **summary, "out_dir": str(out_dir)}
 
@@ -193,7 +194,7 @@ def evaluate(config: Config) -> dict:
     p, g, ks = config.prompts, config.generation, config.eval.ks
     parts = {part: bigrec_eval_examples(ds, split, part, p.domain, config.split.history, p.eval_sample, p.seed)
              for part in ("valid", "test")}
-    model, tokenizer = llm.load_run(config.out_dir, "fine_tuned", config.model.dtype, config.model)
+    model, tokenizer = load_run(config.out_dir, "fine_tuned", config.model.dtype, config.model)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     raw_titles = item_titles(ds)
     trie = ItemTrie.from_sequences(encode(tokenizer, [quoted(t) for t in raw_titles]), eos_id=eos,
@@ -253,7 +254,7 @@ def evaluate(config: Config) -> dict:
             queries = dict(zip(groups, np.split(flat, ends[:-1])))
         else:
             if config.ground.model == "base":
-                model, _ = llm.load_run(config.out_dir, "base", config.model.dtype)
+                model, _ = load_run(config.out_dir, "base", config.model.dtype)
             queries = embed_prompt_texts(model, tokenizer, {"items": raw_titles, **generated}, config.ground.batch_size)
         items_emb = queries.pop("items")
         free = {"ground_model": config.ground.encoder or config.ground.model, "exact_title_rate": exact}

@@ -25,7 +25,7 @@ tokenizer trained on the item text and the task templates), full fine-tuning, an
 response-only loss — the loss on the prompt too (``train.data.train_on_inputs``): the history lists
 teach a model with no prior which items follow which (measured on the demo data: 300 steps with it
 beat popularity, 600 response-only steps did not). Run directory:
-``index.json`` + ``index.report.json`` and the files of :mod:`jaxrec.methods.llm`; ``results.json``.
+``index.json`` + ``index.report.json`` and the files of :mod:`jaxrec.models.run_dir`; ``results.json``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ from jaxrec.eval.ranking import item_counts, static_ranks
 from jaxrec.timing import Clock
 from jaxrec.index.source import (INDEX_FILE, EmbeddingSection, IndexSection, index_codes, index_mapping,
                                  index_token_ids, item_embeddings)
-from jaxrec.methods import llm
 from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.data.pipeline import TokenDataConfig
 from jaxrec.models.lora import LoraConfig
@@ -60,6 +59,8 @@ from jaxrec.decode.driver import constrained_items, padded_length
 from jaxrec.eval.sample import eval_subset
 from jaxrec.models.prompts import prompt_ids, row_fits
 from jaxrec.models.section import ModelSection, make_model
+from jaxrec.models.run_dir import grow_vocab, load_run, make_tokenizer, refuse_other_model, save_run, start_run
+from jaxrec.train.finetune import finetune
 
 log = logging.getLogger("jaxrec.methods.lcrec")
 
@@ -124,12 +125,12 @@ class Config:
 
 def add_index_tokens(model, tokenizer, codes: np.ndarray, config: Config) -> int:
     """Add the index's tokens to ``tokenizer`` and grow ``model``'s vocabulary rows (recorded in the
-    run directory, see :func:`llm.grow_vocab`); returns the old vocabulary size (the first new row)."""
+    run directory, see :func:`grow_vocab`); returns the old vocabulary size (the first new row)."""
     from jaxrec.index.index_io import index_vocabulary
     from jaxrec.models.tokenizer import add_tokens
 
     add_tokens(tokenizer, index_vocabulary(codes))
-    return llm.grow_vocab(model, tokenizer, config.out_dir, seed=config.model.seed, noise_scale=config.tokens.noise_scale)
+    return grow_vocab(model, tokenizer, config.out_dir, seed=config.model.seed, noise_scale=config.tokens.noise_scale)
 
 
 def tokenizer_texts(ds: Dataset, template_weight: int = 100) -> list[str]:
@@ -167,9 +168,9 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
 
     clock = Clock()
     out_dir = Path(config.out_dir)
-    llm.refuse_other_model(out_dir, config.model)  # before the index and tokenizer are rewritten
+    refuse_other_model(out_dir, config.model)  # before the index and tokenizer are rewritten
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = llm.make_tokenizer(config.model, lambda: tokenizer_texts(ds), out_dir / "base")
+    tokenizer = make_tokenizer(config.model, lambda: tokenizer_texts(ds), out_dir / "base")
     model = make_model(config.model, tokenizer)
     clock.lap("model")
     codes, report = index_codes(config.index, ds, lambda: item_embeddings(config.embeddings, ds, model, tokenizer,
@@ -181,13 +182,13 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     from jaxrec.models.tokenizer import save_tokenizer
 
     save_tokenizer(tokenizer, out_dir / "tokenizer")
-    llm.start_run(out_dir, config.model, model, tokenizer)
+    start_run(out_dir, config.model, model, tokenizer)
     tc = train_config(config, first_new_row)
     fits = row_fits(tokenizer, tc.data.seq_len) if config.tasks.fit_history else None
     examples = lcrec_train_examples(ds, split, index_mapping(codes), config.tasks, config.task_seed, fits=fits)
     clock.lap("tasks")
-    model, summary = llm.finetune(model, tokenizer, examples, tc)
-    llm.save_run(out_dir, config.model, model, tc, config, summary)
+    model, summary = finetune(model, tokenizer, examples, tc)
+    save_run(out_dir, config.model, model, tc.lora, config, summary)
     clock.lap("train")
     tasks = {}
     for e in examples:
@@ -223,7 +224,7 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     start = time.perf_counter()
     e = config.eval
     codes = read_index(Path(config.out_dir) / INDEX_FILE, ds.num_items)
-    model, tokenizer = llm.load_run(config.out_dir, "fine_tuned", config.model.dtype, config.model)
+    model, tokenizer = load_run(config.out_dir, "fine_tuned", config.model.dtype, config.model)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     trie = ItemTrie.from_sequences(index_token_ids(tokenizer, codes), eos_id=eos, vocab_size=model.config.vocab_size)
     templates = e.templates if e.templates is not None else list(range(len(SEQREC_TEMPLATES)))

@@ -46,7 +46,7 @@ optionally a seeded sample of ``eval.users``):
   target's title, ValidRatio = it is one of the candidates' titles. LLaRA reports HR@1 0.4526 on
   MovieLens 100K.
 
-Run directory ``out_dir``: ``stage1/`` (an :mod:`jaxrec.methods.llm` run), ``stage2/`` (``run.json``,
+Run directory ``out_dir``: ``stage1/`` (an :mod:`jaxrec.models.run_dir` run), ``stage2/`` (``run.json``,
 ``adapter/`` or ``model/`` on top of the merged stage-1 model, ``projector.safetensors``,
 ``item_table.npy``), ``results.json``.
 """
@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Literal, Sequence
@@ -75,13 +76,23 @@ from jaxrec.data.tasks.item_text import titles as item_titles
 from jaxrec.decode import ItemTrie
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.eval.metrics import list_metrics, metrics_from_ranks, random_ranking_metrics
-from jaxrec.methods import llm, sasrec
+from jaxrec import seqrec
+
 from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.models import projector as proj
 from jaxrec.models.lora import LoraConfig
 from jaxrec.train.config import TrainConfig
 from jaxrec.train.contrastive import first_positions, gather_positions, info_nce
 from jaxrec.train.losses import token_cross_entropy
+from jaxrec.decode.driver import decode_texts, generate, padded_length
+from jaxrec.ground.rank import target_ranks
+from jaxrec.ground.embed import embed_prompt_texts
+from jaxrec.models.prompts import bos_id, encode
+from jaxrec.models.section import ModelSection, make_model
+from jaxrec.models.run_dir import RUN_FILE, load_run, make_tokenizer, run_state, save_run, start_run, warn_if_preempted
+from jaxrec.train.finetune import finetune, train_rows
+
+log = logging.getLogger("jaxrec.methods.rsllm")
 
 LLARA_PUBLISHED_HR1 = 0.4526  # LLaRA (Liao et al., 2024), MovieLens 100K, 20 candidates
 
@@ -105,8 +116,8 @@ class IdModelConfig:
 
     run_dir: str = "runs/sasrec"
     trainable: bool = False
-    model: sasrec.ModelConfig = dataclasses.field(default_factory=sasrec.ModelConfig)
-    train: sasrec.TrainConfig = dataclasses.field(default_factory=sasrec.TrainConfig)
+    model: seqrec.ModelConfig = dataclasses.field(default_factory=seqrec.ModelConfig)
+    train: seqrec.TrainConfig = dataclasses.field(default_factory=seqrec.TrainConfig)
 
 
 @dataclasses.dataclass
@@ -154,7 +165,7 @@ class Config:
     prompts: PromptConfig = dataclasses.field(default_factory=PromptConfig)
     id_model: IdModelConfig = dataclasses.field(default_factory=IdModelConfig)
     projector: ProjectorConfig = dataclasses.field(default_factory=ProjectorConfig)
-    model: llm.ModelSection = dataclasses.field(default_factory=llm.ModelSection)
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)
     stage1: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     stage2: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     contrastive: ContrastiveConfig = dataclasses.field(default_factory=ContrastiveConfig)
@@ -194,7 +205,7 @@ def encode_prompts(tokenizer, examples: Sequence[Example]) -> list[list[int]]:
             raise DataError(f"prompt of user {e.user} has {len(parts) - 1} placeholders but "
                             f"{len(e.meta.get('placeholder_items', []))} placeholder_items")
         pieces.extend(parts)
-    encoded = iter(llm.encode(tokenizer, pieces))
+    encoded = iter(encode(tokenizer, pieces))
     out = []
     for e in examples:
         ids = list(next(encoded))
@@ -206,7 +217,7 @@ def encode_prompts(tokenizer, examples: Sequence[Example]) -> list[list[int]]:
 
 def model_inputs(tokenizer, examples: Sequence[Example]) -> list[list[int]]:
     """Decoder-only model inputs: ``[BOS] +`` :func:`encode_prompts`."""
-    bos = llm.bos_id(tokenizer)
+    bos = bos_id(tokenizer)
     return [([bos] if bos is not None else []) + ids for ids in encode_prompts(tokenizer, examples)]
 
 
@@ -281,14 +292,14 @@ def fit_stage2(model, tokenizer, examples: Sequence[Example], train: TrainConfig
     """Train the injected model on unified-prompt examples; returns (trained model, fit summary)."""
     rows = [{"prompt_ids": p, "response_ids": r, "target": e.target}
             for e, p, r in zip(examples, encode_prompts(tokenizer, examples),
-                               llm.encode(tokenizer, [e.response for e in examples]))]
+                               encode(tokenizer, [e.response for e in examples]))]
     truncated = sum(len(r["prompt_ids"]) + len(r["response_ids"]) + 2 > train.data.seq_len for r in rows)
     if truncated:
-        llm.log.warning("stage2: %d of %d training examples are longer than seq_len=%d and are cut", truncated,
+        log.warning("stage2: %d of %d training examples are longer than seq_len=%d and are cut", truncated,
                         len(rows), train.data.seq_len)
-    features = TaggedFeatures(train.data.seq_len, tokenizer.eos_token_id, llm.bos_id(tokenizer),
+    features = TaggedFeatures(train.data.seq_len, tokenizer.eos_token_id, bos_id(tokenizer),
                               train.data.train_on_inputs)
-    model, summary = llm.train_rows(model, rows, features, train, loss_fn, pad_id=tokenizer.pad_token_id)
+    model, summary = train_rows(model, rows, features, train, loss_fn, pad_id=tokenizer.pad_token_id)
     return model, {**summary, "truncated_examples": truncated}
 
 
@@ -297,7 +308,7 @@ def item_id_embeddings(config: Config, ds: Dataset, split: LeaveOneOut) -> np.nd
     path = Path(config.id_model.run_dir) / "item_embeddings.npy"
     if not path.is_file():
         m = config.id_model
-        sasrec.fit(sasrec.Config(out_dir=m.run_dir, data=config.data, model=m.model, train=m.train), ds, split)
+        seqrec.fit(seqrec.Config(out_dir=m.run_dir, data=config.data, model=m.model, train=m.train), ds, split)
     table = np.load(path)
     if table.ndim != 2 or table.shape[0] != ds.num_items:
         raise DataError(f"{path}: item embeddings of shape {table.shape}, expected [{ds.num_items}, d] for "
@@ -331,8 +342,8 @@ def save_stage2(run_dir: Path, model, train: TrainConfig, config: Config, summar
         f.write(safetensors.numpy.save({k: np.asarray(v) for k, v in _projector_params(layer.projector).items()}))
     with atomic_file(run_dir / "item_table.npy", "wb") as f:
         np.save(f, np.asarray(layer.item_table[...], np.float32))
-    write_json(run_dir / llm.RUN_FILE, {"mode": train.lora.mode, "stage1": str(run_dir.parent / "stage1"),
-                                        **llm.run_state(summary), "config": to_dict(config)})
+    write_json(run_dir / RUN_FILE, {"mode": train.lora.mode, "stage1": str(run_dir.parent / "stage1"),
+                                        **run_state(summary), "config": to_dict(config)})
 
 
 def load_stage2(config: Config):
@@ -345,12 +356,12 @@ def load_stage2(config: Config):
     from jaxrec.models.tokenizer import load_tokenizer
 
     out = Path(config.out_dir)
-    if not (out / "stage2" / llm.RUN_FILE).is_file():
-        raise ConfigError(f"{out}: no stage2/{llm.RUN_FILE}; train this config first (jaxrec train --config ...)")
-    meta = json.loads((out / "stage2" / llm.RUN_FILE).read_text())
-    llm.warn_if_preempted(out / "stage2", meta)
+    if not (out / "stage2" / RUN_FILE).is_file():
+        raise ConfigError(f"{out}: no stage2/{RUN_FILE}; train this config first (jaxrec train --config ...)")
+    meta = json.loads((out / "stage2" / RUN_FILE).read_text())
+    warn_if_preempted(out / "stage2", meta)
     if meta["mode"] == "lora":
-        model, tokenizer = llm.load_run(out / "stage1", "fine_tuned", config.model.dtype, config.model)
+        model, tokenizer = load_run(out / "stage1", "fine_tuned", config.model.dtype, config.model)
         load_adapter(model, out / "stage2" / "adapter")
         remove_lora(model, merge=True)
     else:
@@ -384,13 +395,13 @@ def train(config: Config) -> dict:
     stage1_dir = out / "stage1"
     stage1_dir.mkdir(parents=True, exist_ok=True)
     titles = item_titles(ds)
-    tokenizer = llm.make_tokenizer(config.model, lambda: [e.prompt + e.response for e in text_examples] + titles,
+    tokenizer = make_tokenizer(config.model, lambda: [e.prompt + e.response for e in text_examples] + titles,
                                    stage1_dir)
-    model = llm.build_model(config.model, tokenizer)
-    llm.start_run(stage1_dir, config.model, model, tokenizer)
+    model = make_model(config.model, tokenizer)
+    start_run(stage1_dir, config.model, model, tokenizer)
     train1 = with_log_dir(config.stage1, out / "logs" / "stage1")
-    model, summary1 = llm.finetune(model, tokenizer, text_examples, train1)
-    llm.save_run(stage1_dir, config.model, model, train1, config, summary1)
+    model, summary1 = finetune(model, tokenizer, text_examples, train1)
+    save_run(stage1_dir, config.model, model, train1.lora, config, summary1)
     result = {"method": "rsllm", "data": config.data.describe(), "model": config.model.describe(),
               "train_examples": len(text_examples), "stage1": summary1, "out_dir": str(out)}
     if summary1["stopped"] == "sigterm":  # preempted: do not start stage 2
@@ -441,12 +452,12 @@ def evaluate(config: Config) -> dict:
     model, tokenizer = load_stage2(config)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     titles = item_titles(ds)
-    trie = ItemTrie.from_sequences(llm.encode(tokenizer, titles), eos_id=eos, vocab_size=model.config.vocab_size)
+    trie = ItemTrie.from_sequences(encode(tokenizer, titles), eos_id=eos, vocab_size=model.config.vocab_size)
     prompts = {part: model_inputs(tokenizer, ex) for part, ex in parts.items()}
     targets = {part: np.asarray([x.target for x in ex], np.int32) for part, ex in parts.items()}
     beams = dict(eos_id=eos, pad_id=pad, length_penalty=g.length_penalty, batch_size=g.batch_size,
                  max_new_tokens=trie.max_length + 1)
-    length = llm.padded_length(prompts["valid"] + prompts["test"])
+    length = padded_length(prompts["valid"] + prompts["test"])
     result = {"method": "rsllm", "data": config.data.describe(), "model": config.model.describe(),
               "catalog_items": ds.num_items, "examples": {k: len(v) for k, v in parts.items()},
               "num_beams": g.num_beams, "random": random_ranking_metrics(ds.num_items, ks)}
@@ -456,7 +467,7 @@ def evaluate(config: Config) -> dict:
         t0 = time.perf_counter()
         out = {"list_length": g.num_beams}
         for part in parts:
-            _, _, items = llm.generate(model, prompts[part], constraint=trie, num_beams=g.num_beams, length=length,
+            _, _, items = generate(model, prompts[part], constraint=trie, num_beams=g.num_beams, length=length,
                                        desc=f"constrained {part}", **beams)
             out[part] = list_metrics(items, targets[part], ks)
         result["constrained"] = out
@@ -466,15 +477,15 @@ def evaluate(config: Config) -> dict:
         t0 = time.perf_counter()
         texts, exact = {}, {}
         for part in parts:
-            seqs, _, items = llm.generate(model, prompts[part], constraint=trie, mode="none", num_beams=g.num_beams,
+            seqs, _, items = generate(model, prompts[part], constraint=trie, mode="none", num_beams=g.num_beams,
                                           num_return_sequences=1, length=length, desc=f"free {part}", **beams)
-            texts[part] = [clean(t) for t in llm.decode_texts(tokenizer, seqs[:, 0], eos)]
+            texts[part] = [clean(t) for t in decode_texts(tokenizer, seqs[:, 0], eos)]
             exact[part] = float(np.mean(items[:, 0] >= 0))
-        embeddings = llm.embed_texts(model, tokenizer, {"items": titles, **texts}, g.batch_size)
+        embeddings = embed_prompt_texts(model, tokenizer, {"items": titles, **texts}, g.batch_size)
         items_emb = embeddings.pop("items")
         free = {"ground_model": "fine_tuned", "exact_title_rate": exact}
         for part, q in embeddings.items():
-            free[part] = metrics_from_ranks(llm.ground_ranks(q, items_emb, targets[part]), ks)
+            free[part] = metrics_from_ranks(np.asarray(target_ranks(q, items_emb, targets[part], metric="l2")), ks)
         result["free"] = free
         result["samples"] = [{"target": titles[t], "free": x} for t, x in zip(targets["test"][:3], texts["test"][:3])]
         seconds["free_and_grounding"] = round(time.perf_counter() - t0, 2)
@@ -483,9 +494,9 @@ def evaluate(config: Config) -> dict:
         t0 = time.perf_counter()
         examples = sample_examples(rsllm_eval_examples(ds, split, "test", 2, p.domain, p.max_history,
                                                        candidates=e.num_candidates, seed=e.seed), e.users, e.seed)
-        seqs, _, _ = llm.generate(model, model_inputs(tokenizer, examples), constraint=trie, mode="none", num_beams=1,
+        seqs, _, _ = generate(model, model_inputs(tokenizer, examples), constraint=trie, mode="none", num_beams=1,
                                   desc="LLaRA candidates", **beams)
-        answers = [clean(t) for t in llm.decode_texts(tokenizer, seqs[:, 0], eos)]
+        answers = [clean(t) for t in decode_texts(tokenizer, seqs[:, 0], eos)]
         result["llara"] = {"protocol": examples[0].meta["protocol"] if examples else None,
                            "test": llara_metrics(answers, examples, titles),
                            "random_HR@1": 1.0 / e.num_candidates,

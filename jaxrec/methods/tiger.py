@@ -20,7 +20,7 @@ Recipe (every step configured by a section of :class:`Config`):
    the beams counts as a miss (rank > num_beams), so K <= num_beams. Popularity on the same users
    beside it.
 
-Run directory: ``index.json`` + ``index.report.json``, the files of :mod:`jaxrec.methods.llm`
+Run directory: ``index.json`` + ``index.report.json``, the files of :mod:`jaxrec.models.run_dir`
 (``tokenizer/``, ``base_model/``, ``model/``, ``run.json``), ``logs/``, ``results.json``.
 """
 
@@ -47,7 +47,6 @@ from jaxrec.timing import Clock
 from jaxrec.index.source import INDEX_FILE, IndexSection, index_codes, index_token_ids
 from jaxrec.index.train_rqvae import TrainConfig as RQVAETrainConfig
 from jaxrec import seqrec
-from jaxrec.methods import llm
 from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.index.rqvae import RQVAEConfig
 from jaxrec.data.pipeline import TokenDataConfig
@@ -58,6 +57,8 @@ from jaxrec.decode.driver import constrained_items
 from jaxrec.models.prompts import prompt_ids
 from jaxrec.models.registry import architecture
 from jaxrec.models.section import ModelSection, make_model
+from jaxrec.models.run_dir import load_run, save_run, start_run
+from jaxrec.train.finetune import finetune
 
 SPECIAL = ("<pad>", "</s>", "<unk>")
 
@@ -229,13 +230,13 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut, embeddings: np.ndarray 
     tokenizer = code_tokenizer(codes, config.user_tokens)
     save_tokenizer(tokenizer, out_dir / "tokenizer")
     model = make_model(config.model, tokenizer)
-    llm.start_run(out_dir, config.model, model, tokenizer)
+    start_run(out_dir, config.model, model, tokenizer)
     examples = training_examples(split, codes, config)
     tc = train_config(config, codes.shape[1])
     clock.lap("examples")
     curve = validation_curve(config, split, codes, tokenizer, model.config.vocab_size) if tc.eval_every else None
-    model, summary = llm.finetune(model, tokenizer, examples, tc, target_len=codes.shape[1] + 1, evaluate=curve)
-    llm.save_run(out_dir, config.model, model, tc, config, summary)
+    model, summary = finetune(model, tokenizer, examples, tc, target_len=codes.shape[1] + 1, evaluate=curve)
+    save_run(out_dir, config.model, model, tc.lora, config, summary)
     clock.lap("train")
     return {"method": "tiger", "data": config.data.describe(), "model": config.model.describe(),
             "index": {"source": config.index.source, "items": int(codes.shape[0]), "levels": int(codes.shape[1]),
@@ -260,7 +261,7 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     start = time.perf_counter()
     e = config.eval
     codes = read_index(Path(config.out_dir) / INDEX_FILE, ds.num_items)
-    model, tokenizer = llm.load_run(config.out_dir, "fine_tuned", config.model.dtype, config.model)
+    model, tokenizer = load_run(config.out_dir, "fine_tuned", config.model.dtype, config.model)
     decoder = BeamDecoder(config, codes, tokenizer, model.config.vocab_size)
     popularity_ranks = static_ranks(item_counts(split.train, ds.num_items))
     result = {"method": "tiger", "data": config.data.describe(), "model": config.model.describe(),
