@@ -24,7 +24,7 @@ COMMANDS = {
     "demo": "jaxrec.commands.demo",
     "index": "jaxrec.index.commands",
     "bench": "jaxrec.bench.commands",
-    "plan": "jaxrec.parallel.plan_commands",
+    "plan": "jaxrec.train.plan_commands",
 }
 
 

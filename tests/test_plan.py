@@ -1,4 +1,4 @@
-"""`jaxrec plan`: config reading, sharding arithmetic, remat ordering, KV cache sizes, the CLI verdict."""
+"""`jaxrec plan`: config reading, sharding arithmetic, train.remat ordering, KV cache sizes, the CLI verdict."""
 
 import json
 from pathlib import Path
@@ -8,20 +8,23 @@ import jax.numpy as jnp
 import pytest
 
 from jaxrec.cli import main
+from jaxrec.data.pipeline import TokenDataConfig
 from jaxrec.errors import ConfigError, JaxrecError
 from jaxrec.models import build_model
-from jaxrec.parallel.plan import (DecodeSpec, ModelSpec, PlanConfig, TargetSpec, accelerator_spec, estimate,
-                                  load_plan_config, resolve_model)
-from jaxrec.train.config import DataConfig, LoraConfig, MeshConfig, TrainConfig
+from jaxrec.models.lora import LoraConfig
+from jaxrec.parallel.mesh import MeshConfig
+from jaxrec.train.config import TrainConfig
+from jaxrec.train.plan import (DecodeSpec, ModelSpec, PlanConfig, TargetSpec, accelerator_spec, estimate,
+                               load_plan_config, resolve_model)
 
 SCALE = Path(__file__).resolve().parents[1] / "configs" / "scale"
 
 
-def tiny(preset="tiny-llama", arch=None, remat="none", **train):
-    fields = dict(batch_size=16, mesh=MeshConfig(8, 1, 1), data=DataConfig(seq_len=64))
+def tiny(preset="tiny-llama", arch=None, **train):
+    fields = dict(batch_size=16, mesh=MeshConfig(8, 1, 1), data=TokenDataConfig(seq_len=64))
     fields.update(train)
     return PlanConfig(model=ModelSpec(preset=preset, arch=arch or {}), train=TrainConfig(**fields),
-                      plan=TargetSpec(target_len=16, remat=remat))
+                      plan=TargetSpec(target_len=16))
 
 
 def parts(plan, phase=0):
@@ -37,10 +40,14 @@ def test_fsdp_shards_weights_and_optimizer():
     assert "fsdp all-gather (2 layers)" in parts(fsdp) and "fsdp all-gather (2 layers)" not in parts(dp)
 
 
-def test_lora_trains_only_adapters_and_remat_orders_activations():
-    plans = {r: estimate(tiny(remat=r, arch={"num_layers": 8}), devices=8) for r in ("none", "dots", "full")}
+def test_lora_trains_only_adapters_and_train_remat_orders_activations():
+    remats = ("none", "dots", "dots_with_no_batch_dims", "full")
+    plans = {r: estimate(tiny(remat=r, arch={"num_layers": 8}), devices=8) for r in remats}
     acts = {r: parts(p)[f"activations (remat={r})"] for r, p in plans.items()}
-    assert acts["none"] > acts["dots"] > acts["full"] > 0
+    assert acts["none"] > acts["dots"] > acts["dots_with_no_batch_dims"] > acts["full"] > 0
+    # checkpoint_dots also keeps the attention products: fp32 scores 4*h*s and values p*q per token and layer
+    # (tiny-llama: 4 heads x 32, 2 rows x 64 tokens per device, 8 layers, float32)
+    assert acts["dots"] - acts["dots_with_no_batch_dims"] == 2 * 64 * 8 * (4 * 4 * 64 + 4 * 4 * 32)
     lora = plans["none"]
     assert 0 < lora.trained_params < lora.params // 50  # q/v adapters of rank 8
     assert parts(lora)["optimizer (AdamW mu+nu, fp32)"] == 2 * parts(lora)["params (trained, fp32 master)"]
@@ -83,6 +90,15 @@ def test_config_errors(tmp_path):
     bad.write_text("model: {type: llama, arch: {vocab_size: 10}}\n")
     with pytest.raises(ConfigError, match="model.arch"):
         resolve_model(load_plan_config(bad)[0].model)
+    bad.write_text("model: {type: gpt2}\n")
+    with pytest.raises(ConfigError, match="unsupported model_type 'gpt2'; expected one of llama, qwen2, mistral, t5, bert"):
+        load_plan_config(bad)
+    bad.write_text("model: {type: bert}\n")
+    with pytest.raises(ConfigError, match="no planner estimate for bert; plannable model types: llama, qwen2, mistral, t5$"):
+        load_plan_config(bad)
+    bad.write_text("model: {preset: tiny-llama}\nplan: {remat: full}\n")  # the planner reads train.remat
+    with pytest.raises(ConfigError, match="unknown key 'plan.remat'"):
+        load_plan_config(bad)
     with pytest.raises(ConfigError, match="must split"):
         estimate(tiny(batch_size=12), devices=8)
 
@@ -127,6 +143,9 @@ def test_cli_prints_table_and_json_and_refuses_what_does_not_fit(tmp_path, capsy
     report = json.loads(out.strip().splitlines()[-1])
     assert report["fits"] and set(report["phases"]) == {"train", "decode"} and "ignored: method" in err
     assert "activations (remat=none)" in out and json.loads((tmp_path / "p.json").read_text()) == report
+    assert main(["plan", str(config), "--devices", "8", "--set", "train.remat=full"]) == 0
+    full = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["phases"]["train"]["components"]
+    assert full["activations (remat=full)"] == parts(estimate(tiny(remat="full"), devices=8))["activations (remat=full)"]
 
     assert main(["plan", str(config), "--devices", "8", "--device-memory", "0.01",
                  "--set", "train.data.seq_len=1024"]) == 2

@@ -8,14 +8,16 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from jaxrec.data.pipeline import TokenDataConfig
 from jaxrec.models import build_model
-from jaxrec.models.lora import apply_lora, trainable_filter
-from jaxrec.parallel.mesh import make_mesh
-from jaxrec.parallel.plan import ModelSpec, PlanConfig, TargetSpec, estimate, resolve_model
+from jaxrec.models.lora import LoraConfig, apply_lora, trainable_filter
+from jaxrec.models.registry import for_config
+from jaxrec.parallel.mesh import MeshConfig, make_mesh
 from jaxrec.parallel.rules import state_shardings
-from jaxrec.train.config import DataConfig, LoraConfig, MeshConfig, TrainConfig
+from jaxrec.train.config import TrainConfig
 from jaxrec.train.losses import causal_lm_loss, seq2seq_lm_loss
 from jaxrec.train.optimizer import make_optimizer
+from jaxrec.train.plan import ModelSpec, PlanConfig, TargetSpec, estimate, resolve_model
 from jaxrec.train.train_step import (TrainState, batch_shardings, jit_train_step, make_step_fn, split_model,
                                      train_state_shardings)
 
@@ -26,7 +28,7 @@ def measured_peak(config: PlanConfig) -> int:
     """Per-device bytes XLA assigns to the compiled train step of ``config``."""
     train = config.train
     arch = resolve_model(config.model)
-    is_t5 = type(arch).__name__ == "T5Config"
+    is_t5 = for_config(arch).encoder_decoder
     model = build_model(arch)
     apply_lora(model, train.lora)
     mesh = make_mesh(train.mesh)
@@ -60,7 +62,7 @@ def measured_peak(config: PlanConfig) -> int:
 ])
 def test_train_estimate_within_15_percent_of_xla(preset, mode, mesh, targets):
     config = PlanConfig(model=ModelSpec(preset=preset), plan=TargetSpec(target_len=TARGET_LEN), train=TrainConfig(
-        batch_size=16, mesh=MeshConfig(*mesh), data=DataConfig(seq_len=128),
+        batch_size=16, mesh=MeshConfig(*mesh), data=TokenDataConfig(seq_len=128),
         lora=LoraConfig(mode=mode, target_modules=targets)))
     estimated = estimate(config, devices=8).phases[0].total
     measured = measured_peak(config)

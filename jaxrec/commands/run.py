@@ -11,7 +11,6 @@ from jaxrec.bench.commands import add_profile_arg
 from jaxrec.config import load_config, read_yaml
 from jaxrec.errors import ConfigError
 from jaxrec.methods import get_method
-from jaxrec.parallel.plan import PLANNER_SECTIONS
 from jaxrec.remote import staged_output
 
 
@@ -25,6 +24,7 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 def load_method_config(args: argparse.Namespace):
     """Return (method module, typed config) for ``--config``/``--set``."""
     from jaxrec.config import apply_overrides
+    from jaxrec.train.plan import PLANNER_SECTIONS  # the planner's sections, which training skips
 
     raw = apply_overrides(read_yaml(args.config), args.overrides)
     name = raw.get("method")

@@ -1,4 +1,5 @@
-"""jaxrec.models: Flax NNX Llama-family, T5 and BERT models with Hugging Face checkpoint interop.
+"""jaxrec.models: Flax NNX Llama-family, T5 and BERT models with Hugging Face checkpoint interop, one
+registry row each (:mod:`jaxrec.models.registry`).
 
 ```python
 from jaxrec.models import load_pretrained, save_pretrained
@@ -14,12 +15,13 @@ state = model.reorder_beams(state, parent)
 
 from jaxrec.models.bert import BertConfig, BertModel
 from jaxrec.models.decoding import DecodeState
-from jaxrec.models.hf_io import build_model, load_pretrained, read_hf_config, save_pretrained
+from jaxrec.models.hf_io import load_pretrained, read_hf_config, save_pretrained
 from jaxrec.models.llama import LlamaConfig, LlamaForCausalLM, tiny_llama_config
+from jaxrec.models.registry import ARCHITECTURES, architecture, build_model
 from jaxrec.models.t5 import T5Config, T5ForConditionalGeneration, tiny_t5_config
 
 __all__ = [
-    "BertConfig", "BertModel", "DecodeState", "LlamaConfig", "LlamaForCausalLM", "T5Config",
-    "T5ForConditionalGeneration", "build_model", "load_pretrained", "read_hf_config",
+    "ARCHITECTURES", "BertConfig", "BertModel", "DecodeState", "LlamaConfig", "LlamaForCausalLM", "T5Config",
+    "T5ForConditionalGeneration", "architecture", "build_model", "load_pretrained", "read_hf_config",
     "save_pretrained", "tiny_llama_config", "tiny_t5_config",
 ]

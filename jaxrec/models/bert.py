@@ -11,7 +11,7 @@ Shapes: B batch, T length, d hidden_size, N heads, H head dim (d / N).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Collection
 
 import jax
 import jax.numpy as jnp
@@ -60,8 +60,9 @@ class BertConfig:
                               f"{sorted(ACTIVATIONS)}")
 
     @classmethod
-    def from_hf(cls, hf: dict[str, Any], **overrides) -> "BertConfig":
-        """Map an HF BERT config.json dict to a BertConfig (absolute positions only)."""
+    def from_hf(cls, hf: dict[str, Any], weight_names: Collection[str] = (), **overrides) -> "BertConfig":
+        """Map an HF BERT config.json dict to a BertConfig (absolute positions only; the checkpoint's
+        ``weight_names`` are not needed)."""
         position_type = hf.get("position_embedding_type", "absolute")
         if position_type != "absolute":
             raise JaxrecError(f"BERT position_embedding_type {position_type!r} is not supported "

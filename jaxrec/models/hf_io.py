@@ -23,31 +23,14 @@ from safetensors.numpy import save_file
 
 from jaxrec.atomic import atomic_file
 from jaxrec.errors import JaxrecError
-from jaxrec.models.bert import BertConfig, BertModel
 from jaxrec.models.layers import as_dtype
-from jaxrec.models.llama import MODEL_TYPES as LLAMA_TYPES
-from jaxrec.models.llama import LlamaConfig, LlamaForCausalLM
-from jaxrec.models.t5 import T5Config, T5ForConditionalGeneration
+from jaxrec.models.registry import build_model, config_from_hf
 
-SUPPORTED_MODEL_TYPES = (*LLAMA_TYPES, "t5", "bert")
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 # a callable (logical_axes, shape) -> jax.sharding.Sharding, or a pytree of shardings
 Sharding = Callable[[tuple, tuple], jax.sharding.Sharding] | nnx.State
-
-
-def build_model(config: LlamaConfig | T5Config | BertConfig, seed: int = 0):
-    """A randomly initialised model for ``config`` (Llama family, T5 or BERT)."""
-    rngs = nnx.Rngs(seed)
-    if isinstance(config, LlamaConfig):
-        return LlamaForCausalLM(config, rngs=rngs)
-    if isinstance(config, T5Config):
-        return T5ForConditionalGeneration(config, rngs=rngs)
-    if isinstance(config, BertConfig):
-        return BertModel(config, rngs=rngs)
-    raise JaxrecError(f"build_model: expected a LlamaConfig, T5Config or BertConfig, got "
-                      f"{type(config).__name__}")
 
 
 def read_hf_config(path: str | Path) -> dict[str, Any]:
@@ -59,24 +42,6 @@ def read_hf_config(path: str | Path) -> dict[str, Any]:
         return json.loads(file.read_text())
     except json.JSONDecodeError as e:
         raise JaxrecError(f"{file}:{e.lineno}: invalid JSON ({e.msg})") from None
-
-
-def config_from_hf(hf: dict[str, Any], weight_names: set[str], source: str = "config.json",
-                   **overrides) -> LlamaConfig | T5Config | BertConfig:
-    """HF config dict -> our config; ``weight_names`` tells whether an lm_head is stored (T5)."""
-    model_type = hf.get("model_type")
-    try:
-        if model_type in LLAMA_TYPES:
-            return LlamaConfig.from_hf(hf, **overrides)
-        if model_type == "t5":
-            return T5Config.from_hf(hf, has_lm_head="lm_head.weight" in weight_names, **overrides)
-        if model_type == "bert":
-            return BertConfig.from_hf(hf, **overrides)
-    except KeyError as e:
-        raise JaxrecError(f"{source}: missing field {e.args[0]!r} for model_type "
-                          f"{model_type!r}") from None
-    raise JaxrecError(f"{source}: unsupported model_type {model_type!r}; expected one of "
-                      f"{SUPPORTED_MODEL_TYPES}")
 
 
 def weight_files(path: Path) -> dict[str, Path]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
+from typing import Any, Collection
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,7 @@ from jaxrec.models.decoding import (DecodeState, empty_generated_cache, heads_ma
 from jaxrec.models.layer_stack import hidden_states, run_layers
 from jaxrec.models.layers import Embed, Linear, RMSNorm, ResidualDropout, activation, as_dtype
 from jaxrec.models.rope import ROPE_TYPES, apply_rope, inverse_frequencies
+from jaxrec.parallel.rules import tensor_share
 
 MODEL_TYPES = ("llama", "qwen2", "mistral")
 HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
@@ -77,8 +78,9 @@ class LlamaConfig:
                               f"num_kv_heads={self.num_kv_heads}")
 
     @classmethod
-    def from_hf(cls, hf: dict[str, Any], **overrides) -> "LlamaConfig":
-        """Map an HF config.json dict (transformers 4.x or 5.x rope fields) to a LlamaConfig."""
+    def from_hf(cls, hf: dict[str, Any], weight_names: Collection[str] = (), **overrides) -> "LlamaConfig":
+        """Map an HF config.json dict (transformers 4.x or 5.x rope fields) to a LlamaConfig (the checkpoint's
+        ``weight_names`` are not needed: the config alone decides)."""
         model_type = hf.get("model_type")
         rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
         heads = hf["num_attention_heads"]
@@ -154,6 +156,49 @@ def tiny_llama_config(vocab_size: int, **overrides) -> LlamaConfig:
                   bos_token_id=None, eos_token_id=None)
     fields.update(overrides)
     return LlamaConfig(**fields)
+
+
+def scratch_config(section, tokenizer) -> LlamaConfig:
+    """The from-scratch model of a recipe's ``model:`` section (``arch: llama``) for ``tokenizer``'s vocabulary."""
+    s = section
+    return tiny_llama_config(len(tokenizer), hidden_size=s.hidden_size, intermediate_size=s.intermediate_size,
+                             num_layers=s.num_layers, num_heads=s.num_heads, num_kv_heads=s.num_kv_heads,
+                             head_dim=s.hidden_size // s.num_heads, max_position_embeddings=s.max_position_embeddings,
+                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id, dtype=s.dtype, param_dtype=s.dtype)
+
+
+def activation_bytes(c: LlamaConfig, rows: int, seq_len: int, target_len: int, p: int, t: int, remat: str,
+                     trained: set[str]) -> float:
+    """Memory planner: bytes one device keeps for the backward pass of ``rows`` x ``seq_len`` tokens
+    (``target_len`` unused: decoder-only). Per token and layer (d hidden, q = heads*head_dim, kv =
+    kv_heads*head_dim, f = intermediate, h = heads, each split over ``t`` tensor shards where it divides;
+    ``p`` bytes of the compute dtype; ``trained``: names in the trained parameters' paths), by ``remat``:
+
+    * ``none``: p*(4d + 2q + 2kv + 3f) + 4*s*(2h + 1) (layer input and normed inputs of both blocks,
+      q/k/v and the attention output, gate/up/product of the MLP; fp32 scores and probabilities per head
+      plus the mask as a float bias); + p*q when o_proj and + p*f when down_proj is trained (their inputs
+      are kept for the weight gradient);
+    * ``dots_with_no_batch_dims``: p*(3d + q + 2kv + 2f) (the projections' outputs);
+    * ``dots``: that plus the attention score (fp32) and value products, 4*h*s + p*q;
+    * ``full``: p*d (the layer input only).
+
+    Under remat one layer's ``none`` set is added (the layer being recomputed)."""
+    d, h = c.hidden_size, tensor_share(c.num_heads, t)
+    q, kv, f = h * c.head_dim, tensor_share(c.num_kv_heads, t) * c.head_dim, tensor_share(c.intermediate_size, t)
+    s = seq_len
+    weight_inputs = q * ("o_proj" in trained) + f * ("down_proj" in trained)
+    layer = p * (4 * d + 2 * q + 2 * kv + 3 * f + weight_inputs) + 4 * s * (2 * h + 1)
+    projections = p * (3 * d + q + 2 * kv + 2 * f)
+    saved = {"none": layer, "dots_with_no_batch_dims": projections, "dots": projections + 4 * h * s + p * q,
+             "full": p * d}[remat]
+    return rows * s * (c.num_layers * saved + (layer if remat != "none" else 0))
+
+
+def decode_cache(c: LlamaConfig, t: int) -> tuple[int, float, float]:
+    """Memory planner, beam decoding on one of ``t`` tensor shards: (layers, kv width, query heads); each layer
+    caches a key and a value of kv width (kv_heads*head_dim) elements per token."""
+    return c.num_layers, tensor_share(c.num_kv_heads, t) * c.head_dim, tensor_share(c.num_heads, t)
 
 
 class LlamaAttention(nnx.Module):

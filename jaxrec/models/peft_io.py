@@ -29,6 +29,7 @@ from safetensors.numpy import save_file
 from jaxrec.atomic import atomic_file
 from jaxrec.errors import ConfigError, JaxrecError
 from jaxrec.models.lora import LoraConfig, _linear_modules, apply_lora, lora_modules, path_matches
+from jaxrec.models.registry import is_seq2seq
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -41,7 +42,7 @@ def _hf_module(model, path: tuple) -> str:
 
 
 def _task_type(model) -> str:
-    return "SEQ_2_SEQ_LM" if hasattr(model, "encode") else "CAUSAL_LM"
+    return "SEQ_2_SEQ_LM" if is_seq2seq(model) else "CAUSAL_LM"
 
 
 def save_adapter(model: nnx.Module, path: str | Path, config: LoraConfig, base_model: str | None = None) -> Path:

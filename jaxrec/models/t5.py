@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any
+from typing import Any, Collection
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +27,7 @@ from jaxrec.models.decoding import (DecodeState, empty_generated_cache, heads_ma
 from jaxrec.models.layer_stack import hidden_states, run_layers
 from jaxrec.models.layers import (Embed, Linear, RMSNorm, ResidualDropout, activation, as_dtype,
                                   param)
+from jaxrec.parallel.rules import tensor_share
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +74,8 @@ class T5Config:
         return self.feed_forward_proj.split("-")[-1]
 
     @classmethod
-    def from_hf(cls, hf: dict[str, Any], has_lm_head: bool, **overrides) -> "T5Config":
-        """HF config dict -> T5Config. ``has_lm_head``: the checkpoint stores lm_head.weight.
+    def from_hf(cls, hf: dict[str, Any], weight_names: Collection[str] = (), **overrides) -> "T5Config":
+        """HF config dict -> T5Config; ``weight_names``: the checkpoint's tensors (whether it stores lm_head.weight).
 
         Mirrors transformers 5: the head is separate iff stored; outputs are rescaled iff
         ``scale_decoder_outputs`` (or, in older configs, ``tie_word_embeddings`` is not false).
@@ -89,7 +90,7 @@ class T5Config:
             relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
             layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6),
             feed_forward_proj=hf.get("feed_forward_proj", "relu"),
-            tie_word_embeddings=not has_lm_head, scale_decoder_outputs=bool(scale),
+            tie_word_embeddings="lm_head.weight" not in weight_names, scale_decoder_outputs=bool(scale),
             initializer_factor=hf.get("initializer_factor", 1.0),
             pad_token_id=hf.get("pad_token_id", 0), eos_token_id=hf.get("eos_token_id", 1),
             decoder_start_token_id=hf.get("decoder_start_token_id", hf.get("pad_token_id", 0)),
@@ -123,6 +124,63 @@ def tiny_t5_config(vocab_size: int, **overrides) -> T5Config:
                   num_decoder_layers=2, num_heads=4)
     fields.update(overrides)
     return T5Config(**fields)
+
+
+def scratch_config(section, tokenizer) -> T5Config:
+    """The from-scratch model of a recipe's ``model:`` section (``arch: t5``: as many encoder as decoder layers)
+    for ``tokenizer``'s vocabulary."""
+    s = section
+    return tiny_t5_config(len(tokenizer), d_model=s.hidden_size, d_ff=s.intermediate_size,
+                          d_kv=s.hidden_size // s.num_heads, num_layers=s.num_layers, num_decoder_layers=s.num_layers,
+                          num_heads=s.num_heads, pad_token_id=tokenizer.pad_token_id,
+                          eos_token_id=tokenizer.eos_token_id, dtype=s.dtype, param_dtype=s.dtype)
+
+
+def activation_bytes(c: T5Config, rows: int, seq_len: int, target_len: int, p: int, t: int, remat: str,
+                     trained: set[str]) -> float:
+    """Memory planner: bytes one device keeps for the backward pass of ``rows`` rows of ``seq_len`` encoder
+    (Te) and ``target_len`` decoder (Td) tokens. Per token and layer (d = d_model, q = heads*d_kv, f = d_ff,
+    h = heads, each split over ``t`` tensor shards where it divides; F = 3f gated, 2f plain; ``p`` bytes of the
+    compute dtype; ``trained``: names in the trained parameters' paths), by ``remat``:
+
+    * ``none``: encoder p*(4d + 4q + F) + 4*Te*(2h+1) per encoder token; decoder p*(6d + 6q + F) +
+      4*(Td+Te)*(2h+1) per decoder token (+ p*q / p*2q for a trained ``o``, p*f for a trained ``wo``), plus
+      the cross-attention keys/values p*2q per encoder token;
+    * ``dots_with_no_batch_dims``: p*(3d + 3q + F') encoder / p*(4d + 4q + F') decoder (F' = 2f gated, f plain;
+      the projections' outputs);
+    * ``dots``: that plus the attention score (fp32) and value products (4*h*Te + p*q encoder,
+      4*h*(Td+Te) + 2p*q decoder);
+    * ``full``: p*d.
+
+    Under remat the larger of one encoder and one decoder layer's ``none`` set is added."""
+    d, h = c.d_model, tensor_share(c.num_heads, t)
+    q, f = h * c.d_kv, tensor_share(c.d_ff, t)
+    te, td = seq_len, target_len
+    ff, ff_dots = (3 * f, 2 * f) if c.is_gated else (2 * f, f)
+    out_in, ff_in = q * ("o" in trained), f * ("wo" in trained)
+    enc = p * (4 * d + 4 * q + ff + out_in + ff_in) + 4 * te * (2 * h + 1)
+    dec = p * (6 * d + 6 * q + ff + 2 * out_in + ff_in) + 4 * (td + te) * (2 * h + 1)
+    cross = p * 2 * q  # per encoder token, per decoder layer
+    enc_dots, dec_dots = p * (3 * d + 3 * q + ff_dots), p * (4 * d + 4 * q + ff_dots)
+    enc_saved = {"none": enc, "dots_with_no_batch_dims": enc_dots, "dots": enc_dots + 4 * h * te + p * q,
+                 "full": p * d}[remat]
+    dec_saved = {"none": dec, "dots_with_no_batch_dims": dec_dots, "dots": dec_dots + 4 * h * (td + te) + 2 * p * q,
+                 "full": p * d}[remat]
+    cross_saved = 0 if remat == "full" else cross
+    enc_tokens, dec_tokens = rows * te, rows * td
+    total = (c.num_layers * enc_tokens * enc_saved
+             + c.num_decoder_layers * (dec_tokens * dec_saved + enc_tokens * cross_saved))
+    if remat != "none":
+        total += max(enc_tokens * enc, dec_tokens * dec + enc_tokens * cross)
+    return total
+
+
+def decode_cache(c: T5Config, t: int) -> tuple[int, float, float]:
+    """Memory planner, beam decoding on one of ``t`` tensor shards: (decoder layers, kv width, query heads);
+    each decoder layer caches a key and a value of kv width (heads*d_kv) elements per prompt token
+    (cross-attention) and per generated token."""
+    h = tensor_share(c.num_heads, t)
+    return c.num_decoder_layers, h * c.d_kv, h
 
 
 def relative_position_bucket(relative: jax.Array, bidirectional: bool, num_buckets: int,

@@ -37,6 +37,12 @@ DEFAULT_RULES: dict[str, tuple[str, ...]] = {
 LogicalAxes = Sequence[str | None] | None
 
 
+def tensor_share(n: int, tensor: int) -> float:
+    """One device's share of a dimension of size ``n`` split over ``tensor`` shards: n / tensor when it divides
+    (as :func:`logical_to_spec` splits it), else the whole n (replicated)."""
+    return n / tensor if n % tensor == 0 else n
+
+
 def logical_to_spec(
     names: LogicalAxes,
     shape: Sequence[int],

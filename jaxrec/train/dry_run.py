@@ -77,7 +77,7 @@ def sharded_state_bytes(arch, train, mesh) -> dict[str, int]:
 def run(path: str, overrides: list[str]) -> int:
     """The dry run of config ``path`` (with ``--set`` ``overrides``): prints a table and one JSON line."""
     from jaxrec.parallel.mesh import make_mesh
-    from jaxrec.parallel.plan import accelerator_spec, estimate, load_plan_config, resolve_model
+    from jaxrec.train.plan import accelerator_spec, estimate, load_plan_config, resolve_model
 
     config, _ = load_plan_config(path, overrides)
     mesh_sizes = (config.train.mesh.data, config.train.mesh.fsdp, config.train.mesh.tensor)

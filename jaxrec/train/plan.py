@@ -9,19 +9,18 @@ reads only these keys and ignores the other top-level sections::
     model:                        # exactly one of preset / hf_config / type
       preset: llama3-8b           # see PRESETS: llama3-8b, llama2-7b, qwen2-7b, qwen2-0.5b, flan-t5-xl, ...
       hf_config: path/config.json # an HF config.json (or the model directory holding it)
-      type: llama                 # llama | qwen2 | mistral | t5, with every architecture field in arch
-      arch: {vocab_size: 152064}  # LlamaConfig / T5Config fields set over the preset / HF config
+      type: llama                 # an HF model_type of the model registry (llama | qwen2 | mistral | t5),
+                                  # with every architecture field in arch
+      arch: {vocab_size: 152064}  # config fields (LlamaConfig / T5Config) set over the preset / HF config
     train: {...}                  # jaxrec.train.config.TrainConfig: batch_size, grad_accum, data.seq_len,
-                                  # lora, mesh, compute_dtype
+                                  # lora, mesh, compute_dtype, remat (the activation recompute planned for)
     decode: {batch_size: 8, prompt_len: 256, num_beams: 20, max_new_tokens: 5}   # optional
     plan:                         # optional: the target (command-line --devices / --device-memory win)
       accelerator: v5p-8          # devices (chips) and memory per chip from ACCELERATORS
       devices: 4                  # devices the mesh is laid over (else accelerator, else this host's)
       device_memory_gib: 95       # else the accelerator's, else the local accelerator's limit
       usable_fraction: 0.9        # share of device memory a plan may fill (XLA runtime, fragmentation)
-      target_len: 64              # T5 only: decoder (target) tokens per training row
-      remat: none                 # activation recompute to plan for: none (what the engine does today) |
-                                  # dots | full (per-layer jax.checkpoint policies, estimates only)
+      target_len: 64              # encoder-decoders only: decoder (target) tokens per training row
 
 Estimate (bytes per device; p = bytes of ``train.compute_dtype``, t = mesh.tensor; a dimension is
 divided by t only when it divides, as the sharding rules do):
@@ -34,26 +33,16 @@ divided by t only when it divides, as the sharding rules do):
 * gradients: fp32 like the trained parameters; twice that with ``grad_accum > 1`` (the accumulator).
 * fsdp gather (fsdp > 1): two gathered copies of the largest layer (or embedding/head) in the compute
   dtype, the current one and the prefetched next one.
-* activations, per token of the per-device micro-batch (``batch_size / grad_accum / (data*fsdp)`` rows
-  of ``seq_len``), per layer, for attention keys s. Llama (d hidden, q = heads*head_dim,
-  kv = kv_heads*head_dim, f = intermediate, h = heads), as saved for the backward pass:
-
-    - ``none``: p*(4d + 2q + 2kv + 3f) + 4*s*(2h + 1)  (layer input and normed inputs of both blocks,
-      q/k/v and the attention output, gate/up/product of the MLP; fp32 scores and probabilities per
-      head plus the mask as a float bias); + p*q when o_proj and + p*f when down_proj is trained
-      (their inputs are kept for the weight gradient)
-    - ``dots``: p*(3d + q + 2kv + 2f)  (the outputs of the projections, as ``checkpoint_dots``)
-    - ``full``: p*d  (the layer input only)
-
-  With ``dots``/``full`` one layer's ``none`` set is added (the layer being recomputed). T5: encoder
-  layers p*(4d + 4q + F) + 4*Te*(2h+1) per encoder token; decoder layers p*(6d + 6q + F) +
-  4*(Td+Te)*(2h+1) per decoder token (+ p*q / p*2q for a trained ``o``, p*f for a trained ``wo``) plus the cross-attention keys/values p*2q per encoder token
-  (F = 3f gated, 2f plain; ``dots``: p*(3d+3q+F') / p*(4d+4q+F') with F' = 2f / f; ``full``: p*d).
-* logits: per predicted token, V/t fp32 logits and their fp32 gradient (+ the compute-dtype matmul
-  output when p < 4).
-* decode (optional): parameters in the compute dtype; the prompt KV cache stored once per user
-  (Llama: L*2*P*kv*p per user; T5: every decoder layer's cross-attention K/V, L*2*Te*q*p) and the per-beam cache of generated tokens (L*2*K*G*kv*p per user); plus the larger of
-  the prefill's attention scores (P*P*h*8 per user) and a step's logits (K*V*4*3 per user).
+* activations of the per-device micro-batch (``batch_size / grad_accum / (data*fsdp)`` rows of ``seq_len``)
+  as saved for the backward pass under ``train.remat`` (none | dots_with_no_batch_dims | dots | full): the
+  architecture's registry row (:mod:`jaxrec.models.registry`) gives them, per token and layer, e.g.
+  :func:`jaxrec.models.llama.activation_bytes`, :func:`jaxrec.models.t5.activation_bytes`.
+* logits: per predicted token (an encoder-decoder predicts ``plan.target_len`` per row), V/t fp32 logits
+  and their fp32 gradient (+ the compute-dtype matmul output when p < 4).
+* decode (optional): parameters in the compute dtype; the prompt's K/V stored once per user (Llama: the
+  prompt KV cache; T5: every decoder layer's cross-attention K/V), L*2*P*kv*p per user, and the per-beam
+  cache of generated tokens, L*2*K*G*kv*p per user (L layers and kv width from the row's ``decode_cache``);
+  plus the larger of the prefill's attention scores (P*P*h*8 per user) and a step's logits (K*V*4*3 per user).
 
 Validated against XLA (tests/test_plan_memory.py): for tiny float32 configs on 8 CPU devices (data and
 tensor meshes) the train-phase total is within 15% of the compiled train step's
@@ -69,14 +58,20 @@ import math
 import re
 import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from flax import nnx
+
+from jaxrec.config import apply_overrides, from_dict, read_yaml
 from jaxrec.errors import ConfigError, JaxrecError
-from jaxrec.train.config import LoraConfig, TrainConfig
+from jaxrec.models.lora import LoraConfig, apply_lora, check_trainable, trainable_filter
+from jaxrec.models.registry import MODEL_TYPES, Architecture, build_model, config_from_hf, for_config, for_model_type
+from jaxrec.parallel.rules import logical_to_spec, tensor_share, variable_axes
+from jaxrec.train.config import TrainConfig
 
 GIB = 1024 ** 3
 
-#: named architectures (HF config values of the public checkpoints)
+#: named architectures: preset -> (HF model_type, config fields) of the public checkpoints
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama3-8b": ("llama", dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32,
                                 num_heads=32, num_kv_heads=8, head_dim=128, rope_theta=500000.0)),
@@ -108,11 +103,12 @@ ACCELERATORS: dict[str, tuple[float, int | None]] = {
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """Which architecture: a preset, an HF config.json, or a ``type`` with every field in ``arch``."""
+    """Which architecture: a preset, an HF config.json, or a ``type`` (an HF model_type of the registry) with
+    every field in ``arch``."""
 
     preset: str | None = None
     hf_config: str | None = None
-    type: Literal["llama", "qwen2", "mistral", "t5"] | None = None
+    type: str | None = None
     arch: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -121,6 +117,11 @@ class ModelSpec:
             raise ValueError(f"give exactly one of preset, hf_config, type (got {given or 'none'})")
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; expected one of {sorted(PRESETS)}")
+        if self.type is not None:
+            try:
+                plannable(for_model_type(self.type, "type"))
+            except JaxrecError as e:
+                raise ValueError(str(e)) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,14 +136,13 @@ class DecodeSpec:
 
 @dataclasses.dataclass(frozen=True)
 class TargetSpec:
-    """Where the run goes (the ``plan:`` section) and T5's decoder length of a training row."""
+    """Where the run goes (the ``plan:`` section) and an encoder-decoder's decoder length of a training row."""
 
     accelerator: str | None = None
     devices: int | None = None
     device_memory_gib: float | None = None
     usable_fraction: float = 0.9
     target_len: int = 64
-    remat: Literal["none", "full", "dots"] = "none"
 
     def __post_init__(self):
         if not 0.0 < self.usable_fraction <= 1.0:
@@ -268,8 +268,6 @@ def _method_config_view(data: dict, where: str) -> dict:
 def load_plan_config(path: str | Path, overrides=()) -> tuple[PlanConfig, list[str]]:
     """Read the planner's sections from a YAML file (a planner or a method config), then ``--set``; returns
     (config, ignored sections)."""
-    from jaxrec.config import apply_overrides, from_dict, read_yaml
-
     data = apply_overrides(read_yaml(path), overrides)
     if isinstance(data.get("method"), str):
         view = _method_config_view(data, str(path))
@@ -297,18 +295,25 @@ def accelerator_spec(name: str) -> tuple[float, int | None]:
     return gib, int(count) // cores_per_chip
 
 
-def resolve_model(spec: ModelSpec):
-    """The LlamaConfig / T5Config described by ``spec``."""
-    from jaxrec.models import LlamaConfig, T5Config
-    from jaxrec.models.hf_io import config_from_hf
+def plannable(row: Architecture) -> Architecture:
+    """``row`` if the planner has its estimates (``activation_bytes``, ``decode_cache``), else a clear error."""
+    if row.activation_bytes is None or row.decode_cache is None:
+        raise ConfigError(f"model: the model registry has no planner estimate for {row.name}; plannable model "
+                          f"types: {', '.join(planner_model_types())}")
+    return row
 
+
+def planner_model_types() -> list[str]:
+    """HF model_types the planner estimates (those of registry rows with the planner's functions)."""
+    return [t for t, row in MODEL_TYPES.items() if row.activation_bytes is not None and row.decode_cache is not None]
+
+
+def resolve_model(spec: ModelSpec):
+    """The model config (LlamaConfig, T5Config, ...) described by ``spec``."""
     try:
         if spec.preset is not None:
-            kind, fields = PRESETS[spec.preset]
-            fields = {**fields, **spec.arch}
-            if kind == "t5":
-                return T5Config(**fields)
-            return LlamaConfig(model_type=kind, **fields)
+            model_type, fields = PRESETS[spec.preset]
+            return for_model_type(model_type).config(model_type=model_type, **{**fields, **spec.arch})
         if spec.hf_config is not None:
             path = Path(spec.hf_config)
             path = path / "config.json" if path.is_dir() else path
@@ -320,9 +325,7 @@ def resolve_model(spec: ModelSpec):
                 raise ConfigError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
             untied = {"lm_head.weight"} if hf.get("tie_word_embeddings") is False else set()
             return config_from_hf(hf, untied, source=str(path), **spec.arch)
-        if spec.type == "t5":
-            return T5Config(**spec.arch)
-        return LlamaConfig(model_type=spec.type, **spec.arch)
+        return for_model_type(spec.type).config(model_type=spec.type, **spec.arch)
     except TypeError as e:  # unknown or missing architecture field
         raise ConfigError(f"model.arch: {e}") from None
 
@@ -338,12 +341,6 @@ class ParamInfo:
 
 def parameter_inventory(arch, lora: LoraConfig) -> list[ParamInfo]:
     """Every parameter of the model (LoRA applied as the trainer does), built without allocating."""
-    from flax import nnx
-
-    from jaxrec.models import build_model
-    from jaxrec.models.lora import apply_lora, check_trainable, trainable_filter
-    from jaxrec.parallel.rules import variable_axes
-
     def build():
         model = build_model(arch)
         apply_lora(model, lora)
@@ -362,8 +359,6 @@ def _mesh_like(shape: dict[str, int]) -> Any:
 
 def shard_elements(info: ParamInfo, mesh_shape: dict[str, int]) -> int:
     """Elements of the parameter held by one device under the default logical-axis rules."""
-    from jaxrec.parallel.rules import logical_to_spec
-
     spec = logical_to_spec(info.axes, info.shape, _mesh_like(mesh_shape))
     count = 1
     for i, size in enumerate(info.shape):
@@ -381,40 +376,6 @@ def _layer_key(path: tuple) -> tuple:
     return tuple(path)
 
 
-# ---------------------------------------------------------------------------------- activations
-def _split(n: int, t: int) -> float:
-    """n divided over t tensor shards when it divides (else replicated)."""
-    return n / t if n % t == 0 else n
-
-
-def _llama_activations(c, tokens: int, s: int, p: int, t: int, remat: str, trained: set[str]) -> float:
-    d, h = c.hidden_size, _split(c.num_heads, t)
-    q, kv, f = h * c.head_dim, _split(c.num_kv_heads, t) * c.head_dim, _split(c.intermediate_size, t)
-    weight_inputs = q * ("o_proj" in trained) + f * ("down_proj" in trained)
-    layer = p * (4 * d + 2 * q + 2 * kv + 3 * f + weight_inputs) + 4 * s * (2 * h + 1)
-    saved = {"none": layer, "dots": p * (3 * d + q + 2 * kv + 2 * f), "full": p * d}[remat]
-    return tokens * (c.num_layers * saved + (layer if remat != "none" else 0))
-
-
-def _t5_activations(c, enc_tokens: int, dec_tokens: int, te: int, td: int, p: int, t: int, remat: str,
-                    trained: set[str]) -> float:
-    d, h = c.d_model, _split(c.num_heads, t)
-    q, f = h * c.d_kv, _split(c.d_ff, t)
-    ff, ff_dots = (3 * f, 2 * f) if c.is_gated else (2 * f, f)
-    out_in, ff_in = q * ("o" in trained), f * ("wo" in trained)
-    enc = p * (4 * d + 4 * q + ff + out_in + ff_in) + 4 * te * (2 * h + 1)
-    dec = p * (6 * d + 6 * q + ff + 2 * out_in + ff_in) + 4 * (td + te) * (2 * h + 1)
-    cross = p * 2 * q  # per encoder token, per decoder layer
-    enc_saved = {"none": enc, "dots": p * (3 * d + 3 * q + ff_dots), "full": p * d}[remat]
-    dec_saved = {"none": dec, "dots": p * (4 * d + 4 * q + ff_dots), "full": p * d}[remat]
-    cross_saved = 0 if remat == "full" else cross
-    total = (c.num_layers * enc_tokens * enc_saved
-             + c.num_decoder_layers * (dec_tokens * dec_saved + enc_tokens * cross_saved))
-    if remat != "none":
-        total += max(enc_tokens * enc, dec_tokens * dec + enc_tokens * cross)
-    return total
-
-
 # ---------------------------------------------------------------------------------------- planner
 REMEDY_PARAMS = "sharding the weights over more devices (train.mesh.fsdp), or train.compute_dtype=bfloat16"
 REMEDY_TRAINED = "more fsdp (train.mesh.fsdp), or LoRA adapters (train.lora.mode=lora) instead of every weight"
@@ -424,7 +385,7 @@ REMEDY_CACHE = "a smaller decode.batch_size or fewer decode.num_beams, or more d
 
 def _activation_remedy(remat: str) -> str:
     return ("a smaller micro-batch (raise train.grad_accum / lower train.batch_size), a shorter train.data.seq_len"
-            + (", or recomputing layers in the backward pass (plan.remat=full, once the engine supports it)"
+            + (", or recomputing layers in the backward pass (train.remat=full)"
                if remat != "full" else ""))
 
 
@@ -438,32 +399,30 @@ def estimate(config: PlanConfig, *, devices: int | None = None, device_memory_gi
     data, fsdp, tensor = train.mesh.shape(devices)
     mesh = {"data": data, "fsdp": fsdp, "tensor": tensor}
     arch = resolve_model(config.model)
-    is_t5 = type(arch).__name__ == "T5Config"
+    row = plannable(for_config(arch))
     inventory = parameter_inventory(arch, train.lora)
     p = 2 if train.compute_dtype == "bfloat16" else 4
     frozen = sum(shard_elements(i, mesh) for i in inventory if not i.trained) * (p if train.lora.mode == "lora" else 4)
     trained = sum(shard_elements(i, mesh) for i in inventory if i.trained)
 
-    remat = config.plan.remat
+    remat = train.remat
     trained_names = {str(part) for i in inventory if i.trained for part in i.path}
     shards = data * fsdp
     if train.batch_size % (shards * train.grad_accum):
         raise ConfigError(f"train.batch_size={train.batch_size} must split into grad_accum={train.grad_accum} "
                           f"micro-batches that each divide across the {shards} data shards (data x fsdp)")
     rows = train.batch_size // (shards * train.grad_accum)
-    seq = train.data.seq_len
-    if is_t5:
-        acts = _t5_activations(arch, rows * seq, rows * config.plan.target_len, seq, config.plan.target_len, p, tensor,
-                               remat, trained_names)
-        lm_tokens = rows * config.plan.target_len
-        shape = f"{train.batch_size} rows x {seq} input + {config.plan.target_len} target tokens"
+    seq, target_len = train.data.seq_len, config.plan.target_len
+    acts = row.activation_bytes(arch, rows, seq, target_len, p, tensor, remat, trained_names)
+    if row.encoder_decoder:
+        lm_tokens = rows * target_len
+        shape = f"{train.batch_size} rows x {seq} input + {target_len} target tokens"
     else:
-        acts = _llama_activations(arch, rows * seq, seq, p, tensor, remat, trained_names)
         lm_tokens = rows * seq
         shape = f"{train.batch_size} rows x {seq} tokens"
     shape += (f", micro-batch {rows} rows per device, grad_accum {train.grad_accum}, remat {remat}, "
               f"{train.compute_dtype}")
-    logits = lm_tokens * _split(arch.vocab_size, tensor) * (8 + (p if p < 4 else 0))
+    logits = lm_tokens * tensor_share(arch.vocab_size, tensor) * (8 + (p if p < 4 else 0))
     parts = [Component(f"params (frozen, {train.compute_dtype})", frozen, REMEDY_PARAMS)] if frozen else []
     parts.append(Component("params (trained, fp32 master)", trained * 4, REMEDY_TRAINED))
     if p < 4:
@@ -484,8 +443,8 @@ def estimate(config: PlanConfig, *, devices: int | None = None, device_memory_gi
     phases = [Phase("train", shape, tuple(parts))]
     if config.decode is not None:
         all_params = sum(shard_elements(i, mesh) for i in inventory) * p
-        phases.append(_decode_phase(arch, is_t5, config.decode, all_params, p, shards, tensor, train.compute_dtype))
-    kind = getattr(arch, "model_type", "t5")
+        phases.append(_decode_phase(arch, row, config.decode, all_params, p, shards, tensor, train.compute_dtype))
+    kind = arch.model_type
     name = config.model.preset or (Path(config.model.hf_config).name if config.model.hf_config else kind)
     return MemoryPlan(model=f"{name} ({kind})", devices=devices, mesh=mesh,
                       params=sum(math.prod(i.shape) for i in inventory),
@@ -493,21 +452,16 @@ def estimate(config: PlanConfig, *, devices: int | None = None, device_memory_gi
                       device_memory=memory, usable_fraction=config.plan.usable_fraction, phases=tuple(phases))
 
 
-def _decode_phase(arch, is_t5: bool, dec: DecodeSpec, params: int, p: int, shards: int, t: int, dtype: str) -> Phase:
+def _decode_phase(arch, row: Architecture, dec: DecodeSpec, params: int, p: int, shards: int, t: int,
+                  dtype: str) -> Phase:
     users = math.ceil(dec.batch_size / shards)
     k, g, prompt = dec.num_beams, dec.max_new_tokens, dec.prompt_len
-    if is_t5:
-        layers, h = arch.num_decoder_layers, _split(arch.num_heads, t)
-        kv = h * arch.d_kv
-        prefix = users * prompt * layers * 2 * kv * p
-        prefix_name = "cross-attention K/V (per user, shared by beams)"
-    else:
-        layers, h = arch.num_layers, _split(arch.num_heads, t)
-        kv = _split(arch.num_kv_heads, t) * arch.head_dim
-        prefix = users * prompt * layers * 2 * kv * p
-        prefix_name = "prompt KV cache (per user, shared by beams)"
+    layers, kv, h = row.decode_cache(arch, t)
+    prefix = users * prompt * layers * 2 * kv * p
+    prefix_name = ("cross-attention K/V (per user, shared by beams)" if row.encoder_decoder else
+                   "prompt KV cache (per user, shared by beams)")
     generated = users * k * g * layers * 2 * kv * p
-    workspace = max(users * h * prompt * prompt * 8, users * k * _split(arch.vocab_size, t) * 4 * 3)
+    workspace = max(users * h * prompt * prompt * 8, users * k * tensor_share(arch.vocab_size, t) * 4 * 3)
     shape = (f"{dec.batch_size} users x {prompt} prompt tokens, {k} beams x {g} new tokens, "
              f"{users} users per device, {dtype}")
     return Phase("decode", shape, (

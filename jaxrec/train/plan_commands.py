@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Estimate per-device bytes (parameters, optimizer, gradients, activations with the remat "
                     "policy, logits, beam-search KV cache) for a config and mesh. Exits with status 2 when a "
                     "phase exceeds the usable device memory.")
-    p.add_argument("config", help="YAML with model / train / decode sections (see jaxrec.parallel.plan)")
+    p.add_argument("config", help="YAML with model / train / decode sections (see jaxrec.train.plan)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.remat=full (repeatable)")
     p.add_argument("--devices", type=int, help="number of devices the mesh spans (default: config, accelerator, "
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxrec.parallel.plan import estimate, load_plan_config
+    from jaxrec.train.plan import estimate, load_plan_config
 
     config, ignored = load_plan_config(args.config, args.overrides)
     if ignored:
