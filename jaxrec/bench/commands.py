@@ -21,6 +21,7 @@ STANDALONE = {
     "llm-eval": "jaxrec.bench.llm_eval",
     "attention": "jaxrec.bench.attention",  # accelerator shapes by default (tpu_scripts/accelerator_check.sh)
     "sasrec-scale": "jaxrec.bench.sasrec_scale",  # a million items: minutes of CPU
+    "data": "jaxrec.bench.data",  # 25M ratings + 10M reviews generated and prepared: minutes of CPU, GBs of disk
 }
 
 

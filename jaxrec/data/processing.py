@@ -20,9 +20,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from jaxrec.data.dataset import TEXT_FIELDS, Dataset
-from jaxrec.data.readers.common import RawInteractions
+from jaxrec.data.readers.common import RawInteractions, meta_records
 from jaxrec.errors import DataError
 
 Remap = Literal["first", "random"]
@@ -52,16 +54,21 @@ def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
 def dedup_mask(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None) -> np.ndarray:
     """bool [E]: True for the earliest occurrence of each (user, item) pair (ties: source order).
 
-    ``users``/``items`` are non-negative int [E]. One stable sort by pair finds the repeated pairs; only their
-    rows are ordered by (pair, time, source position).
+    ``users``/``items`` are non-negative int [E]. One stable sort by pair finds the repeated pairs (near linear
+    when the source is grouped by user); only their rows are ordered by (pair, time, source position).
     """
     n = users.shape[0]
     keep = np.ones(n, dtype=bool)
     if n < 2:
         return keep
-    pair = users.astype(np.int64) * (int(items.max()) + 1) + items
-    by_pair = np.argsort(pair, kind="stable")
-    pair = pair[by_pair]
+    pair = users.astype(np.int64)
+    pair *= int(items.max()) + 1
+    pair += items
+    if np.all(pair[1:] >= pair[:-1]):  # the source is already in pair order (e.g. MovieLens: by user, then movie)
+        by_pair = np.arange(n)
+    else:
+        by_pair = np.argsort(pair, kind="stable")
+        pair = pair[by_pair]
     same = pair[1:] == pair[:-1]
     if not same.any():
         return keep
@@ -72,9 +79,9 @@ def dedup_mask(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | No
     if timestamps is not None:
         order = np.lexsort((rows, timestamps[rows], pair))
         rows, pair = rows[order], pair[order]
-    first = np.ones(rows.size, dtype=bool)
-    first[1:] = pair[1:] != pair[:-1]
-    keep[rows[~first]] = False
+    later = np.zeros(rows.size, dtype=bool)
+    later[1:] = pair[1:] == pair[:-1]
+    keep[rows[later]] = False
     return keep
 
 
@@ -85,43 +92,51 @@ def process(raw: RawInteractions, *, kcore: int = 0, min_rating: float | None = 
         raise DataError(f"remap must be 'first' or 'random', got {remap!r}")
     if kcore < 0:
         raise DataError(f"kcore must be >= 0, got {kcore}")
-    keep = np.ones(raw.num_interactions, dtype=bool)
-    steps: list[dict[str, Any]] = [_counts("read", raw, keep)]
+    sel = _Selection(raw)
+    steps: list[dict[str, Any]] = [sel.counts("read")]
     if min_rating is not None:
         if raw.ratings is None:
             raise DataError(f"--min-rating {min_rating} needs ratings, but the {raw.info.get('format')} "
                             f"source {raw.info.get('input')} has none")
-        keep &= raw.ratings >= min_rating
-        steps.append(_counts(f"min_rating>={min_rating}", raw, keep))
+        steps.append(sel.keep(raw.ratings[sel.take()] >= min_rating).counts(f"min_rating>={min_rating}"))
     if drop_items_without_meta:
-        has_meta = np.array([any(raw.item_meta.get(r, {}).get(f) for f in TEXT_FIELDS) for r in raw.item_raw_ids],
+        has_meta = np.array([any(m.get(f) for f in TEXT_FIELDS) for m in meta_records(raw.item_meta, raw.item_raw_ids)],
                             dtype=bool)
-        keep &= has_meta[raw.items]
-        steps.append(_counts("drop_items_without_meta", raw, keep))
-    rows = np.flatnonzero(keep)
-    ts = None if raw.timestamps is None else raw.timestamps[rows]
-    rows = rows[dedup_mask(raw.users[rows], raw.items[rows], ts)]
-    steps.append(_counts("dedup", raw, _mask(rows, raw.num_interactions)))
+        steps.append(sel.keep(has_meta[sel.items]).counts("drop_items_without_meta"))
+    ts = None if raw.timestamps is None else raw.timestamps[sel.take()]
+    steps.append(sel.keep(dedup_mask(sel.users, sel.items, ts)).counts("dedup"))
+    del ts
     if kcore > 1:
-        rows = rows[kcore_mask(raw.users[rows], raw.items[rows], kcore)]
-        steps.append(_counts(f"{kcore}-core", raw, _mask(rows, raw.num_interactions)))
-    if rows.size == 0:
+        steps.append(sel.keep(kcore_mask(sel.users, sel.items, kcore)).counts(f"{kcore}-core"))
+    if sel.users.size == 0:
         raise DataError(f"no interactions left after processing {raw.info.get('input', raw.name)} "
                         f"(steps: {steps})")
-    return _build(raw, rows, remap, seed, {
+    return _build(raw, sel, remap, seed, {
         "kcore": kcore, "min_rating": min_rating, "drop_items_without_meta": drop_items_without_meta,
         "remap": remap, "seed": seed, "steps": steps})
 
 
-def _mask(rows: np.ndarray, n: int) -> np.ndarray:
-    mask = np.zeros(n, dtype=bool)
-    mask[rows] = True
-    return mask
+class _Selection:
+    """The rows still kept (ascending, ``rows`` None while it is all of them) with their users and items."""
 
+    def __init__(self, raw: RawInteractions):
+        self.rows: np.ndarray | None = None
+        self.users, self.items = raw.users, raw.items
 
-def _counts(step: str, raw: RawInteractions, keep: np.ndarray) -> dict[str, Any]:
-    return {"step": step, "users": _distinct(raw.users[keep]), "items": _distinct(raw.items[keep]),
-            "interactions": int(keep.sum())}
+    def take(self) -> slice | np.ndarray:
+        """An index of the kept rows into the raw arrays."""
+        return slice(None) if self.rows is None else self.rows
+
+    def keep(self, mask: np.ndarray) -> "_Selection":
+        """Keep the rows where ``mask`` (bool [kept rows]) is True."""
+        if not mask.all():
+            self.rows = np.flatnonzero(mask) if self.rows is None else self.rows[mask]
+            self.users, self.items = self.users[mask], self.items[mask]
+        return self
+
+    def counts(self, step: str) -> dict[str, Any]:
+        return {"step": step, "users": _distinct(self.users), "items": _distinct(self.items),
+                "interactions": int(self.users.size)}
 
 
 def _distinct(ids: np.ndarray) -> int:
@@ -135,56 +150,56 @@ def _present(ids: np.ndarray) -> np.ndarray:
 
 
 def _dense_rank(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """For each of ``values`` (drawn from ``keys``, which are unique), its position in ``keys``."""
-    lookup = np.full(int(keys.max()) + 1, -1, dtype=np.int64)
-    lookup[keys] = np.arange(keys.size)
+    """int32: for each of ``values`` (drawn from ``keys``, which are unique), its position in ``keys``."""
+    lookup = np.full(int(keys.max()) + 1, -1, dtype=np.int32)
+    lookup[keys] = np.arange(keys.size, dtype=np.int32)
     return lookup[values]
 
 
-def _chronological(users: np.ndarray, time: np.ndarray) -> np.ndarray:
+def _chronological(users: np.ndarray, time: np.ndarray | None) -> np.ndarray:
     """int [E]: row order by user, then time, ties by position (``np.lexsort((arange, time, users))``), as one
     stable sort of a combined key when it fits in int64."""
-    if time.size == 0:
-        return np.zeros(0, np.int64)
+    if time is None:
+        return np.argsort(users, kind="stable")
     low, span = int(time.min()), int(time.max()) - int(time.min()) + 1
     if (int(users.max()) + 1) * span >= 2 ** 62:
         return np.lexsort((np.arange(time.size), time, users))
-    return np.argsort(users.astype(np.int64) * span + (time - low), kind="stable")
+    key = users.astype(np.int64)
+    key *= span
+    key += time
+    key -= low
+    return np.argsort(key, kind="stable")
 
 
-def _first_appearance(items: np.ndarray) -> np.ndarray:
-    """The distinct values of dense non-negative int ``items`` in order of first appearance."""
-    first = np.full(int(items.max()) + 1, items.size, dtype=np.int64)
-    np.minimum.at(first, items, np.arange(items.size))
-    present = np.flatnonzero(first < items.size)
-    return present[np.argsort(first[present])]
-
-
-def _build(raw: RawInteractions, rows: np.ndarray, remap: Remap, seed: int, record: dict[str, Any]) -> Dataset:
-    users, items = raw.users[rows], raw.items[rows]
-    user_keys = _present(users)  # source user indices are numbered by first appearance
+def _build(raw: RawInteractions, sel: _Selection, remap: Remap, seed: int, record: dict[str, Any]) -> Dataset:
+    user_keys = _present(sel.users)  # source user indices are numbered by first appearance
     if remap == "random":
         rng = np.random.default_rng(seed)
         user_keys = rng.permutation(user_keys)
-    new_user = _dense_rank(user_keys, users)
-    time = raw.timestamps[rows] if raw.timestamps is not None else np.zeros(rows.size, np.int64)
+    new_user = _dense_rank(user_keys, sel.users)
+    time = None if raw.timestamps is None else raw.timestamps[sel.take()]
     order = _chronological(new_user, time)  # per user chronological, ties by source order (rows ascend)
-    rows, new_user, items = rows[order], new_user[order], items[order]
-    item_keys = rng.permutation(_present(items)) if remap == "random" else _first_appearance(items)
-    new_item = _dense_rank(item_keys, items)
+    del time
+    rows = order if sel.rows is None else sel.rows[order]
+    new_user, items = new_user[order], sel.items[order]
+    del order
+    if remap == "random":
+        item_keys = rng.permutation(_present(items))
+        new_item = _dense_rank(item_keys, items)
+    else:  # numbered by first appearance in the users' chronological sequences, in user-id order
+        encoded = pc.dictionary_encode(pa.array(items))
+        item_keys, new_item = encoded.dictionary.to_numpy(), encoded.indices.to_numpy()
     counts = np.bincount(new_user, minlength=user_keys.size)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    item_records = []
-    for key in item_keys.tolist():
-        raw_id = raw.item_raw_ids[key]
-        item_records.append({"raw_id": raw_id, **raw.item_meta.get(raw_id, {})})
+    raw_ids = [raw.item_raw_ids[key] for key in item_keys.tolist()]
+    item_records = [{"raw_id": r, **m} for r, m in zip(raw_ids, meta_records(raw.item_meta, raw_ids))]
     info = dict(raw.info)
     info["processing"] = record
     return Dataset(
         items=item_records,
         user_raw_ids=[raw.user_raw_ids[k] for k in user_keys.tolist()],
         offsets=offsets,
-        item_ids=new_item.astype(np.int32),
+        item_ids=new_item.astype(np.int32, copy=False),
         timestamps=None if raw.timestamps is None else raw.timestamps[rows],
         ratings=None if raw.ratings is None else raw.ratings[rows],
         name=raw.name,

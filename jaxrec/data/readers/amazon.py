@@ -19,15 +19,15 @@ from __future__ import annotations
 import csv
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from jaxrec.data.readers import columnar
-from jaxrec.data.readers.common import (Columns, InteractionLog, RawInteractions, encode_ids, iter_lines,
-                                        normalize_meta, parse_record, to_float, to_int)
+from jaxrec.data.readers.common import (Columns, InteractionLog, ItemMeta, RawInteractions, encode_ids,
+                                        iter_lines, normalize_meta, parse_record, to_float, to_int)
 from jaxrec.errors import DataError
 
 REVIEW_FIELDS = ("reviewerID", "asin", "overall", "unixReviewTime")
@@ -135,7 +135,9 @@ def _read_csv(path: Path, csv_columns: str | Sequence[str] | None) -> Columns:
 
 def _csv_columnar(path: Path, positions: dict[str, int], width: int, header: bool, per_second: int) -> Columns:
     names = [f"c{i}" for i in range(width)]
-    table = columnar.read_csv(path, names, skip_rows=int(header), include=[names[i] for i in positions.values()])
+    types = {names[positions["user"]]: columnar.IDS, names[positions["item"]]: columnar.IDS}
+    table = columnar.read_csv(path, names, types=types, skip_rows=int(header),
+                              include=[names[i] for i in positions.values()])
     column = {c: table[names[i]] for c, i in positions.items()}
     return Columns(users=columnar.stripped(column["user"]), items=columnar.stripped(column["item"]),
                    timestamps=columnar.ints(column["timestamp"]) // per_second if "timestamp" in column else None,
@@ -160,14 +162,14 @@ def _csv_lines(path: Path, positions: dict[str, int], header: bool, per_second: 
     return log.columns()
 
 
-def read_meta(path: Path, keep: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+def read_meta(path: Path, keep: Sequence[str] | None = None) -> Mapping[str, dict[str, Any]]:
     """asin (2014/2018; ``parent_asin`` in 2023) -> canonical item fields (the first line of a repeated id wins),
     for the products in ``keep`` (all when None). Strict JSON lines are read columnar; 2014's Python literals and
     lines of other shapes line by line."""
     return columnar.columnar_or_lines(lambda: _meta_columnar(path, keep), lambda: _meta_lines(path, keep))
 
 
-def _meta_columnar(path: Path, keep: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+def _meta_columnar(path: Path, keep: Sequence[str] | None) -> ItemMeta:
     table = columnar.read_jsonl(path, META_SCHEMA)
     key = pc.coalesce(table["asin"], table["parent_asin"])
     if key.null_count:
@@ -178,8 +180,7 @@ def _meta_columnar(path: Path, keep: Sequence[str] | None) -> dict[str, dict[str
     _, first = np.unique(encode_ids(key.take(rows))[0], return_index=True)
     rows = np.sort(rows[first])  # the first line of each kept id
     fields = [f for f in META_SCHEMA.names if f not in ("asin", "parent_asin")]
-    records = table.select(fields).take(rows).to_pylist()
-    return {k: normalize_meta(r, META_ALIASES) for k, r in zip(key.take(rows).to_pylist(), records)}
+    return ItemMeta(key.take(rows).combine_chunks(), table.select(fields).take(rows), META_ALIASES)
 
 
 def _meta_lines(path: Path, keep: Sequence[str] | None) -> dict[str, dict[str, Any]]:

@@ -21,6 +21,7 @@ import pyarrow.json as pjson
 
 T = TypeVar("T")
 BLOCK_BYTES = 8 << 20  # bytes per parse block (each thread parses one block at a time)
+IDS = pa.dictionary(pa.int32(), pa.string())  # raw ids, hashed while parsing: each distinct text is kept once
 
 
 class NotColumnar(Exception):
@@ -36,17 +37,17 @@ def columnar_or_lines(columnar: Callable[[], T], lines: Callable[[], T]) -> T:
         return lines()
 
 
-def read_csv(path: Path, names: Sequence[str], *, delimiter: str = ",", quoted: bool = True, skip_rows: int = 0,
-             include: Sequence[str] | None = None) -> pa.Table:
-    """A delimited file (``.gz``/``.bz2`` decompressed), every column read as strings; rows must have exactly
-    ``len(names)`` fields (empty lines are skipped)."""
+def read_csv(path: Path, names: Sequence[str], *, types: dict[str, pa.DataType] | None = None, delimiter: str = ",",
+             quoted: bool = True, skip_rows: int = 0, include: Sequence[str] | None = None) -> pa.Table:
+    """A delimited file (``.gz``/``.bz2`` decompressed) whose rows have exactly ``len(names)`` fields (empty lines
+    are skipped); columns typed by ``types`` (e.g. :data:`IDS`, ``pa.int64()``), others read as strings."""
+    types = {n: (types or {}).get(n, pa.string()) for n in names}
     return pcsv.read_csv(
         path,
         read_options=pcsv.ReadOptions(column_names=list(names), skip_rows=skip_rows, block_size=BLOCK_BYTES),
         parse_options=pcsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoted else False),
-        convert_options=pcsv.ConvertOptions(column_types={n: pa.string() for n in names},
-                                            include_columns=list(include or names), strings_can_be_null=False,
-                                            quoted_strings_can_be_null=False))
+        convert_options=pcsv.ConvertOptions(column_types=types, include_columns=list(include or names),
+                                            strings_can_be_null=False, quoted_strings_can_be_null=False))
 
 
 def read_jsonl(path: Path, schema: pa.Schema) -> pa.Table:
@@ -62,18 +63,33 @@ def no_nulls(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return column
 
 
+def unified(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A dictionary column whose chunks share one dictionary (their own dictionaries merged in chunk order, so the
+    values stay in order of first appearance); other columns as they are."""
+    return column.unify_dictionaries() if pa.types.is_dictionary(column.type) else column
+
+
+def _values(column: pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """The distinct texts of a unified dictionary column, or the column itself."""
+    if pa.types.is_dictionary(column.type):
+        return column.chunk(0).dictionary if column.num_chunks else pa.array([], pa.string())
+    return column
+
+
 def stripped(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """String values that have no surrounding whitespace (the line loop strips them)."""
-    no_nulls(column)
-    if not pc.all(pc.equal(column, pc.utf8_trim_whitespace(column))).as_py():
+    """String values (or dictionary texts) with no surrounding whitespace (the line loop strips them)."""
+    column = unified(no_nulls(column))
+    values = _values(column)
+    if len(values) and not pc.all(pc.equal(values, pc.utf8_trim_whitespace(values))).as_py():
         raise NotColumnar
     return column
 
 
 def digit_ids(column: pa.ChunkedArray) -> pa.ChunkedArray:
     """Ids that are non-negative integer tokens (MovieLens, S3-Rec), kept as their text."""
-    no_nulls(column)
-    if len(column) and not pc.all(pc.ascii_is_decimal(column)).as_py():
+    column = unified(no_nulls(column))
+    values = _values(column)
+    if len(values) and not pc.all(pc.ascii_is_decimal(values)).as_py():
         raise NotColumnar
     return column
 
@@ -85,7 +101,7 @@ def ints(column: pa.ChunkedArray) -> np.ndarray:
 
 def floats(column: pa.ChunkedArray) -> np.ndarray:
     """float32 [E] from number text or a float column (parsed as float64 first, as ``float()`` does)."""
-    return pc.cast(no_nulls(column), pa.float64()).to_numpy().astype(np.float32)
+    return pc.cast(pc.cast(no_nulls(column), pa.float64()), pa.float32(), safe=False).to_numpy()
 
 
 def empty(column: pa.ChunkedArray) -> None:

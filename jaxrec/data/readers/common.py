@@ -10,7 +10,7 @@ import gzip
 import html
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -44,13 +44,13 @@ class RawInteractions:
     """A source's interactions in source order, before processing (E rows).
 
     Attributes:
-      users: int64 [E] index into ``user_raw_ids`` (numbered by first appearance in the source).
-      items: int64 [E] index into ``item_raw_ids`` (likewise).
+      users: int [E] (int32 or int64) index into ``user_raw_ids`` (numbered by first appearance in the source).
+      items: int [E] index into ``item_raw_ids`` (likewise).
       user_raw_ids, item_raw_ids: the source's ids.
       timestamps: int64 [E] unix seconds, or None when the source has no time.
       ratings: float32 [E], or None.
       item_meta: raw item id -> canonical item fields (title, description, brand, categories,
-        attributes, ...); items without metadata are absent.
+        attributes, ...); items without metadata are absent (a dict, or an :class:`ItemMeta`).
       name: dataset name; info: provenance (format, files, ...).
     """
 
@@ -60,7 +60,7 @@ class RawInteractions:
     item_raw_ids: list[str]
     timestamps: np.ndarray | None
     ratings: np.ndarray | None
-    item_meta: dict[str, dict[str, Any]]
+    item_meta: Mapping[str, dict[str, Any]]
     name: str
     info: dict[str, Any]
 
@@ -82,14 +82,15 @@ class RawInteractions:
 
 
 def encode_ids(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
-    """(int64 [E] index of each value, the distinct values in order of first appearance)."""
-    encoded = pc.dictionary_encode(values)
+    """(int32 [E] index of each value, the distinct values in order of first appearance): a hash table, or the
+    dictionary a column was parsed into (its chunks sharing one dictionary, see ``columnar.unified``)."""
+    encoded = values if pa.types.is_dictionary(values.type) else pc.dictionary_encode(values)
     chunks = encoded.chunks if isinstance(encoded, pa.ChunkedArray) else [encoded]
     if not chunks:
-        return np.zeros(0, np.int64), []
-    # one hash table runs over all chunks: each chunk's dictionary extends the previous one's
+        return np.zeros(0, np.int32), []
+    # dictionary_encode runs one hash table over all chunks: each chunk's dictionary extends the previous one's
     dictionary = chunks[-1].dictionary
-    indices = np.concatenate([c.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False) for c in chunks])
+    indices = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks]).astype(np.int32, copy=False)
     return indices, dictionary.to_pylist()
 
 
@@ -121,6 +122,42 @@ class InteractionLog:
 
     def build(self, item_meta: dict[str, dict[str, Any]], name: str, info: dict[str, Any]) -> RawInteractions:
         return RawInteractions.from_columns(self.columns(), name, info, item_meta)
+
+
+class ItemMeta(Mapping[str, dict[str, Any]]):
+    """Raw item id -> canonical item fields, normalised (:func:`normalize_meta`) only when asked for: the source
+    rows stay columns until processing knows which items it keeps.
+
+    ``table`` holds one row per id of ``raw_ids`` with the source fields, in the order they are normalised.
+    """
+
+    def __init__(self, raw_ids: pa.Array, table: pa.Table, aliases: dict[str, str]):
+        self._ids, self._table, self._aliases = raw_ids, table, aliases
+
+    def records(self, raw_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The canonical fields of each of ``raw_ids`` (``{}`` for an id without metadata), in one pass."""
+        rows = pc.index_in(pa.array(raw_ids, pa.string()), value_set=self._ids)
+        found = self._table.take(pc.drop_null(rows)).to_pylist()
+        it = iter(found)
+        return [{} if row is None else normalize_meta(next(it), self._aliases) for row in rows.to_pylist()]
+
+    def __getitem__(self, raw_id: str) -> dict[str, Any]:
+        if not pc.is_in(pa.array([raw_id], pa.string()), value_set=self._ids)[0].as_py():
+            raise KeyError(raw_id)
+        return self.records([raw_id])[0]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids.to_pylist())
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+def meta_records(item_meta: Mapping[str, dict[str, Any]], raw_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Per raw id its canonical fields (``{}`` when it has none); an :class:`ItemMeta` normalises them in one pass."""
+    if isinstance(item_meta, ItemMeta):
+        return item_meta.records(raw_ids)
+    return [item_meta.get(r, {}) for r in raw_ids]
 
 
 def raw_from_dataset(ds: Dataset) -> RawInteractions:

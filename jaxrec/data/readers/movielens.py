@@ -19,6 +19,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from jaxrec.data.readers import columnar
 from jaxrec.data.readers.common import (Columns, InteractionLog, RawInteractions, integer_id, iter_lines, to_float,
                                         to_int)
@@ -55,15 +57,16 @@ def read(path: Path, meta: Path | None = None) -> RawInteractions:
 
 
 def _ratings_columnar(path: Path) -> Columns:
+    types = {"user": columnar.IDS, "item": columnar.IDS, "rating": pa.float64(), "timestamp": pa.int64()}
     if path.name == "u.data":
-        table = columnar.read_csv(path, FIELDS, delimiter="\t", quoted=False)
+        table = columnar.read_csv(path, FIELDS, types=types, delimiter="\t", quoted=False)
     elif path.name == "ratings.dat":  # `::` read as `:` with an empty field in each gap
         names = ("user", "gap1", "item", "gap2", "rating", "gap3", "timestamp")
-        table = columnar.read_csv(path, names, delimiter=":", quoted=False)
+        table = columnar.read_csv(path, names, types=types, delimiter=":", quoted=False)
         for gap in ("gap1", "gap2", "gap3"):
             columnar.empty(table[gap])
     else:
-        table = columnar.read_csv(path, FIELDS, skip_rows=1)
+        table = columnar.read_csv(path, FIELDS, types=types, skip_rows=1)
     return Columns(users=columnar.digit_ids(table["user"]), items=columnar.digit_ids(table["item"]),
                    timestamps=columnar.ints(table["timestamp"]), ratings=columnar.floats(table["rating"]))
 
