@@ -42,7 +42,8 @@ def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
     rows, u, i = np.arange(users.shape[0]), users, items
     num_users, num_items = int(users.max()) + 1, int(items.max()) + 1
     while True:
-        ok = (np.bincount(u, minlength=num_users)[u] >= k) & (np.bincount(i, minlength=num_items)[i] >= k)
+        ok = np.bincount(u, minlength=num_users).astype(np.int32)[u] >= k
+        ok &= np.bincount(i, minlength=num_items).astype(np.int32)[i] >= k
         if ok.all():
             break
         rows, u, i = rows[ok], u[ok], i[ok]
@@ -64,14 +65,15 @@ def dedup_mask(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | No
     pair = users.astype(np.int64)
     pair *= int(items.max()) + 1
     pair += items
-    if np.all(pair[1:] >= pair[:-1]):  # the source is already in pair order (e.g. MovieLens: by user, then movie)
-        by_pair = np.arange(n)
-    else:
-        by_pair = np.argsort(pair, kind="stable")
+    in_order = bool(np.all(pair[1:] >= pair[:-1]))  # e.g. MovieLens: by user, then movie
+    by_pair = None if in_order else np.argsort(pair, kind="stable")
+    if by_pair is not None:
         pair = pair[by_pair]
     same = pair[1:] == pair[:-1]
     if not same.any():
         return keep
+    if by_pair is None:
+        by_pair = np.arange(n)
     repeated = np.zeros(n, dtype=bool)  # in pair order: the rows of pairs that occur more than once
     repeated[1:] |= same
     repeated[:-1] |= same

@@ -5,7 +5,7 @@ Every value check here is at least as strict as the line loop's rules (``int()``
 field, ids that are digit tokens, ...): when Arrow cannot parse the file, or a value is missing or is one that
 only the line loop takes (a JSON number as an id, ``"12.0"`` as a timestamp, a padded field), the format's line
 loop reads the file instead. It raises a :class:`~jaxrec.errors.DataError` naming the file and the first bad line,
-or, when every line is valid by its rules, returns exactly what the columnar path would have meant to.
+or, when every line is valid by its rules, returns the rows as the line-by-line readers always did.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 
 T = TypeVar("T")
-BLOCK_BYTES = 8 << 20  # bytes per parse block (each thread parses one block at a time)
+BLOCK_BYTES = 32 << 20  # bytes per parse block (each thread parses one block at a time)
 IDS = pa.dictionary(pa.int32(), pa.string())  # raw ids, hashed while parsing: each distinct text is kept once
 
 

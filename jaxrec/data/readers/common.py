@@ -25,7 +25,8 @@ class Columns:
     """A source's interaction rows in source order, as parsed (E rows).
 
     Attributes:
-      users, items: Arrow string arrays [E] of the source's raw ids.
+      users, items: Arrow arrays [E] of the source's raw ids: strings, or a dictionary of them whose chunks share
+        one dictionary (``columnar.unified``).
       timestamps: int64 [E] unix seconds, or None when the source has no time.
       ratings: float32 [E], or None.
     """
