@@ -6,7 +6,7 @@ LC-Rec and TIGER have their own end-to-end tests (tests/test_lcrec.py, tests/tes
 import json
 
 from jaxrec.cli import main
-from jaxrec.commands.demo import RUNNERS, format_table
+from jaxrec.commands.demo import ROWS, format_table
 from jaxrec.eval.sample import eval_subset
 from jaxrec.models.run_dir import make_tokenizer
 
@@ -18,7 +18,7 @@ def test_demo_quick(tmp_path, capsys):
     result = json.loads(captured.out)
     rows = {row["method"]: row for row in result["rows"]}
     assert list(rows) == ["popularity", "sasrec"]
-    assert {"popularity", "sasrec", "tiger", "lcrec"} <= set(RUNNERS)
+    assert {"popularity", "sasrec", "tiger", "lcrec"} <= set(ROWS)
     for row in rows.values():
         assert {f"{m}@{k}" for m in ("HR", "NDCG") for k in (1, 5, 10, 20)} <= set(row)
         assert row["users"] == result["dataset"]["users"]

@@ -1,10 +1,11 @@
-"""`jaxrec demo`: generate the embedded synthetic shop, run each method, compare full-catalog test metrics.
+"""`jaxrec demo`: run each method's embedded recipe on the synthetic shop, compare full-catalog test metrics.
 
-Every method is a *runner* in :data:`RUNNERS`: ``runner(ctx) -> test metrics`` (the dict of
-:func:`jaxrec.eval.metrics.metrics_from_ranks`). A new method joins the demo by adding one runner.
-``--llm NAME`` adds the ``lcrec-llm`` row: LC-Rec on a pretrained LLM (e.g. ``smollm2-135m`` from PyPI)
-beside the from-scratch ``lcrec`` row.
-The table goes to stderr, the JSON (``{"rows": [...], ...}``) to stdout and to ``OUT/results.json``.
+Every row of the table is a YAML config: ``configs/demo/<row>.yaml`` (the method's
+``configs/<method>/embedded.yaml`` plus the demo's few differences), overlaid by
+``configs/demo/quick/<row>.yaml`` with ``--quick``. The demo sets ``out_dir`` (``OUT/<row>``), every
+``seed`` to ``--seed`` and, for ``lcrec-llm``, ``model.pretrained`` to ``--llm``; then runs the method's
+``train`` and ``evaluate`` as `jaxrec train`/`jaxrec eval` would. The table goes to stderr, the JSON
+(``{"rows": [...], ...}``) to stdout and to ``OUT/results.json``.
 """
 
 from __future__ import annotations
@@ -15,107 +16,90 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from jaxrec.atomic import write_json
-from jaxrec.data.dataset import Dataset
-from jaxrec.data.splits import LeaveOneOut
+from jaxrec.config import from_dict, read_yaml
+from jaxrec.data.synthetic import make_preset
+from jaxrec.errors import ConfigError, JaxrecError
 from jaxrec.eval.metrics import DEFAULT_KS
+from jaxrec.methods import get_method
+from jaxrec.models.checkpoints import NAMED_CHECKPOINTS, installed_checkpoints, resolve_pretrained
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
 
 
-@dataclasses.dataclass
-class DemoContext:
-    """What every runner gets: the dataset, its leave-one-out split, a work dir and the demo flags."""
-
-    dataset: Dataset
-    split: LeaveOneOut
-    out_dir: Path
-    seed: int
-    quick: bool
-    llm: str | None = None  # pretrained checkpoint of the lcrec-llm row
-
-    def run_dir(self, method: str) -> Path:
-        """Where ``method`` writes its run: ``--quick`` runs (other data, other model sizes) keep their own
-        directories, so a quick demo and a full one in the same ``--out`` never meet."""
-        return self.out_dir / (f"{method}-quick" if self.quick else method)
+def _lcrec_metrics(result: dict, config) -> dict:
+    """The exact-trie metrics of template 0, with popularity on the same users when they are a sample."""
+    test = result["test"]
+    extra = {"users": test["users"]}
+    if config.eval.users is not None:
+        extra["popularity"] = {k: v for k, v in test["popularity"].items() if k.split("@")[0] in ("HR", "NDCG")}
+    return {**test["trie"]["mean"], **extra}
 
 
-def run_popularity(ctx: DemoContext) -> dict:
-    from jaxrec.methods.popularity import evaluate_split
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One line of the table: the method's config (``configs/demo/<config>.yaml``) and where its
+    ``evaluate`` result (and config) keep the test metrics; ``train`` false: the method has nothing to fit."""
 
-    return evaluate_split(ctx.split, ctx.dataset.num_items, "test", DEFAULT_KS)
-
-
-def run_sasrec(ctx: DemoContext) -> dict:
-    from jaxrec.methods import sasrec
-
-    config = sasrec.Config(
-        out_dir=str(ctx.run_dir("sasrec")),
-        model=sasrec.ModelConfig(max_len=8 if ctx.quick else 20, hidden_size=64, num_layers=2, num_heads=1,
-                                 dropout=0.2),  # quick: one length bucket, one compilation
-        train=sasrec.TrainConfig(epochs=6 if ctx.quick else 20, batch_size=64 if ctx.quick else 256, lr=3e-3,
-                                 seed=ctx.seed, patience=3, progress=not ctx.quick),
-        eval=sasrec.EvalConfig(ks=list(DEFAULT_KS), batch_size=1024),
-    )
-    return sasrec.fit(config, ctx.dataset, ctx.split)["test"]
+    config: str
+    metrics: Callable[[dict, Any], dict]
+    train: bool = True
 
 
-def run_lcrec(ctx: DemoContext) -> dict:
-    from jaxrec.methods import lcrec
-
-    return lcrec.run_demo(ctx.dataset, ctx.run_dir("lcrec"), quick=ctx.quick, seed=ctx.seed, split=ctx.split)
-
-
-def run_lcrec_llm(ctx: DemoContext) -> dict:
-    from jaxrec.methods import lcrec
-
-    return lcrec.run_demo(ctx.dataset, ctx.run_dir("lcrec-llm"), quick=ctx.quick, seed=ctx.seed, split=ctx.split,
-                          pretrained=ctx.llm)
-
-
-def run_tiger(ctx: DemoContext) -> dict:
-    import numpy as np
-
-    from jaxrec.methods import tiger
-
-    sasrec_table = ctx.run_dir("sasrec") / "item_embeddings.npy"  # reuse the demo's SASRec run when it ran
-    embeddings = np.load(sasrec_table) if sasrec_table.is_file() else None
-    return tiger.run_demo(ctx.dataset, ctx.run_dir("tiger"), quick=ctx.quick, seed=ctx.seed, split=ctx.split,
-                          embeddings=embeddings)
-
-
-RUNNERS: dict[str, Callable[[DemoContext], dict]] = {
-    "popularity": run_popularity,
-    "sasrec": run_sasrec,
-    "tiger": run_tiger,
-    "lcrec": run_lcrec,
-    "lcrec-llm": run_lcrec_llm,
+ROWS: dict[str, Row] = {
+    "popularity": Row("popularity", lambda r, c: {k: v for k, v in r.items() if k not in ("method", "split")},
+                      train=False),
+    "sasrec": Row("sasrec", lambda r, c: r["test"]),
+    "tiger": Row("tiger", lambda r, c: r["test"]["tiger"]),
+    "lcrec": Row("lcrec", _lcrec_metrics),
+    "lcrec-llm": Row("lcrec_llm", _lcrec_metrics),
 }
 NEEDS_LLM = ("lcrec-llm",)
 
 
 def default_methods(llm: str | None) -> list[str]:
-    """Every runner; the pretrained-LLM ones only when an LLM is given."""
-    return [m for m in RUNNERS if llm or m not in NEEDS_LLM]
+    """Every row; the pretrained-LLM ones only when an LLM is given."""
+    return [m for m in ROWS if llm or m not in NEEDS_LLM]
+
+
+def _with_seed(tree: Any, seed: int) -> Any:
+    """``tree`` (a config mapping) with every ``seed``/``task_seed`` value set to ``seed``."""
+    if isinstance(tree, dict):
+        return {k: seed if k in ("seed", "task_seed") else _with_seed(v, seed) for k, v in tree.items()}
+    return tree
+
+
+def row_config(name: str, out_dir: Path, *, seed: int, quick: bool, llm: str | None, sasrec_dir: Path | None):
+    """(method module, typed config) of row ``name`` (see the module docstring)."""
+    row = ROWS[name]
+    path = CONFIGS / "quick" / f"{row.config}.yaml" if quick else CONFIGS / f"{row.config}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"jaxrec demo reads its recipes from {CONFIGS} (a source checkout of jaxrec); "
+                          f"{path} is missing")
+    raw = _with_seed(read_yaml(path), seed)
+    method = get_method(raw["method"])
+    if "out_dir" in {f.name for f in dataclasses.fields(method.Config)}:
+        raw["out_dir"] = str(out_dir / (f"{name}-quick" if quick else name))  # quick runs never meet full ones
+    if llm:
+        raw["model"]["pretrained"] = llm
+    if name == "tiger" and sasrec_dir is not None:  # the index from the demo's own SASRec item table
+        raw["embeddings"] = {**raw["embeddings"], "source": "npy", "path": str(sasrec_dir / "item_embeddings.npy")}
+    return method, from_dict(method.Config, raw)
 
 
 def run_demo(out_dir: str | Path, seed: int = 0, quick: bool = False, methods: list[str] | None = None,
              llm: str | None = None) -> dict:
-    """Generate the data (``tiny`` preset when ``quick``, else ``demo``), run the runners, write results.json.
-    ``llm``: the pretrained checkpoint of the ``lcrec-llm`` row (resolved before anything runs)."""
-    from jaxrec.data.splits import leave_one_out
-    from jaxrec.data.synthetic import make_preset
-    from jaxrec.errors import JaxrecError
-
+    """Run the rows (``tiny`` data when ``quick``, else ``demo``) and write ``OUT/results.json``.
+    ``llm``: the pretrained checkpoint of the ``lcrec-llm`` row (checked before anything runs)."""
     methods = default_methods(llm) if methods is None else methods
-    unknown = [m for m in methods if m not in RUNNERS]
+    unknown = [m for m in methods if m not in ROWS]
     if unknown:
-        raise JaxrecError(f"--methods: unknown {unknown}; expected some of {list(RUNNERS)}")
+        raise JaxrecError(f"--methods: unknown {unknown}; expected some of {list(ROWS)}")
     if not llm and any(m in NEEDS_LLM for m in methods):
         raise JaxrecError(f"--methods {','.join(NEEDS_LLM)} needs --llm (e.g. --llm smollm2-135m)")
     if llm:
-        from jaxrec.models.checkpoints import NAMED_CHECKPOINTS, resolve_pretrained
-
         named = NAMED_CHECKPOINTS.get(llm)
         if named is not None and named.kind != "decoder":  # fail now, not after the other methods ran
             raise JaxrecError(f"--llm {llm}: a sentence encoder, not a language model; e.g. --llm smollm2-135m")
@@ -123,13 +107,18 @@ def run_demo(out_dir: str | Path, seed: int = 0, quick: bool = False, methods: l
             raise JaxrecError(f"--llm {llm}: no such file or directory")
     out_dir = Path(out_dir)
     preset = "tiny" if quick else "demo"
-    dataset = make_preset(preset, seed=seed)
+    dataset = make_preset(preset, seed=seed)  # the rows' data: configs/demo/ name this preset
     dataset.save(out_dir / "dataset")
-    ctx = DemoContext(dataset, leave_one_out(dataset), out_dir, seed, quick, llm)
-    rows = []
+    rows, sasrec_dir = [], None
     for name in methods:
         start = time.time()
-        metrics = RUNNERS[name](ctx)
+        method, config = row_config(name, out_dir, seed=seed, quick=quick, llm=llm if name in NEEDS_LLM else None,
+                                    sasrec_dir=sasrec_dir)
+        if ROWS[name].train:
+            method.train(config)
+        metrics = ROWS[name].metrics(method.evaluate(config), config)
+        if name == "sasrec":
+            sasrec_dir = Path(config.out_dir)
         rows.append({"method": name, "seconds": round(time.time() - start, 2), **metrics})
     result = {"dataset": {"preset": preset, "seed": seed, **dataset.stats()}, "split": "test (leave-one-out)",
               "llm": llm,
@@ -157,8 +146,6 @@ def format_table(rows: list[dict], ks=DEFAULT_KS) -> str:
 def _demo(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     if not args.llm and methods is None:
-        from jaxrec.models.checkpoints import installed_checkpoints
-
         if "smollm2-135m" in installed_checkpoints():
             print("note: SmolLM2 is installed; `jaxrec demo --llm smollm2-135m` adds LC-Rec on it "
                   "(about 20 more minutes on a 2-core CPU)", file=sys.stderr)
@@ -175,7 +162,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="work dir: dataset, checkpoints, results.json (default runs/demo)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and of training (default 0)")
     p.add_argument("--quick", action="store_true", help="tiny dataset and a few epochs (a smoke test, seconds)")
-    p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(RUNNERS)} (default all; "
+    p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(ROWS)} (default all; "
                                                    f"lcrec-llm only with --llm)")
     p.add_argument("--llm", default=None, metavar="NAME_OR_PATH",
                    help="also run LC-Rec on this pretrained LLM (row lcrec-llm): a named checkpoint such as "

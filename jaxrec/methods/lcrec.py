@@ -46,7 +46,7 @@ from jaxrec.data.tasks.alpaca import alpaca_prompt
 from jaxrec.data.tasks.rows import leave_one_out_rows
 from jaxrec.data.tasks.lcrec import SEQREC_TEMPLATES, TEMPLATES, LCRecTaskConfig, lcrec_eval_examples, \
     lcrec_train_examples
-from jaxrec.eval.metrics import DEFAULT_KS, list_metrics, metrics_from_ranks
+from jaxrec.eval.metrics import list_metrics, metrics_from_ranks
 from jaxrec.eval.ranking import item_counts, static_ranks
 from jaxrec.timing import Clock
 from jaxrec.index.source import (INDEX_FILE, EmbeddingSection, IndexSection, index_codes, index_mapping,
@@ -259,59 +259,3 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     result["seconds"] = round(time.perf_counter() - start, 2)
     write_json(Path(config.out_dir) / "results.json", result)
     return result
-
-
-# ----------------------------------------------------------------------------- demo
-
-
-def demo_config(out_dir: str | Path, quick: bool = False, seed: int = 0, pretrained: str | None = None,
-                users: int = 300) -> Config:
-    """The embedded recipe for ``jaxrec demo``: test metrics of template 0, exact trie, every test user.
-    ``quick``: the ``tiny`` data's scale (a 2-level index, a short run; a smoke test).
-
-    ``pretrained`` (a named checkpoint, a GGUF or an HF directory): LC-Rec as the paper runs it on a
-    pretrained LLM instead of the from-scratch model: the index from the LLM's mean-pooled item text,
-    LoRA r8/alpha32 on every linear layer with the (new-token) embeddings trained, loss on the
-    response only, CPU-sized (64 steps of 8), evaluated on a seeded sample of ``users`` test users."""
-    c = Config(out_dir=str(out_dir))
-    ev = dataclasses.replace(c.eval, ks=list(DEFAULT_KS), modes=["trie"], templates=[0], users=None)
-    c = dataclasses.replace(c, eval=ev, task_seed=seed, model=dataclasses.replace(c.model, seed=seed),
-                            index=dataclasses.replace(c.index, seed=seed),
-                            train=dataclasses.replace(c.train, seed=seed))
-    if pretrained:
-        lora = LoraConfig(mode="lora", rank=8, alpha=32.0, dropout=0.05, trainable=(r"(embed_tokens|lm_head)\..+",),
-                          target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
-        train = dataclasses.replace(
-            c.train, batch_size=8, steps=2 if quick else 64, log_every=8, lora=lora,
-            optim=OptimConfig(learning_rate=5e-4, warmup_steps=6, decay="cosine", weight_decay=0.01),
-            data=TokenDataConfig(seq_len=256, bucket_lengths=(128,)), progress=not quick)
-        c = dataclasses.replace(c, model=ModelSection(pretrained=pretrained, dtype="float32"), train=train,
-                                embeddings=dataclasses.replace(c.embeddings, batch_size=32),
-                                eval=dataclasses.replace(c.eval, users=4 if quick else users, batch_size=20,
-                                                         progress=not quick))
-    if not quick:
-        return c
-    rq = c.index.rqvae
-    rqvae = dataclasses.replace(rq, model=dataclasses.replace(rq.model, levels=2, codebook_size=16),
-                                train=dataclasses.replace(rq.train, epochs=50, sinkhorn_epsilons=(0.0, 0.003)))
-    c = dataclasses.replace(c, index=dataclasses.replace(c.index, rqvae=rqvae),
-                            eval=dataclasses.replace(c.eval, progress=False))
-    if pretrained:
-        return c
-    return dataclasses.replace(c, model=dataclasses.replace(c.model, vocab_size=512),
-                               train=dataclasses.replace(c.train, steps=150, progress=False))
-
-
-def run_demo(dataset: Dataset, out_dir: str | Path, quick: bool = False, seed: int = 0,
-             split: LeaveOneOut | None = None, pretrained: str | None = None) -> dict:
-    """Index, align and evaluate on ``dataset`` (the demo's data); returns the test metrics
-    (HR/NDCG/Recall@{1,5,10,20}, MRR@20 of the 20-beam lists), with ``users`` and, for a sample of
-    the users (``pretrained``), ``popularity`` on that sample."""
-    config = demo_config(out_dir, quick, seed, pretrained)
-    split = split or leave_one_out(dataset)
-    fit(config, dataset, split)
-    test = evaluate_run(config, dataset, split)["test"]
-    extra = {"users": test["users"]}
-    if config.eval.users is not None:
-        extra["popularity"] = {k: v for k, v in test["popularity"].items() if k.split("@")[0] in ("HR", "NDCG")}
-    return {**test["trie"]["mean"], **extra}

@@ -39,7 +39,7 @@ from jaxrec.data.splits import LeaveOneOut, leave_one_out
 from jaxrec.data.tasks import Example
 from jaxrec.data.tasks.rows import leave_one_out_rows
 from jaxrec.errors import ConfigError
-from jaxrec.eval.metrics import DEFAULT_KS, list_metrics, metrics_from_ranks
+from jaxrec.eval.metrics import list_metrics, metrics_from_ranks
 from jaxrec.eval.ranking import item_counts, static_ranks
 from jaxrec.index.build import IndexConfig
 from jaxrec.index.collisions import ResolveConfig
@@ -319,35 +319,3 @@ def validation_curve(config: Config, split: LeaveOneOut, codes: np.ndarray, toke
         return list_metrics(decoder.items(model, texts, "tiger curve"), targets, config.eval.ks)
 
     return evaluate
-
-
-# ----------------------------------------------------------------------------- demo
-
-
-def demo_config(out_dir: str | Path, quick: bool = False, seed: int = 0) -> Config:
-    """The embedded recipe for ``jaxrec demo`` (test part, every test user, K in DEFAULT_KS).
-    ``quick``: the ``tiny`` data's scale (a 2-level index, a few epochs; a smoke test)."""
-    c = Config(out_dir=str(out_dir))
-    c = dataclasses.replace(c, model=dataclasses.replace(c.model, seed=seed),
-                            index=dataclasses.replace(c.index, seed=seed),
-                            train=dataclasses.replace(c.train, seed=seed),
-                            eval=dataclasses.replace(c.eval, ks=list(DEFAULT_KS)))
-    if not quick:
-        return c
-    rq = c.index.rqvae
-    rqvae = dataclasses.replace(rq, model=dataclasses.replace(rq.model, levels=2, codebook_size=16),
-                                train=dataclasses.replace(rq.train, epochs=50, sinkhorn_epsilons=(0.0, 0.003)))
-    return dataclasses.replace(c, index=dataclasses.replace(c.index, rqvae=rqvae),
-                               train=dataclasses.replace(c.train, epochs=3, progress=False),
-                               eval=dataclasses.replace(c.eval, progress=False))
-
-
-def run_demo(dataset: Dataset, out_dir: str | Path, quick: bool = False, seed: int = 0,
-             split: LeaveOneOut | None = None, embeddings: np.ndarray | None = None) -> dict:
-    """Index, train and evaluate TIGER on ``dataset``; returns the test metrics of the beam lists
-    (HR/NDCG/Recall@{1,5,10,20}, MRR@20). ``embeddings`` [N, d] (e.g. the demo's SASRec item
-    table) skip the run's own SASRec."""
-    config = demo_config(out_dir, quick, seed)
-    split = split or leave_one_out(dataset)
-    fit(config, dataset, split, embeddings)
-    return evaluate_run(config, dataset, split)["test"]["tiger"]
