@@ -62,9 +62,10 @@ def chat_examples(tokenizer, section: ModelSection, examples: Sequence[Example])
 
 
 def prompt_ids(tokenizer, model, prompts: Sequence[str]) -> list[list[int]]:
-    """Model inputs: decoder-only ``[BOS] + prompt`` (when the tokenizer adds a BOS); T5 ``prompt + EOS``."""
+    """Model inputs: decoder-only ``[BOS] + prompt`` (when the tokenizer adds a BOS); encoder-decoder (T5)
+    ``prompt + EOS``. ``model``: the model, or None for a decoder-only model not built yet."""
     ids = encode(tokenizer, prompts)
-    if is_seq2seq(model):
+    if model is not None and is_seq2seq(model):
         return [x + [tokenizer.eos_token_id] for x in ids]
     bos = bos_id(tokenizer)
     return [([bos] if bos is not None else []) + x for x in ids]
