@@ -91,10 +91,12 @@ def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="model.arch"):
         resolve_model(load_plan_config(bad)[0].model)
     bad.write_text("model: {type: gpt2}\n")
-    with pytest.raises(ConfigError, match="unsupported model_type 'gpt2'; expected one of llama, qwen2, mistral, t5, bert"):
+    with pytest.raises(ConfigError, match="unsupported model_type 'gpt2'; expected one of llama, qwen2, mistral, t5, "
+                                          "bert"):
         load_plan_config(bad)
     bad.write_text("model: {type: bert}\n")
-    with pytest.raises(ConfigError, match="no planner estimate for bert; plannable model types: llama, qwen2, mistral, t5$"):
+    with pytest.raises(ConfigError, match="no planner estimate for bert; plannable model types: llama, qwen2, "
+                                          "mistral, t5$"):
         load_plan_config(bad)
     bad.write_text("model: {preset: tiny-llama}\nplan: {remat: full}\n")  # the planner reads train.remat
     with pytest.raises(ConfigError, match="unknown key 'plan.remat'"):
@@ -145,7 +147,8 @@ def test_cli_prints_table_and_json_and_refuses_what_does_not_fit(tmp_path, capsy
     assert "activations (remat=none)" in out and json.loads((tmp_path / "p.json").read_text()) == report
     assert main(["plan", str(config), "--devices", "8", "--set", "train.remat=full"]) == 0
     full = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["phases"]["train"]["components"]
-    assert full["activations (remat=full)"] == parts(estimate(tiny(remat="full"), devices=8))["activations (remat=full)"]
+    expected = parts(estimate(tiny(remat="full"), devices=8))["activations (remat=full)"]
+    assert full["activations (remat=full)"] == expected
 
     assert main(["plan", str(config), "--devices", "8", "--device-memory", "0.01",
                  "--set", "train.data.seq_len=1024"]) == 2

@@ -61,7 +61,8 @@ def test_a_config_without_model_type_is_found_by_its_architectures():
 def test_unknown_names_give_one_error_listing_the_known_ones(tmp_path):
     save_pretrained(build_model(TINY["llama"]), tmp_path)
     hf = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**hf, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    hf.update(model_type="gpt2", architectures=["GPT2LMHeadModel"])
+    (tmp_path / "config.json").write_text(json.dumps(hf))
     with pytest.raises(JaxrecError, match=r"config.json: unsupported model_type 'gpt2'; expected one of "
                                           r"llama, qwen2, mistral, t5, bert$"):
         load_pretrained(tmp_path)

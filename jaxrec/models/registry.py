@@ -40,8 +40,9 @@ class Architecture:
 
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
     Architecture("llama", llama.LlamaConfig, llama.LlamaForCausalLM, llama.MODEL_TYPES,
-                 {a: t for t, a in llama.HF_ARCHITECTURES.items()}, encoder_decoder=False, scratch_config=llama.scratch_config,
-                 activation_bytes=llama.activation_bytes, decode_cache=llama.decode_cache),
+                 {a: t for t, a in llama.HF_ARCHITECTURES.items()}, encoder_decoder=False,
+                 scratch_config=llama.scratch_config, activation_bytes=llama.activation_bytes,
+                 decode_cache=llama.decode_cache),
     Architecture("t5", t5.T5Config, t5.T5ForConditionalGeneration, ("t5",), {"T5ForConditionalGeneration": "t5"},
                  encoder_decoder=True, scratch_config=t5.scratch_config, activation_bytes=t5.activation_bytes,
                  decode_cache=t5.decode_cache),
