@@ -54,17 +54,22 @@ def test_override_syntax_errors():
         apply_overrides({"a": 1}, ["a.b=2"])
 
 
-@pytest.mark.parametrize("path", sorted(str(p) for p in (Path(__file__).resolve().parents[1] / "configs").glob("*/*.yaml")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in [*CONFIGS.glob("*/*.yaml"), *CONFIGS.glob("demo/quick/*.yaml")]
                                         if p.parent.name not in ("scale", "rqvae")),
-                         ids=lambda p: "/".join(Path(p).parts[-2:]))
+                         ids=lambda p: str(Path(p).relative_to(CONFIGS)))
 def test_every_method_config_loads(path):
-    """Each configs/<method>/*.yaml is a valid config of its method (keys, types, ranges)."""
+    """Each configs/<method>/*.yaml is a valid config of its method (keys, types, ranges); the demo's rows
+    (configs/demo/[quick/]<row>.yaml) are configs of the method their row names."""
     import argparse
 
     from jaxrec.commands.run import load_method_config
 
     method, config = load_method_config(argparse.Namespace(config=path, overrides=[]))
-    assert config.method == Path(path).parent.name
+    in_demo = "demo" in Path(path).relative_to(CONFIGS).parts
+    assert config.method == (Path(path).stem.removesuffix("_llm") if in_demo else Path(path).parent.name)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -1,5 +1,6 @@
-"""LC-Rec recipe: a tiny end-to-end run (LoRA on a saved "pretrained" tiny Llama, new token rows only),
-constrained evaluation structure, index sources and configs."""
+"""LC-Rec recipe: a tiny end-to-end run (LoRA on a saved "pretrained" tiny Llama, new token rows only):
+fixed-seed figures, the written metrics recomputed from the beams and popularity by brute force; index
+sources and configs."""
 
 import json
 from pathlib import Path
@@ -9,13 +10,22 @@ import pytest
 
 from jaxrec.config import from_dict
 from jaxrec.index.source import index_mapping, index_token_ids
-from jaxrec.decode.driver import constrained_items
+from jaxrec.decode.driver import generate
 from jaxrec.models.prompts import prompt_ids
 from jaxrec.models.section import ModelSection, make_model
 from jaxrec.models.run_dir import load_run, make_tokenizer
 
+from brute_force import hr_ndcg, list_rank, occurrences, rank_of, subset
+
 SYNTHETIC = {"synthetic": {"preset": "tiny", "num_users": 60, "num_items": 60}}
 LEVELS, CODES = 3, 6
+# Fixed-seed figures of the run below (3 steps, 8 test users; read from its results.json on CPU, fp32):
+# mode -> template -> metric. One user more or less moves HR by 1/8; fp32 rounding on another host
+# moves beam scores by ~1e-6, far below the gaps that order these beams, hence abs=1e-4.
+TRIE = {"HR@1": 0.25, "NDCG@1": 0.25, "HR@5": 0.375, "NDCG@5": 0.328866, "HR@10": 0.375, "NDCG@10": 0.328866}
+PER_LEVEL = {"HR@1": 0.0, "NDCG@1": 0.0, "HR@5": 0.25, "NDCG@5": 0.096713, "HR@10": 0.375}
+FIGURES = {"trie": {0: TRIE, 1: TRIE},
+           "per_level": {0: {**PER_LEVEL, "NDCG@10": 0.138380}, 1: {**PER_LEVEL, "NDCG@10": 0.141239}}}
 
 
 def tiny_config(out_dir, pretrained, index_file) -> dict:
@@ -75,30 +85,57 @@ def test_end_to_end_metrics_structure(run):
         assert set(out["per_template"]) == {0, 1}
         for k in keys:
             values = [out["per_template"][t][k] for t in (0, 1)]
-            assert 0.0 <= out["min"][k] <= out["mean"][k] <= out["max"][k] <= 1.0
-            assert out["mean"][k] == pytest.approx(np.mean(values))
-        assert all(0.0 <= r <= 1.0 for r in out["item_rate"].values())
+            assert [out[stat][k] for stat in ("min", "mean", "max")] == pytest.approx(
+                [min(values), np.mean(values), max(values)])
+        for t in (0, 1):
+            assert subset(out["per_template"][t], FIGURES[mode][t]) == pytest.approx(FIGURES[mode][t], abs=1e-4)
     assert test["trie"]["item_rate"] == {0: 1.0, 1: 1.0}  # every exact-trie beam is a catalog item
+    assert test["per_level"]["item_rate"] == {0: 24 / 80, 1: 27 / 80}  # beams that are items, of 8 x 10
     saved = json.loads((Path(config.out_dir) / "results.json").read_text())
     assert saved == json.loads(json.dumps(result))
 
 
-def test_constrained_beams_are_distinct_real_items(run):
+def test_popularity_row_equals_brute_force(run):
+    """Popularity (training occurrences, ties to the lower id) on exactly the evaluated test users."""
+    from jaxrec.data.splits import leave_one_out
+    from jaxrec.eval.sample import eval_subset
+
+    config, ds, _, _, result = run
+    split = leave_one_out(ds)
+    chosen = eval_subset(len(split.test_users), config.eval.users, config.eval.seed)
+    counts = occurrences(split.train, ds.num_items)
+    expected = hr_ndcg([rank_of(t, counts) for t in split.test_target[chosen]], (1, 5, 10))
+    assert subset(result["test"]["popularity"], expected) == pytest.approx(expected)
+
+
+def test_constrained_beams_are_distinct_real_items_and_give_the_written_figures(run):
+    """Template 0's beams for the evaluated users, both constraint modes: exact-trie beams are distinct
+    catalog items; HR/NDCG by brute force from the beams equal the written per-template figures."""
     from jaxrec.data.splits import leave_one_out
     from jaxrec.data.tasks.lcrec import lcrec_eval_examples
     from jaxrec.decode import ItemTrie
+    from jaxrec.decode.driver import padded_length
+    from jaxrec.eval.sample import eval_subset
 
-    config, ds, codes, _, _ = run
+    config, ds, codes, _, result = run
     model, tokenizer = load_run(config.out_dir)
     ids = index_token_ids(tokenizer, codes)
     assert [tokenizer.decode(row) for row in ids[:2]] == ["".join(index_mapping(codes)[i]) for i in (0, 1)]
     trie = ItemTrie.from_sequences(ids, eos_id=tokenizer.eos_token_id, vocab_size=model.config.vocab_size)
-    examples = lcrec_eval_examples(ds, leave_one_out(ds), index_mapping(codes), "test", 0, 5)[:8]
-    prompts = prompt_ids(tokenizer, model, [e.prompt for e in examples])
-    items = constrained_items(model, prompts, trie, mode="trie", num_beams=config.eval.num_beams,
-                              eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, batch_size=config.eval.batch_size)
-    assert items.shape == (8, 10) and ((items >= 0) & (items < ds.num_items)).all()
-    assert all(len(set(row)) == 10 for row in items.tolist())
+    split = leave_one_out(ds)
+    chosen = eval_subset(len(split.test_users), config.eval.users, config.eval.seed).tolist()
+    prompts = [prompt_ids(tokenizer, model, [examples[i].prompt for i in chosen]) for examples in
+               (lcrec_eval_examples(ds, split, index_mapping(codes), "test", t, 5) for t in (0, 1))]
+    for mode in ("trie", "per_level"):
+        _, _, items = generate(model, prompts[0], constraint=trie, mode=mode, num_beams=config.eval.num_beams,
+                               max_new_tokens=trie.max_length + 1, eos_id=tokenizer.eos_token_id,
+                               pad_id=tokenizer.pad_token_id, batch_size=config.eval.batch_size,
+                               length=padded_length(prompts[0] + prompts[1]))  # as the evaluation pads them
+        if mode == "trie":
+            assert items.shape == (8, 10) and ((items >= 0) & (items < ds.num_items)).all()
+            assert all(len(set(row)) == 10 for row in items.tolist())
+        expected = hr_ndcg([list_rank(row, t) for row, t in zip(items, split.test_target[chosen])], (1, 5, 10))
+        assert subset(result["test"][mode]["per_template"][0], expected) == pytest.approx(expected)
 
 
 def test_index_tokens_added_and_only_new_rows_trained(run):

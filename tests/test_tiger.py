@@ -1,5 +1,5 @@
-"""TIGER recipe: code-only vocabulary, sliding-window examples, and a tiny end-to-end run whose
-constrained beams are real catalog items."""
+"""TIGER recipe: code-only vocabulary, sliding-window examples, and a tiny end-to-end run (its figures
+recomputed from its beams and its learning curve, popularity by brute force, fixed-seed figures)."""
 
 import json
 from pathlib import Path
@@ -9,8 +9,14 @@ import pytest
 
 from jaxrec.config import from_dict, load_config
 
+from brute_force import hr_ndcg, list_rank, occurrences, rank_of, subset
+
 SYNTHETIC = {"synthetic": {"preset": "tiny", "num_users": 40, "num_items": 60}}
 LEVELS, CODES = 3, 5
+USERS = 40  # every user evaluated (valid and test), and the learning curve on the same validation users
+# Fixed-seed test figures of the run below (2 steps; read from its results.json on CPU, fp32). One user
+# more or less moves HR by 1/40; fp32 rounding on another host moves beam scores by ~1e-6, hence abs=1e-4.
+TEST_FIGURES = {}
 
 
 def tiny_config(out_dir, index_file) -> dict:
@@ -21,8 +27,8 @@ def tiny_config(out_dir, index_file) -> dict:
         "model": {"arch": "t5", "hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2},
         "train": {"batch_size": 8, "steps": 2, "log_every": 1, "eval_every": 1, "progress": False, "peak_flops": 1.0e12,
                   "lora": {"mode": "full"}, "optim": {"learning_rate": 1.0e-2}, "data": {"seq_len": 16}},
-        "eval": {"ks": [1, 5], "num_beams": 5, "parts": ["test"], "users": 8, "curve_users": 4, "batch_size": 8,
-                 "progress": False},
+        "eval": {"ks": [1, 5], "num_beams": 5, "parts": ["valid", "test"], "users": USERS, "curve_users": USERS,
+                 "batch_size": 8, "progress": False},
     }
 
 
@@ -44,34 +50,50 @@ def run(tmp_path_factory):
 
 
 def test_end_to_end_metrics_and_real_items(run, monkeypatch):
+    """Popularity by brute force on the evaluated users; the learning curve's last point (the trained
+    model on the same validation users) equals the final validation figures; fixed-seed test figures;
+    the figures recomputed from the beams (distinct catalog items) by brute force."""
+    from jaxrec.data.splits import leave_one_out
+    from jaxrec.eval import evaluators
+    from jaxrec.eval.sample import eval_subset
     from jaxrec.methods import tiger
 
     config, ds, codes, summary, result = run
     assert summary["step"] == 2 and np.isfinite(summary["loss"])
     assert summary["vocab_size"] == 3 + LEVELS * CODES + 5  # specials + code tokens + user hashes
-    test = result["test"]
-    assert test["users"] == 8 and test["item_rate"] == 1.0  # the trie only yields catalog items
-    for name in ("tiger", "popularity"):
-        assert {"HR@1", "HR@5", "NDCG@1", "NDCG@5"} <= set(test[name])
-        assert all(0.0 <= test[name][k] <= 1.0 for k in ("HR@5", "NDCG@5"))
-    assert {"Recall@5", "MRR@5"} <= set(test["tiger"])
+    assert {"Recall@5", "MRR@5"} <= set(result["test"]["tiger"])
     assert json.loads((Path(config.out_dir) / "results.json").read_text()) == result
+    split = leave_one_out(ds)
+    counts = occurrences(split.train, ds.num_items)
+    targets = {}
+    for part, users, target in (("valid", split.valid_users, split.valid_target),
+                                ("test", split.test_users, split.test_target)):
+        targets[part] = target[eval_subset(len(users), config.eval.users, config.eval.seed)]
+        assert result[part]["users"] == len(targets[part]) and result[part]["item_rate"] == 1.0  # trie: items only
+        expected = hr_ndcg([rank_of(t, counts) for t in targets[part]], (1, 5))
+        assert subset(result[part]["popularity"], expected) == pytest.approx(expected)
+
     log = [json.loads(line) for line in (Path(config.out_dir) / "logs" / "metrics.jsonl").read_text().splitlines()]
     curve = [row for row in log if "eval/NDCG@5" in row]  # validation learning curve, every eval_every steps
-    assert [row["step"] for row in curve] == [1, 2] and all(0.0 <= row["eval/HR@5"] <= 1.0 for row in curve)
+    assert [row["step"] for row in curve] == [1, 2]
+    last = {k: curve[-1][f"eval/{k}"] for k in ("HR@1", "NDCG@1", "HR@5", "NDCG@5")}
+    assert last == pytest.approx(subset(result["valid"]["tiger"], last))
+    assert subset(result["test"]["tiger"], TEST_FIGURES) == pytest.approx(TEST_FIGURES, abs=1e-4)
 
     seen = []
-    real = tiger.constrained_items
+    real = evaluators.generate
 
     def spy(*args, **kwargs):
         seen.append(real(*args, **kwargs))
         return seen[-1]
 
-    monkeypatch.setattr(tiger, "constrained_items", spy)
+    monkeypatch.setattr(evaluators, "generate", spy)
     tiger.evaluate(config)
-    items = seen[0]
-    assert items.shape == (8, 5) and ((items >= 0) & (items < ds.num_items)).all()
-    assert all(len(set(row.tolist())) == len(row) for row in items)  # distinct items per user
+    for part, (_, _, items) in zip(("valid", "test"), seen, strict=True):  # (sequences, scores, items)
+        assert items.shape == (len(targets[part]), 5) and ((items >= 0) & (items < ds.num_items)).all()
+        assert all(len(set(row.tolist())) == len(row) for row in items)  # distinct items per user
+        expected = hr_ndcg([list_rank(row, t) for row, t in zip(items, targets[part])], (1, 5))
+        assert subset(result[part]["tiger"], expected) == pytest.approx(expected)
 
 
 def test_vocabulary_and_sliding_window_examples(run):

@@ -7,7 +7,6 @@ compiles once per (batch, length, mode). Results come back as numpy, in prompt o
 ```python
 seqs, scores, items = generate(model, prompts, num_beams=20, max_new_tokens=S, eos_id=e, pad_id=p,
                                constraint=trie)            # [P,R,S], [P,R], [P,R] (-1: not an item)
-items = constrained_items(model, prompts, trie, num_beams=20, eos_id=e, pad_id=p)   # [P,num_beams]
 texts = decode_texts(tokenizer, seqs[:, 0], eos_id=e)
 ```
 """
@@ -74,20 +73,6 @@ def generate(model, prompts: Sequence[Sequence[int]], *, num_beams: int, max_new
         return out.sequences, out.scores, out.item_ids
 
     return batched(run, prompts, batch_size, pad_id, length, desc)
-
-
-def constrained_items(model, prompts: Sequence[Sequence[int]], trie, *, num_beams: int, eos_id: int, pad_id: int,
-                      mode: str | None = None, batch_size: int = 32, length: int | None = None,
-                      desc: str | None = None) -> np.ndarray:
-    """int32 [P, num_beams]: the items of each prompt's beams under ``trie`` (``mode``: the trie's
-    default, ``"trie"`` or ``"per_level"``), best first; -1 where a beam is not an item."""
-
-    def run(ids, mask):
-        out = beam_search(model, ids, mask, trie, mode=mode, num_beams=num_beams, max_new_tokens=trie.max_length + 1,
-                          eos_token_id=eos_id, pad_token_id=pad_id)
-        return (out.item_ids,)
-
-    return batched(run, prompts, batch_size, pad_id, length or padded_length(prompts), desc)[0]
 
 
 def decode_texts(tokenizer, sequences: np.ndarray, eos_id: int) -> list[str]:

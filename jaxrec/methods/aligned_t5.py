@@ -63,15 +63,14 @@ from jaxrec.data.tasks import AlignedT5TaskConfig, Example, aligned_t5_eval_exam
 from jaxrec.data.tasks import item_text
 from jaxrec.data.tasks.span_corruption import sentinel
 from jaxrec.errors import ConfigError, DataError
-from jaxrec.eval.metrics import list_metrics, metrics_from_ranks
-from jaxrec.eval.ranking import item_counts, ranks_among, static_ranks
+from jaxrec.eval import evaluators
+from jaxrec.eval.ranking import item_counts
 from jaxrec.eval.rating import rating_metrics, ratings_from_log_likelihoods
 from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.data.pipeline import TokenDataConfig
 from jaxrec.models.lora import LoraConfig
 from jaxrec.train.config import OptimConfig, TrainConfig
 from jaxrec.decode.candidates import candidate_log_likelihoods, token_matrix
-from jaxrec.decode.driver import constrained_items
 from jaxrec.eval.sample import eval_subset
 from jaxrec.models.prompts import encode, prompt_ids
 from jaxrec.models.section import ModelSection, make_model
@@ -270,12 +269,11 @@ def _eval_retrieval(c: _EvalContext, config: Config, part: str, chosen: np.ndarr
     trie = ItemTrie.from_sequences(encode(tok, [answer_text(k, c.space) for k in c.keys]),
                                    eos_id=tok.eos_token_id, vocab_size=c.model.config.vocab_size)
     prompts = prompt_ids(tok, c.model, [x.prompt for x in examples])
-    items = constrained_items(c.model, prompts, trie, num_beams=e.num_beams, eos_id=tok.eos_token_id,
-                              pad_id=tok.pad_token_id, batch_size=e.batch_size, desc=_bar(e, f"retrieval {part}"))
-    return {"protocol": f"full catalog ({c.ds.num_items} items), beam search constrained to item keys, "
-                        f"{e.num_beams} beams; items beyond the beams ranked as missing",
-            **list_metrics(items, targets, e.ks), "item_rate": float(np.mean(items >= 0)),
-            "popularity": metrics_from_ranks(static_ranks(c.counts)[targets], e.ks)}
+    metrics = evaluators.constrained_generation(c.model, prompts, targets, trie, e.ks, num_beams=e.num_beams,
+                                                eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                                                batch_size=e.batch_size, desc=_bar(e, f"retrieval {part}"))[0]
+    return {"protocol": evaluators.protocol("constrained", c.ds.num_items, num_beams=e.num_beams), **metrics,
+            "popularity": evaluators.popularity(c.counts, targets, e.ks)}
 
 
 def _eval_ranking(c: _EvalContext, config: Config, part: str, chosen: np.ndarray) -> dict:
@@ -287,14 +285,13 @@ def _eval_ranking(c: _EvalContext, config: Config, part: str, chosen: np.ndarray
     keys, lengths = token_matrix(encode(tok, [answer_text(k, c.space) for k in c.keys]), tok.eos_token_id,
                                  tok.pad_token_id)
     prompts = prompt_ids(tok, c.model, [x.prompt for x in examples])
-    scores = candidate_log_likelihoods(c.model, prompts, keys[candidates], lengths[candidates], tok.pad_token_id,
-                                       e.batch_size, _bar(e, f"ranking {part}"))
     ks = [k for k in e.ks if k <= candidates.shape[1]]
-    popularity = ranks_among(c.counts[candidates].astype(np.float32), candidates, targets)
     return {"protocol": examples[0].meta["protocol"] if examples else "sampled",
             "scoring": "sequence log-likelihood of each candidate's key + EOS",
-            **metrics_from_ranks(ranks_among(scores, candidates, targets), ks),
-            "popularity": metrics_from_ranks(popularity, ks)}
+            **evaluators.candidate_ranking(c.model, prompts, candidates, keys, lengths, targets, ks,
+                                           pad_id=tok.pad_token_id, batch_size=e.batch_size,
+                                           desc=_bar(e, f"ranking {part}")),
+            "popularity": evaluators.popularity_among(c.counts, candidates, targets, ks)}
 
 
 def _eval_rating(c: _EvalContext, config: Config, part: str, chosen: np.ndarray) -> dict:

@@ -42,13 +42,13 @@ from jaxrec.data.tasks import bigrec_eval_examples, bigrec_train_examples
 from jaxrec.data.tasks.domains import DomainName
 from jaxrec.data.tasks.item_text import quoted, titles as item_titles
 from jaxrec.decode import ItemTrie
-from jaxrec.eval.metrics import list_metrics, metrics_from_ranks, random_ranking_metrics
-from jaxrec.eval.ranking import static_ranks
+from jaxrec.eval import evaluators
+from jaxrec.eval.evaluators import constrained_generation, free_generation, grounding
+from jaxrec.eval.metrics import random_ranking_metrics
 from jaxrec.ground.fusion import POPULARITY_GAMMAS, choose_gamma, fused_target_ranks, minmax
 from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.train.config import TrainConfig
-from jaxrec.decode.driver import decode_texts, generate, padded_length
-from jaxrec.ground.rank import target_ranks
+from jaxrec.decode.driver import decode_texts, padded_length
 from jaxrec.ground.embed import embed_prompt_texts
 from jaxrec.models.prompts import chat_examples, chat_prompts, encode, prompt_ids
 from jaxrec.models.section import ModelSection, make_model
@@ -152,17 +152,9 @@ def train(config: Config) -> dict:
 # ----------------------------------------------------------------------------- grounding
 
 
-def popularity(split: TemporalSplit, num_items: int) -> np.ndarray:
-    """BIGRec's popularity C: each item's count as a training target, min-max normalised [N]."""
-    return minmax(np.bincount(split.train.target, minlength=num_items).astype(np.float32))
-
-
-def popularity_metrics(split: TemporalSplit, num_items: int, targets: dict[str, np.ndarray], ks: list[int]) -> dict:
-    """The popularity baseline on the same examples: every user gets the catalog ranked by training-target
-    count (ties to the lower id); ``targets``: part -> item ids [Q]."""
-    counts = np.bincount(split.train.target, minlength=num_items).astype(np.float32)
-    ranks = static_ranks(counts)
-    return {part: metrics_from_ranks(ranks[t], ks) for part, t in targets.items()}
+def target_counts(split: TemporalSplit, num_items: int) -> np.ndarray:
+    """float32 [N]: each item's count as a training target (BIGRec's popularity before normalising)."""
+    return np.bincount(split.train.target, minlength=num_items).astype(np.float32)
 
 
 def fusion_metrics(valid: tuple, test: tuple, weights: np.ndarray, ks: list[int]) -> dict:
@@ -202,12 +194,15 @@ def evaluate(config: Config) -> dict:
     prompts = {part: prompt_ids(tokenizer, model, chat_prompts(tokenizer, config.model, [e.prompt for e in ex]))
                for part, ex in parts.items()}
     targets = {part: np.asarray([e.target for e in ex], np.int32) for part, ex in parts.items()}
-    beams = dict(num_beams=g.num_beams, eos_id=eos, pad_id=pad, length_penalty=g.length_penalty,
-                 batch_size=g.batch_size, length=padded_length(prompts["valid"] + prompts["test"]))
+    beams = dict(num_beams=g.num_beams, length_penalty=g.length_penalty, batch_size=g.batch_size,
+                 length=padded_length(prompts["valid"] + prompts["test"]))
     result = {"method": "bigrec", "data": config.data.describe(), "model": config.model.describe(),
               "catalog_items": ds.num_items, "examples": {k: len(v) for k, v in parts.items()},
               "num_beams": g.num_beams, "random": random_ranking_metrics(ds.num_items, ks),
-              "popularity": popularity_metrics(split, ds.num_items, targets, ks)}
+              "popularity": {part: evaluators.popularity(target_counts(split, ds.num_items), t, ks)
+                             for part, t in targets.items()},
+              "protocol": {"constrained": evaluators.protocol("constrained", ds.num_items, num_beams=g.num_beams),
+                           "free": evaluators.protocol("grounding", ds.num_items)}}
     samples = [{"target": raw_titles[t]} for t in targets["test"][:3]]
     rows = {part: [{"part": part, "user": e.user, "target": raw_titles[e.target]} for e in ex]
             for part, ex in parts.items()}
@@ -217,13 +212,12 @@ def evaluate(config: Config) -> dict:
         t0 = time.perf_counter()
         out = {"list_length": g.num_beams}
         for part in ("valid", "test"):
-            seqs, _, items = generate(model, prompts[part], constraint=trie, max_new_tokens=trie.max_length + 1,
-                                          desc=f"constrained {part}", **beams)
-            out[part] = list_metrics(items, targets[part], ks)
+            out[part], items, best = constrained_generation(model, prompts[part], targets[part], trie, ks, eos_id=eos,
+                                                            pad_id=pad, desc=f"constrained {part}", **beams)
             for row, item in zip(rows[part], items[:, 0]):
                 row["constrained"] = raw_titles[item] if item >= 0 else None
             if part == "test":
-                for s, text in zip(samples, decode_texts(tokenizer, seqs[:3, 0], eos)):
+                for s, text in zip(samples, decode_texts(tokenizer, best[:3], eos)):
                     s["constrained"] = text
         result["constrained"] = out
         seconds["constrained"] = round(time.perf_counter() - t0, 2)
@@ -233,10 +227,8 @@ def evaluate(config: Config) -> dict:
         max_new = g.max_new_tokens or trie.max_length + 1
         texts, exact = {}, {}
         for part in ("valid", "test") if config.ground.fusion else ("test",):
-            seqs, _, items = generate(model, prompts[part], constraint=trie, mode="none", max_new_tokens=max_new,
-                                          num_return_sequences=1, desc=f"free {part}", **beams)
-            texts[part] = decode_texts(tokenizer, seqs[:, 0], eos)
-            exact[part] = float(np.mean(items[:, 0] >= 0))
+            texts[part], exact[part] = free_generation(model, tokenizer, prompts[part], trie, max_new_tokens=max_new,
+                                                       desc=f"free {part}", **beams)
             for row, text in zip(rows[part], texts[part]):
                 row["free"] = text
         for s, text in zip(samples, texts["test"]):
@@ -257,13 +249,12 @@ def evaluate(config: Config) -> dict:
                 model, _ = load_run(config.out_dir, "base", config.model.dtype)
             queries = embed_prompt_texts(model, tokenizer, {"items": raw_titles, **generated}, config.ground.batch_size)
         items_emb = queries.pop("items")
-        free = {"ground_model": config.ground.encoder or config.ground.model, "exact_title_rate": exact}
-        for part, q in queries.items():
-            free[part] = metrics_from_ranks(np.asarray(target_ranks(q, items_emb, targets[part], metric="l2")), ks)
+        free = {"ground_model": config.ground.encoder or config.ground.model, "exact_title_rate": exact,
+                **grounding(queries, items_emb, targets, ks)}
         if config.ground.fusion:
             free["popularity_fusion"] = fusion_metrics((queries["valid"], items_emb, targets["valid"]),
                                                        (queries["test"], items_emb, targets["test"]),
-                                                       popularity(split, ds.num_items), ks)
+                                                       minmax(target_counts(split, ds.num_items)), ks)
         result["free"] = free
         seconds["grounding"] = round(time.perf_counter() - t0, 2)
 

@@ -46,8 +46,8 @@ from jaxrec.data.tasks.alpaca import alpaca_prompt
 from jaxrec.data.tasks.rows import leave_one_out_rows
 from jaxrec.data.tasks.lcrec import SEQREC_TEMPLATES, TEMPLATES, LCRecTaskConfig, lcrec_eval_examples, \
     lcrec_train_examples
-from jaxrec.eval.metrics import list_metrics, metrics_from_ranks
-from jaxrec.eval.ranking import item_counts, static_ranks
+from jaxrec.eval import evaluators
+from jaxrec.eval.ranking import item_counts
 from jaxrec.timing import Clock
 from jaxrec.index.source import (INDEX_FILE, EmbeddingSection, IndexSection, index_codes, index_mapping,
                                  index_token_ids, item_embeddings)
@@ -55,7 +55,7 @@ from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.data.pipeline import TokenDataConfig
 from jaxrec.models.lora import LoraConfig
 from jaxrec.train.config import OptimConfig, TrainConfig
-from jaxrec.decode.driver import constrained_items, padded_length
+from jaxrec.decode.driver import padded_length
 from jaxrec.eval.sample import eval_subset
 from jaxrec.models.prompts import prompt_ids, row_fits
 from jaxrec.models.section import ModelSection, make_model
@@ -229,16 +229,17 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     trie = ItemTrie.from_sequences(index_token_ids(tokenizer, codes), eos_id=eos, vocab_size=model.config.vocab_size)
     templates = e.templates if e.templates is not None else list(range(len(SEQREC_TEMPLATES)))
     index = index_mapping(codes)
-    popularity_ranks = static_ranks(item_counts(split.train, ds.num_items))
+    counts = item_counts(split.train, ds.num_items)
     result = {"method": "lcrec", "data": config.data.describe(), "model": config.model.describe(),
               "catalog_items": ds.num_items, "index_levels": int(codes.shape[1]), "num_beams": e.num_beams,
-              "templates": templates}
+              "templates": templates,
+              "protocol": evaluators.protocol("constrained", ds.num_items, num_beams=e.num_beams)}
     for part in e.parts:
         rows = leave_one_out_rows(split, part)
         chosen = eval_subset(len(rows.users), e.users, e.seed)
         targets = rows.targets[chosen]
         out = {"users": int(len(chosen)),
-               "popularity": metrics_from_ranks(popularity_ranks[targets], e.ks)}
+               "popularity": evaluators.popularity(counts, targets, e.ks)}
         prompts = {}
         for k in templates:
             examples = lcrec_eval_examples(ds, split, index, part, k, config.tasks.max_history)
@@ -248,11 +249,10 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
             t0 = time.perf_counter()
             per_template, valid_rate = {}, {}
             for k in templates:
-                items = constrained_items(model, prompts[k], trie, mode=mode, num_beams=e.num_beams, eos_id=eos,
-                                          pad_id=pad, batch_size=e.batch_size, length=length,
-                                          desc=f"lcrec {part} {mode} t{k}" if e.progress else None)
-                per_template[k] = list_metrics(items, targets, e.ks)
-                valid_rate[k] = float(np.mean(items >= 0))
+                per_template[k] = evaluators.constrained_generation(
+                    model, prompts[k], targets, trie, e.ks, mode=mode, num_beams=e.num_beams, eos_id=eos, pad_id=pad,
+                    batch_size=e.batch_size, length=length, desc=f"lcrec {part} {mode} t{k}" if e.progress else None)[0]
+                valid_rate[k] = per_template[k].pop("item_rate")
             out[mode] = {**summarize_templates(per_template), "per_template": per_template,
                          "item_rate": valid_rate, "seconds": round(time.perf_counter() - t0, 2)}
         result[part] = out

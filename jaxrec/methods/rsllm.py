@@ -75,7 +75,7 @@ from jaxrec.data.tasks.domains import DomainName
 from jaxrec.data.tasks.item_text import titles as item_titles
 from jaxrec.decode import ItemTrie
 from jaxrec.errors import ConfigError, DataError
-from jaxrec.eval.metrics import list_metrics, metrics_from_ranks, random_ranking_metrics
+from jaxrec.eval.metrics import random_ranking_metrics
 from jaxrec import seqrec
 
 from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
@@ -84,8 +84,9 @@ from jaxrec.models.lora import LoraConfig
 from jaxrec.train.config import TrainConfig
 from jaxrec.train.contrastive import first_positions, gather_positions, info_nce
 from jaxrec.train.losses import token_cross_entropy
-from jaxrec.decode.driver import decode_texts, generate, padded_length
-from jaxrec.ground.rank import target_ranks
+from jaxrec.decode.driver import padded_length
+from jaxrec.eval import evaluators
+from jaxrec.eval.evaluators import constrained_generation, free_generation, grounding
 from jaxrec.ground.embed import embed_prompt_texts
 from jaxrec.models.prompts import bos_id, encode
 from jaxrec.models.section import ModelSection, make_model
@@ -455,21 +456,21 @@ def evaluate(config: Config) -> dict:
     trie = ItemTrie.from_sequences(encode(tokenizer, titles), eos_id=eos, vocab_size=model.config.vocab_size)
     prompts = {part: model_inputs(tokenizer, ex) for part, ex in parts.items()}
     targets = {part: np.asarray([x.target for x in ex], np.int32) for part, ex in parts.items()}
-    beams = dict(eos_id=eos, pad_id=pad, length_penalty=g.length_penalty, batch_size=g.batch_size,
-                 max_new_tokens=trie.max_length + 1)
-    length = padded_length(prompts["valid"] + prompts["test"])
+    beams = dict(length_penalty=g.length_penalty, batch_size=g.batch_size,
+                 length=padded_length(prompts["valid"] + prompts["test"]))
     result = {"method": "rsllm", "data": config.data.describe(), "model": config.model.describe(),
               "catalog_items": ds.num_items, "examples": {k: len(v) for k, v in parts.items()},
-              "num_beams": g.num_beams, "random": random_ranking_metrics(ds.num_items, ks)}
+              "num_beams": g.num_beams, "random": random_ranking_metrics(ds.num_items, ks),
+              "protocol": {"constrained": evaluators.protocol("constrained", ds.num_items, num_beams=g.num_beams),
+                           "free": evaluators.protocol("grounding", ds.num_items)}}
     seconds = {}
 
     if e.constrained:
         t0 = time.perf_counter()
         out = {"list_length": g.num_beams}
         for part in parts:
-            _, _, items = generate(model, prompts[part], constraint=trie, num_beams=g.num_beams, length=length,
-                                       desc=f"constrained {part}", **beams)
-            out[part] = list_metrics(items, targets[part], ks)
+            out[part] = constrained_generation(model, prompts[part], targets[part], trie, ks, num_beams=g.num_beams,
+                                               eos_id=eos, pad_id=pad, desc=f"constrained {part}", **beams)[0]
         result["constrained"] = out
         seconds["constrained"] = round(time.perf_counter() - t0, 2)
 
@@ -477,15 +478,12 @@ def evaluate(config: Config) -> dict:
         t0 = time.perf_counter()
         texts, exact = {}, {}
         for part in parts:
-            seqs, _, items = generate(model, prompts[part], constraint=trie, mode="none", num_beams=g.num_beams,
-                                          num_return_sequences=1, length=length, desc=f"free {part}", **beams)
-            texts[part] = [clean(t) for t in decode_texts(tokenizer, seqs[:, 0], eos)]
-            exact[part] = float(np.mean(items[:, 0] >= 0))
+            generated, exact[part] = free_generation(model, tokenizer, prompts[part], trie, num_beams=g.num_beams,
+                                                     max_new_tokens=trie.max_length + 1, desc=f"free {part}", **beams)
+            texts[part] = [clean(t) for t in generated]
         embeddings = embed_prompt_texts(model, tokenizer, {"items": titles, **texts}, g.batch_size)
         items_emb = embeddings.pop("items")
-        free = {"ground_model": "fine_tuned", "exact_title_rate": exact}
-        for part, q in embeddings.items():
-            free[part] = metrics_from_ranks(np.asarray(target_ranks(q, items_emb, targets[part], metric="l2")), ks)
+        free = {"ground_model": "fine_tuned", "exact_title_rate": exact, **grounding(embeddings, items_emb, targets, ks)}
         result["free"] = free
         result["samples"] = [{"target": titles[t], "free": x} for t, x in zip(targets["test"][:3], texts["test"][:3])]
         seconds["free_and_grounding"] = round(time.perf_counter() - t0, 2)
@@ -494,9 +492,10 @@ def evaluate(config: Config) -> dict:
         t0 = time.perf_counter()
         examples = sample_examples(rsllm_eval_examples(ds, split, "test", 2, p.domain, p.max_history,
                                                        candidates=e.num_candidates, seed=e.seed), e.users, e.seed)
-        seqs, _, _ = generate(model, model_inputs(tokenizer, examples), constraint=trie, mode="none", num_beams=1,
-                                  desc="LLaRA candidates", **beams)
-        answers = [clean(t) for t in decode_texts(tokenizer, seqs[:, 0], eos)]
+        answers, _ = free_generation(model, tokenizer, model_inputs(tokenizer, examples), trie, num_beams=1,
+                                     max_new_tokens=trie.max_length + 1, length_penalty=g.length_penalty,
+                                     batch_size=g.batch_size, desc="LLaRA candidates")
+        answers = [clean(t) for t in answers]
         result["llara"] = {"protocol": examples[0].meta["protocol"] if examples else None,
                            "test": llara_metrics(answers, examples, titles),
                            "random_HR@1": 1.0 / e.num_candidates,

@@ -39,8 +39,8 @@ from jaxrec.data.splits import LeaveOneOut, leave_one_out
 from jaxrec.data.tasks import Example
 from jaxrec.data.tasks.rows import leave_one_out_rows
 from jaxrec.errors import ConfigError
-from jaxrec.eval.metrics import list_metrics, metrics_from_ranks
-from jaxrec.eval.ranking import item_counts, static_ranks
+from jaxrec.eval import evaluators
+from jaxrec.eval.ranking import item_counts
 from jaxrec.index.build import IndexConfig
 from jaxrec.index.collisions import ResolveConfig
 from jaxrec.timing import Clock
@@ -53,7 +53,6 @@ from jaxrec.data.pipeline import TokenDataConfig
 from jaxrec.models.lora import LoraConfig
 from jaxrec.train.config import OptimConfig, TrainConfig
 from jaxrec.eval.sample import eval_subset
-from jaxrec.decode.driver import constrained_items
 from jaxrec.models.prompts import prompt_ids
 from jaxrec.models.registry import architecture
 from jaxrec.models.section import ModelSection, make_model
@@ -263,17 +262,16 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     codes = read_index(Path(config.out_dir) / INDEX_FILE, ds.num_items)
     model, tokenizer = load_run(config.out_dir, "fine_tuned", config.model.dtype, config.model)
     decoder = BeamDecoder(config, codes, tokenizer, model.config.vocab_size)
-    popularity_ranks = static_ranks(item_counts(split.train, ds.num_items))
+    counts = item_counts(split.train, ds.num_items)
     result = {"method": "tiger", "data": config.data.describe(), "model": config.model.describe(),
               "catalog_items": ds.num_items, "index_levels": int(codes.shape[1]), "num_beams": e.num_beams,
-              "protocol": f"exact-trie beam search over all items; a target outside the {e.num_beams} beams is a miss"}
+              "protocol": evaluators.protocol("constrained", ds.num_items, num_beams=e.num_beams)}
     for part in e.parts:
         t0 = time.perf_counter()
         texts, targets = decoder.inputs(split, part, e.users)
-        items = decoder.items(model, texts, f"tiger {part}")
-        result[part] = {"users": len(texts), "tiger": list_metrics(items, targets, e.ks),
-                        "popularity": metrics_from_ranks(popularity_ranks[targets], e.ks),
-                        "item_rate": float(np.mean(items >= 0)), "seconds": round(time.perf_counter() - t0, 2)}
+        metrics = decoder.metrics(model, texts, targets, f"tiger {part}")
+        result[part] = {"users": len(texts), "tiger": metrics, "popularity": evaluators.popularity(counts, targets, e.ks),
+                        "item_rate": metrics.pop("item_rate"), "seconds": round(time.perf_counter() - t0, 2)}
     result["seconds"] = round(time.perf_counter() - start, 2)
     write_json(Path(config.out_dir) / "results.json", result)
     return result
@@ -301,12 +299,12 @@ class BeamDecoder:
         return ([encoder_text(rows.histories[i], int(rows.users[i]), self.item_tokens, self.config)
                  for i in chosen.tolist()], rows.targets[chosen])
 
-    def items(self, model, texts: list[str], desc: str) -> np.ndarray:
-        """int32 [P, num_beams]: each input's beam items, best first (-1: not an item)."""
-        return constrained_items(model, prompt_ids(self.tokenizer, model, texts), self.trie, mode="trie",
-                                 num_beams=self.eval.num_beams, eos_id=self.eos, pad_id=self.pad,
-                                 batch_size=self.eval.batch_size, length=self.length,
-                                 desc=desc if self.eval.progress else None)
+    def metrics(self, model, texts: list[str], targets: np.ndarray, desc: str) -> dict:
+        """Metrics of each input's beam list (and ``item_rate``) against ``targets``."""
+        return evaluators.constrained_generation(
+            model, prompt_ids(self.tokenizer, model, texts), targets, self.trie, self.eval.ks, mode="trie",
+            num_beams=self.eval.num_beams, eos_id=self.eos, pad_id=self.pad, batch_size=self.eval.batch_size,
+            length=self.length, desc=desc if self.eval.progress else None)[0]
 
 
 def validation_curve(config: Config, split: LeaveOneOut, codes: np.ndarray, tokenizer, vocab_size: int):
@@ -316,6 +314,8 @@ def validation_curve(config: Config, split: LeaveOneOut, codes: np.ndarray, toke
     texts, targets = decoder.inputs(split, "valid", config.eval.curve_users)
 
     def evaluate(model) -> dict:
-        return list_metrics(decoder.items(model, texts, "tiger curve"), targets, config.eval.ks)
+        metrics = decoder.metrics(model, texts, targets, "tiger curve")
+        metrics.pop("item_rate")
+        return metrics
 
     return evaluate
