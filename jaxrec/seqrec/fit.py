@@ -78,9 +78,10 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     finally:
         trainer.close()
     train_seconds = time.time() - start
+    if model is None and not best:  # a SIGTERM before the first validation: nothing to keep yet (resumable)
+        return {"method": "sasrec", "data": config.data.describe(), "step": summary["step"],
+                "stopped": summary["stopped"], "out_dir": str(out_dir)}
     if model is None:
-        if not best:
-            raise DataError(f"{out_dir}: training stopped before the first validation; no model to keep")
         model = trainer.model()
         nnx.update(model, best["params"])
     save_params(model, out_dir / "params.safetensors")
