@@ -1,4 +1,5 @@
-"""jaxrec.ground.topk / target_ranks against a NumPy brute force (fp32), one device and 8."""
+"""jaxrec.ground.topk / target_ranks against a NumPy brute force (fp32) and torch (topk over torch.mm /
+torch.cdist scores; skipped without torch), one device and 8."""
 
 import jax
 import numpy as np
@@ -140,6 +141,42 @@ def test_target_ranks_match_brute_force(data, mesh8, metric, sharded):
             targets[0] = target
             ranks = target_ranks(queries, items, targets, "l2", np.zeros(N, np.float32), exclude=no_exclude, tile=300)
             assert int(ranks[0]) == rank
+
+
+def torch_scores(queries, items, metric, bias):
+    """The peer's fp32 score matrix [Q, N]: torch.mm (cosine on F.normalize'd rows) or -torch.cdist²."""
+    torch = pytest.importorskip("torch")
+    q, x = torch.from_numpy(queries), torch.from_numpy(items)
+    if metric == "cosine":
+        q, x = torch.nn.functional.normalize(q, dim=1), torch.nn.functional.normalize(x, dim=1)
+    s = -torch.cdist(q, x) ** 2 if metric == "l2" else q @ x.T
+    return s + torch.from_numpy(bias)
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_topk_and_target_ranks_match_torch(data, mesh8, config):
+    """Peer: torch.topk of the torch scores gives the same scores, and the same ids wherever torch's
+    list has no near-tie; target ranks equal the count of torch scores ahead of the target's."""
+    queries, items, bias = data
+    metric, k, tile, sharded = CONFIGS[config]
+    peer = torch_scores(queries, items, metric, bias)
+    ext_s, ext_i = (t.numpy() for t in peer.topk(k + 1, dim=1))  # one more: the k-th score's next neighbour
+    peer_s, peer_i = ext_s[:, :k], ext_i[:, :k]
+    s, i = (np.asarray(a) for a in run_topk(data, mesh8, config, bias))
+    full = peer.numpy()
+    np.testing.assert_allclose(s, peer_s, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.take_along_axis(full, i, 1), peer_s, rtol=1e-5, atol=1e-4)
+    apart = np.abs(np.diff(ext_s, axis=1)) > 1e-4  # [Q, k]: position j is apart from position j+1
+    clear = apart & np.concatenate([np.ones((Q, 1), bool), apart[:, :-1]], 1)  # ... and from j-1
+    assert clear.mean() > 0.9  # the id check below covers most positions
+    np.testing.assert_array_equal(np.where(clear, i, -1), np.where(clear, peer_i, -1))
+
+    at_target = full[np.arange(Q), RANK_TARGETS][:, None]  # [Q, 1]
+    others = np.where(np.arange(N) == RANK_TARGETS[:, None], np.inf, full)
+    assert np.abs(others - at_target).min() > 1e-5  # no near-tie with a target: the count below is robust
+    ahead = (full > at_target) | ((full == at_target) & (np.arange(N) < RANK_TARGETS[:, None]))
+    ranks = target_ranks(queries, items, RANK_TARGETS, metric, bias, tile=tile, mesh=mesh8 if sharded else None)
+    np.testing.assert_array_equal(np.asarray(ranks), ahead.sum(1) + 1)
 
 
 def test_clear_errors(data):
