@@ -54,43 +54,38 @@ Run directory ``out_dir``: ``stage1/`` (an :mod:`jaxrec.models.run_dir` run), ``
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Literal, Sequence
 
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx, traverse_util
+from flax import nnx
 
-from jaxrec.atomic import atomic_file, write_json
-from jaxrec.config import to_dict
+from jaxrec import seqrec
+from jaxrec.atomic import write_json
 from jaxrec.data.dataset import Dataset
-from jaxrec.data.pipeline import CausalFeatures
+from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.data.splits import LeaveOneOut, leave_one_out
-from jaxrec.data.tasks import (ITEM_PLACEHOLDER, Example, rsllm_candidate_examples, rsllm_eval_examples,
-                               rsllm_train_examples, sliding_rows)
+from jaxrec.data.tasks import Example, rsllm_candidate_examples, rsllm_eval_examples, rsllm_train_examples, sliding_rows
 from jaxrec.data.tasks.domains import DomainName
 from jaxrec.data.tasks.item_text import titles as item_titles
 from jaxrec.decode import ItemTrie
-from jaxrec.errors import ConfigError, DataError
-from jaxrec.eval.metrics import random_ranking_metrics
-from jaxrec import seqrec
-
-from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
-from jaxrec.models import projector as proj
-from jaxrec.models.lora import LoraConfig
-from jaxrec.train.config import TrainConfig
-from jaxrec.train.contrastive import first_positions, gather_positions, info_nce
-from jaxrec.train.losses import token_cross_entropy
 from jaxrec.decode.driver import padded_length
+from jaxrec.errors import DataError
 from jaxrec.eval import evaluators
 from jaxrec.eval.evaluators import constrained_generation, free_generation, grounding
+from jaxrec.eval.metrics import random_ranking_metrics
 from jaxrec.ground.embed import embed_prompt_texts
+from jaxrec.models import projector as proj
+from jaxrec.models.injected_run import ProjectorConfig, load_stage2, new_projector, save_stage2
+from jaxrec.models.item_prompts import TaggedFeatures, encode_prompts, model_inputs
+from jaxrec.models.lora import LoraConfig
 from jaxrec.models.prompts import bos_id, encode
+from jaxrec.models.run_dir import make_tokenizer, save_run, start_run
 from jaxrec.models.section import ModelSection, make_model
-from jaxrec.models.run_dir import RUN_FILE, load_run, make_tokenizer, run_state, save_run, start_run, warn_if_preempted
+from jaxrec.train.config import TrainConfig
+from jaxrec.train.contrastive import ContrastiveConfig, lm_contrastive_loss
 from jaxrec.train.finetune import finetune, train_rows
 
 log = logging.getLogger("jaxrec.methods.rsllm")
@@ -119,25 +114,6 @@ class IdModelConfig:
     trainable: bool = False
     model: seqrec.ModelConfig = dataclasses.field(default_factory=seqrec.ModelConfig)
     train: seqrec.TrainConfig = dataclasses.field(default_factory=seqrec.TrainConfig)
-
-
-@dataclasses.dataclass
-class ProjectorConfig:
-    hidden_size: int | None = None  # None: the LLM's hidden size
-    seed: int = 0
-
-
-@dataclasses.dataclass
-class ContrastiveConfig:
-    """Stage-2 loss weights and InfoNCE temperature."""
-
-    lambda_seq: float = 0.1  # InfoNCE(h_user, z_target)
-    lambda_item: float = 0.1  # InfoNCE(z_item, t_item)
-    temperature: float = 0.1
-
-    def __post_init__(self):
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
 
 
 @dataclasses.dataclass
@@ -196,80 +172,7 @@ def max_placeholders(prompts: PromptConfig) -> int:
     return prompts.max_history + (prompts.train_candidates or 0)
 
 
-def encode_prompts(tokenizer, examples: Sequence[Example]) -> list[list[int]]:
-    """Prompt token ids (no BOS) with each ``<item_emb>`` encoded as ``-1 - item`` (in
-    ``meta["placeholder_items"]`` order); the text between placeholders is tokenized piecewise."""
-    pieces = []
-    for e in examples:
-        parts = e.prompt.split(ITEM_PLACEHOLDER)
-        if len(parts) - 1 != len(e.meta.get("placeholder_items", [])):
-            raise DataError(f"prompt of user {e.user} has {len(parts) - 1} placeholders but "
-                            f"{len(e.meta.get('placeholder_items', []))} placeholder_items")
-        pieces.extend(parts)
-    encoded = iter(encode(tokenizer, pieces))
-    out = []
-    for e in examples:
-        ids = list(next(encoded))
-        for item in e.meta.get("placeholder_items", []):
-            ids += [proj.placeholder_id(item)] + list(next(encoded))
-        out.append(ids)
-    return out
-
-
-def model_inputs(tokenizer, examples: Sequence[Example]) -> list[list[int]]:
-    """Decoder-only model inputs: ``[BOS] +`` :func:`encode_prompts`."""
-    bos = bos_id(tokenizer)
-    return [([bos] if bos is not None else []) + ids for ids in encode_prompts(tokenizer, examples)]
-
-
-@dataclasses.dataclass(frozen=True)
-class TaggedFeatures(CausalFeatures):
-    """:class:`CausalFeatures` plus ``target_tag`` [T] int32: ``1 + target item`` at the last prompt
-    position (where ``h_user`` is read), 0 elsewhere (and everywhere when truncation cut it off)."""
-
-    def map(self, example: dict) -> dict:
-        out = super().map(example)
-        tag = np.zeros(len(out["input_ids"]), np.int32)
-        last = len(example["prompt_ids"]) + (self.bos_id is not None) - 1
-        if last < len(tag):
-            tag[last] = example["target"] + 1
-        out["target_tag"] = tag
-        return out
-
-
 # ----------------------------------------------------------------------------- loss
-
-
-def stage2_loss(contrastive: ContrastiveConfig, max_placeholders: int):
-    """The stage-2 loss ``(model, batch) -> (loss, tokens, metrics)`` for a model whose
-    ``embed_tokens`` is an :class:`~jaxrec.models.projector.ItemInjectingEmbed`."""
-    c = contrastive
-
-    def loss_fn(model, batch):
-        ids, targets = batch["input_ids"], batch["targets"]
-        hidden = model(ids, attention_mask=batch["attention_mask"], return_hidden=True)  # [B,T,d]
-        mask = batch["loss_mask"] * (targets >= 0)  # a placeholder is never a prediction target
-        lm, count = token_cross_entropy(model.logits(hidden), jnp.maximum(targets, 0), mask)
-        loss, metrics = lm, {"lm_loss": lm}
-        embed = model.embed_tokens
-        if c.lambda_seq:
-            tag = batch["target_tag"]
-            position = jnp.argmax(tag > 0, axis=1)
-            target = jnp.maximum(tag.max(axis=1) - 1, 0)
-            h_user = gather_positions(hidden, position[:, None])[:, 0]
-            seq = info_nce(h_user, embed.project(target), tag.max(axis=1) > 0, c.temperature, target)
-            loss, metrics["seq_nce"] = loss + c.lambda_seq * seq, seq
-        if c.lambda_item:
-            positions, valid = first_positions(ids < 0, max_placeholders)  # [B,M]
-            items = jnp.maximum(-1 - jnp.take_along_axis(ids, positions, axis=1), 0)
-            text = gather_positions(hidden, positions - 1)
-            d = hidden.shape[-1]
-            item = info_nce(embed.project(items).reshape(-1, d), text.reshape(-1, d), valid.reshape(-1),
-                            c.temperature, items.reshape(-1))
-            loss, metrics["item_nce"] = loss + c.lambda_item * item, item
-        return loss, count, metrics
-
-    return loss_fn
 
 
 # ----------------------------------------------------------------------------- stages
@@ -317,68 +220,6 @@ def item_id_embeddings(config: Config, ds: Dataset, split: LeaveOneOut) -> np.nd
     return proj.unit_rms(table)
 
 
-def new_projector(config: Config, model, id_dim: int, out_rms: float) -> proj.ItemProjector:
-    d = model.config.hidden_size
-    return proj.ItemProjector(id_dim, config.projector.hidden_size or d, d, out_rms=out_rms,
-                              rngs=nnx.Rngs(params=config.projector.seed))
-
-
-def _projector_params(projector: proj.ItemProjector) -> dict:
-    return traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(projector, nnx.Param)), sep=".")
-
-
-def save_stage2(run_dir: Path, model, train: TrainConfig, config: Config, summary: dict) -> None:
-    """Detach the injecting layer and write stage 2 (weights, projector, ID table, ``run.json`` last)."""
-    import safetensors.numpy
-
-    from jaxrec.models import save_pretrained
-    from jaxrec.models.peft_io import save_adapter
-
-    layer = proj.detach(model)
-    if train.lora.mode == "lora":
-        save_adapter(model, run_dir / "adapter", train.lora, base_model=str(run_dir.parent / "stage1"))
-    else:
-        save_pretrained(model, run_dir / "model")
-    with atomic_file(run_dir / "projector.safetensors", "wb") as f:
-        f.write(safetensors.numpy.save({k: np.asarray(v) for k, v in _projector_params(layer.projector).items()}))
-    with atomic_file(run_dir / "item_table.npy", "wb") as f:
-        np.save(f, np.asarray(layer.item_table[...], np.float32))
-    write_json(run_dir / RUN_FILE, {"mode": train.lora.mode, "stage1": str(run_dir.parent / "stage1"),
-                                        **run_state(summary), "config": to_dict(config)})
-
-
-def load_stage2(config: Config):
-    """(injected model, tokenizer) of a trained run: stage-1 model, stage-2 weights merged, projector."""
-    import safetensors.numpy
-
-    from jaxrec.models import load_pretrained
-    from jaxrec.models.lora import remove_lora
-    from jaxrec.models.peft_io import load_adapter
-    from jaxrec.models.tokenizer import load_tokenizer
-
-    out = Path(config.out_dir)
-    if not (out / "stage2" / RUN_FILE).is_file():
-        raise ConfigError(f"{out}: no stage2/{RUN_FILE}; train this config first (jaxrec train --config ...)")
-    meta = json.loads((out / "stage2" / RUN_FILE).read_text())
-    warn_if_preempted(out / "stage2", meta)
-    if meta["mode"] == "lora":
-        model, tokenizer = load_run(out / "stage1", "fine_tuned", config.model.dtype, config.model)
-        load_adapter(model, out / "stage2" / "adapter")
-        remove_lora(model, merge=True)
-    else:
-        tokenizer = load_tokenizer(out / "stage1" / "tokenizer")
-        model = load_pretrained(out / "stage2" / "model", dtype=config.model.dtype)
-    table = np.load(out / "stage2" / "item_table.npy")
-    projector = nnx.eval_shape(lambda: new_projector(config, model, table.shape[1], 1.0))  # weights come from the file
-    saved = safetensors.numpy.load_file(str(out / "stage2" / "projector.safetensors"))
-    params = _projector_params(projector)
-    if set(saved) != set(params) or any(saved[k].shape != params[k].shape for k in params):
-        raise ConfigError(f"{out}/stage2/projector.safetensors does not match projector.hidden_size of this config")
-    nnx.update(projector, nnx.State(traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in saved.items()},
-                                                                 sep=".")))
-    return proj.inject(model, projector, table), tokenizer
-
-
 # ----------------------------------------------------------------------------- train
 
 
@@ -409,15 +250,15 @@ def train(config: Config) -> dict:
         return result
 
     remove_lora(model, merge=True)
-    projector = new_projector(config, model, table.shape[1], proj.token_embedding_rms(model))
+    projector = new_projector(config.projector, model, table.shape[1], proj.token_embedding_rms(model))
     proj.inject(model, projector, table, trainable_table=config.id_model.trainable)
     train2 = with_log_dir(config.stage2, out / "logs" / "stage2")
     train2 = dataclasses.replace(train2, lora=stage_lora(train2.lora, 2, config.id_model.trainable))
     model, summary2 = fit_stage2(model, tokenizer, unified_examples, train2,
-                                 stage2_loss(config.contrastive, max_placeholders(p)))
+                                 lm_contrastive_loss(config.contrastive, max_placeholders(p)))
     stage2_dir = out / "stage2"
     stage2_dir.mkdir(parents=True, exist_ok=True)
-    save_stage2(stage2_dir, model, dataclasses.replace(train2, lora=config.stage2.lora), config, summary2)
+    save_stage2(stage2_dir, model, config.stage2.lora, config, summary2)
     return {**result, "stage2": summary2}
 
 
@@ -450,7 +291,7 @@ def evaluate(config: Config) -> dict:
     p, g, e, ks = config.prompts, config.generation, config.eval, config.eval.ks
     parts = {part: sample_examples(rsllm_eval_examples(ds, split, part, 2, p.domain, p.max_history), e.users, e.seed)
              for part in ("valid", "test")}
-    model, tokenizer = load_stage2(config)
+    model, tokenizer = load_stage2(config.out_dir, config.model, config.projector)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     titles = item_titles(ds)
     trie = ItemTrie.from_sequences(encode(tokenizer, titles), eos_id=eos, vocab_size=model.config.vocab_size)
