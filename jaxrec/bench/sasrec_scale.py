@@ -61,10 +61,10 @@ def _peak_rss_gib() -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    from jaxrec import seqrec
     from jaxrec.bench.hardware import hardware_info
     from jaxrec.config import from_dict
     from jaxrec.data.splits import leave_one_out
-    from jaxrec import seqrec
     from jaxrec.seqrec.batches import EpochBatches, training_pairs
 
     start = time.perf_counter()

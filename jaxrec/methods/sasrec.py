@@ -34,7 +34,7 @@ from jaxrec.models.sasrec import load_params
 from jaxrec.seqrec import Config, EvalConfig, ModelConfig, TrainConfig, build_model, fit
 from jaxrec.seqrec.evaluate import evaluate_model
 
-__all__ = ["Config", "EvalConfig", "ModelConfig", "TrainConfig", "fit", "train", "evaluate"]
+__all__ = ["Config", "EvalConfig", "ModelConfig", "TrainConfig", "evaluate", "fit", "train"]
 
 
 def train(config: Config) -> dict:

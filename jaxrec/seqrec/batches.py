@@ -95,7 +95,7 @@ class EpochBatches:
         self._epoch_rng = json.loads(json.dumps(self._rng.bit_generator.state))  # the rng at this epoch's start
         self._batches = epoch_batches(self.labels, self.batch_size, self._rng) if epoch < self.epochs else []
 
-    def __iter__(self) -> "EpochBatches":
+    def __iter__(self) -> EpochBatches:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:

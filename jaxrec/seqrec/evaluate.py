@@ -10,18 +10,13 @@ import numpy as np
 from flax import nnx
 
 from jaxrec.data.splits import LeaveOneOut
+from jaxrec.eval import evaluators
 from jaxrec.eval.metrics import metrics_from_ranks
 from jaxrec.eval.ranking import batched_ranks
 from jaxrec.ground.rank import target_ranks
 from jaxrec.models.sasrec import SASRec, to_tokens
 from jaxrec.seqrec.batches import eval_arrays
 from jaxrec.seqrec.config import EvalConfig
-
-
-def protocol(exclude_history: bool) -> str:
-    """The evaluation protocol, as written into every result."""
-    history = "excluded from" if exclude_history else "kept in"
-    return f"leave-one-out, every item ranked (ties to the lower id), the user's history items {history} the ranking"
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -44,6 +39,7 @@ def split_metrics(model: SASRec, arrays: dict[str, np.ndarray], cfg: EvalConfig)
 
 def evaluate_model(model: SASRec, split: LeaveOneOut, cfg: EvalConfig, which: tuple[str, ...] = ("valid", "test")) -> dict:
     """``{"protocol": ..., split name: full-catalog metrics}`` of ``model`` for the valid and/or test targets."""
-    return {"protocol": protocol(cfg.exclude_history),
+    protocol = evaluators.protocol("scores", model.config.num_items, exclude_history=cfg.exclude_history)
+    return {"protocol": protocol,
             **{name: split_metrics(model, eval_arrays(split, name, model.config.max_len, cfg.exclude_history), cfg)
                for name in which}}

@@ -28,10 +28,16 @@ from jaxrec.data.dataset import Dataset
 from jaxrec.data.pipeline import DeviceIterator
 from jaxrec.data.splits import LeaveOneOut
 from jaxrec.errors import DataError
+from jaxrec.eval import evaluators
 from jaxrec.models.sasrec import SASRec, SASRecConfig, save_params
-from jaxrec.seqrec.batches import EpochBatches, eval_arrays, proposal_log_q, training_pairs
+from jaxrec.seqrec.batches import (
+    EpochBatches,
+    eval_arrays,
+    proposal_log_q,
+    training_pairs,
+)
 from jaxrec.seqrec.config import SELECT_METRIC, Config, ModelConfig, engine_config
-from jaxrec.seqrec.evaluate import protocol, split_metrics
+from jaxrec.seqrec.evaluate import split_metrics
 from jaxrec.train.next_item_loss import next_item_loss
 from jaxrec.train.trainer import Trainer
 
@@ -92,7 +98,7 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     result = {
         "method": "sasrec",
         "data": config.data.describe(),
-        "protocol": protocol(config.eval.exclude_history),
+        "protocol": evaluators.protocol("scores", ds.num_items, exclude_history=config.eval.exclude_history),
         "best_epoch": best_row["epoch"],
         "epochs_run": -(-summary["step"] // spe),
         "step": summary["step"],
