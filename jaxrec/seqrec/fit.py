@@ -73,8 +73,8 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
 
     def evaluate(model: SASRec) -> dict:
         metrics = split_metrics(model, valid, config.eval)
-        if metrics[SELECT_METRIC] > best.get(SELECT_METRIC, -1.0):  # kept in memory when there are no checkpoints
-            best.update(metrics, params=jax.device_get(nnx.state(model, nnx.Param)))
+        if trainer.checkpointer is None and metrics[SELECT_METRIC] > best.get(SELECT_METRIC, -1.0):
+            best.update(metrics, params=jax.device_get(nnx.state(model, nnx.Param)))  # else: the best checkpoint
         return metrics
 
     start = time.time()
