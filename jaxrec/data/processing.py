@@ -55,25 +55,25 @@ def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
 def dedup_mask(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None) -> np.ndarray:
     """bool [E]: True for the earliest occurrence of each (user, item) pair (ties: source order).
 
-    ``users``/``items`` are non-negative int [E]. One stable sort by pair finds the repeated pairs (near linear
-    when the source is grouped by user); only their rows are ordered by (pair, time, source position).
+    ``users``/``items`` are non-negative int [E]. One stable sort by pair finds the repeated pairs (none when the
+    rows are strictly in pair order); only their rows are ordered by (pair, time, source position).
     """
     n = users.shape[0]
     keep = np.ones(n, dtype=bool)
     if n < 2:
         return keep
+    next_user = users[1:] > users[:-1]
+    if np.all(next_user | ((users[1:] == users[:-1]) & (items[1:] > items[:-1]))):
+        return keep  # strictly in pair order (e.g. MovieLens: by user, then movie): no pair repeats
+    del next_user
     pair = users.astype(np.int64)
     pair *= int(items.max()) + 1
     pair += items
-    in_order = bool(np.all(pair[1:] >= pair[:-1]))  # e.g. MovieLens: by user, then movie
-    by_pair = None if in_order else np.argsort(pair, kind="stable")
-    if by_pair is not None:
-        pair = pair[by_pair]
+    by_pair = np.argsort(pair, kind="stable")
+    pair = pair[by_pair]
     same = pair[1:] == pair[:-1]
     if not same.any():
         return keep
-    if by_pair is None:
-        by_pair = np.arange(n)
     repeated = np.zeros(n, dtype=bool)  # in pair order: the rows of pairs that occur more than once
     repeated[1:] |= same
     repeated[:-1] |= same
