@@ -1,6 +1,6 @@
 """The canonical dataset every method reads: items with text, users, chronological sequences.
 
-On disk (a directory, readable with plain tools; see docs/DATA_FORMAT.md)::
+On disk (a directory of Parquet and .npy files, readable with pyarrow / pandas and numpy; see docs/DATA_FORMAT.md)::
 
     meta.json        {"format": "jaxrec-dataset", "version": 2, "name", "users", "items",
                       "interactions", "has_timestamps", "has_ratings", "info": {...provenance...}}
