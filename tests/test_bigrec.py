@@ -13,6 +13,8 @@ from jaxrec.models.prompts import encode, prompt_ids
 from jaxrec.models.section import ModelSection, make_model
 from jaxrec.models.run_dir import VOCAB_GROWTH_FILE, grow_vocab, load_run, make_tokenizer, save_run, start_run
 
+from brute_force import hr_ndcg, rank_of, subset
+
 TINY = {
     "method": "bigrec",
     "data": {"synthetic": {"preset": "tiny", "num_users": 60, "num_items": 60}},
@@ -26,6 +28,13 @@ TINY = {
     "ground": {"model": "fine_tuned", "batch_size": 64},
     "eval": {"ks": [1, 5, 10]},
 }
+# Fixed-seed figures of the run below (3 steps, 8 valid + 8 test examples; read from its results.json
+# on CPU, fp32). One example more or less moves HR by 1/8; fp32 rounding on another host moves beam
+# scores and embeddings by ~1e-6, hence abs=1e-4.
+FREE = {"valid": {"HR@1": 0.0, "HR@5": 0.125, "NDCG@5": 0.0625, "HR@10": 0.125, "NDCG@10": 0.0625},
+        "test": {"HR@1": 0.0, "HR@5": 0.0, "HR@10": 0.25, "NDCG@10": 0.079295}}
+CONSTRAINED_TEST = {"HR@1": 0.0, "HR@5": 0.125, "NDCG@5": 0.078866}
+FUSION_GAMMAS = {"HR@1": 0.0, "NDCG@1": 0.0, "HR@5": 20.0, "NDCG@5": 71.0, "HR@10": 10.0, "NDCG@10": 95.0}
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +58,15 @@ def test_end_to_end_output_structure(run):
     for part in ("valid", "test"):
         hits = [r["constrained"] == r["target"] for r in rows if r["part"] == part]
         assert len(hits) == 8 and result["constrained"][part]["HR@1"] == pytest.approx(sum(hits) / 8)
-    assert set(result["free"]["popularity_fusion"]) == keys
-    assert all(0 <= v["gamma"] < 100 for v in result["free"]["popularity_fusion"].values())
+    for part in ("valid", "test"):
+        assert subset(result["free"][part], FREE[part]) == pytest.approx(FREE[part], abs=1e-4)
+    assert subset(result["constrained"]["test"], CONSTRAINED_TEST) == pytest.approx(CONSTRAINED_TEST, abs=1e-4)
+    fusion = result["free"]["popularity_fusion"]
+    assert {name: v["gamma"] for name, v in fusion.items()} == FUSION_GAMMAS
+    for name, v in fusion.items():  # γ = 0 is the plain grounding: the γ chosen on valid is at least as good
+        assert v["valid"] >= result["free"]["valid"][name]
+        if v["gamma"] == 0:
+            assert v["test"] == pytest.approx(result["free"]["test"][name])
     assert result["random"]["HR@10"] == pytest.approx(10 / 60)
     saved = json.loads((Path(config.out_dir) / "results.json").read_text())
     assert saved == json.loads(json.dumps(result))
@@ -71,6 +87,42 @@ def test_popularity_row_equals_brute_force(run):
     examples = bigrec_eval_examples(ds, split, "test", "items", sample=8)
     ranks = np.array([order.index(e.target) + 1 for e in examples])
     assert result["popularity"]["test"] == pytest.approx(metrics_from_ranks(ranks, [1, 5, 10]))
+
+
+def test_free_and_fusion_figures_recomputed_from_the_written_generations(run):
+    """generations.jsonl's free texts embedded again by the fine-tuned model, every item ranked by a NumPy
+    L2 brute force (ties to the lower id), and BIGRec's popularity fusion over the γ grid with γ chosen on
+    valid (the smallest γ wins ties): the written free and fusion figures."""
+    from jaxrec.data.source import load_dataset
+    from jaxrec.data.tasks import bigrec_eval_examples
+    from jaxrec.data.tasks.item_text import titles
+    from jaxrec.methods import bigrec
+
+    config, _, result = run
+    ds = load_dataset(config.data)
+    split = bigrec.split_of(config, ds)
+    model, tokenizer = load_run(config.out_dir)
+    rows = [json.loads(line) for line in (Path(config.out_dir) / "generations.jsonl").read_text().splitlines()]
+    generated = {part: [r["free"].strip().strip('"') for r in rows if r["part"] == part] for part in ("valid", "test")}
+    embedded = embed_prompt_texts(model, tokenizer, {"items": titles(ds), **generated}, config.ground.batch_size)
+    items = embedded.pop("items").astype(np.float64)
+    counts = np.bincount(split.train.target, minlength=ds.num_items).astype(np.float64)
+    weights = (counts - counts.min()) / (counts.max() - counts.min())  # BIGRec's popularity C in [0, 1]
+    ks, ranks = (1, 5, 10), {}
+    for part, queries in embedded.items():
+        targets = [e.target for e in bigrec_eval_examples(ds, split, part, "items", config.split.history,
+                                                          config.prompts.eval_sample, config.prompts.seed)]
+        dist = np.linalg.norm(queries.astype(np.float64)[:, None] - items[None], axis=-1)  # [8, N]
+        expected = hr_ndcg([rank_of(t, -d) for t, d in zip(targets, dist)], ks)
+        assert subset(result["free"][part], expected) == pytest.approx(expected)
+        normed = (dist - dist.min(1, keepdims=True)) / (dist.max(1, keepdims=True) - dist.min(1, keepdims=True))
+        ranks[part] = [[rank_of(t, -f) for t, f in zip(targets, normed * (1 + weights) ** -gamma)]
+                       for gamma in range(100)]  # BIGRec's grid 0, 1, ..., 99
+    for name, written in result["free"]["popularity_fusion"].items():
+        valid = [hr_ndcg(r, ks)[name] for r in ranks["valid"]]
+        gamma = int(np.argmax(valid))
+        assert written == pytest.approx({"gamma": gamma, "valid": valid[gamma],
+                                         "test": hr_ndcg(ranks["test"][gamma], ks)[name]})
 
 
 def test_generations_file_lists_every_evaluated_example(run):
