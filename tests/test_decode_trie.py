@@ -79,3 +79,24 @@ def test_per_level_sets_follow_lcrec():
 def test_bad_items_raise_one_clear_error(seqs, message):
     with pytest.raises(JaxrecError, match=message):
         ItemTrie.from_sequences(seqs, eos_id=EOS, vocab_size=32)
+
+
+def test_a_run_saves_its_trie_and_evaluation_reads_it_back(tmp_path):
+    """run_trie(rebuild=True) writes the index; a later call reads it without building (the builder is not
+    called) and gets the same CSR; a saved index of another catalog size is refused."""
+    from jaxrec.decode.trie import TRIE_FILE, run_trie
+
+    built = run_trie(tmp_path, lambda: ItemTrie.from_sequences(ITEMS, eos_id=EOS), len(ITEMS), rebuild=True)
+    assert (tmp_path / TRIE_FILE).is_file()
+
+    def must_not_build():
+        raise AssertionError("the saved trie should have been read")
+
+    loaded = run_trie(tmp_path, must_not_build, len(ITEMS))
+    for name in ("row_ptr", "edge_token", "item_of_node", "node_depth_start"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(built, name))
+    assert loaded.widths == built.widths and loaded.max_length == built.max_length
+    assert [loaded.item_id(loaded.sequence(i).tolist()) for i in range(len(ITEMS))] == \
+        [built.item_id(built.sequence(i).tolist()) for i in range(len(ITEMS))]
+    with pytest.raises(JaxrecError, match=f"a constraint index of {len(ITEMS)} items, but the dataset has 3"):
+        run_trie(tmp_path, must_not_build, 3)

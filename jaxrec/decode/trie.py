@@ -16,14 +16,18 @@ gives the whole group.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 
+from jaxrec.atomic import atomic_file
 from jaxrec.errors import DataError
+from jaxrec.models.prompts import encode
 
 PAD = -1  # fills the item matrix after each item's EOS
+TRIE_FILE = "item_trie.npz"  # a run directory's constraint index
 
 
 def _item_matrix(seqs: Sequence[Sequence[int]] | np.ndarray, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -180,3 +184,36 @@ class ItemTrie:
     def nbytes(self) -> int:
         """Bytes of the CSR index (row_ptr + edge_token + item_of_node)."""
         return self.row_ptr.nbytes + self.edge_token.nbytes + self.item_of_node.nbytes
+
+    def save(self, path: str | Path) -> None:
+        """Write the item token matrix the trie is built from (``.npz``, atomically)."""
+        lengths = np.argmax(self._matrix == self.eos_id, axis=1) if self.num_items else np.zeros(0, np.int64)
+        with atomic_file(path, "wb") as f:
+            np.savez(f, matrix=self._matrix, lengths=lengths, eos_id=self.eos_id)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ItemTrie":
+        """The trie :meth:`save` wrote (rebuilt from its matrix, no tokenizer needed)."""
+        with np.load(path) as f:
+            return cls(f["matrix"].astype(np.int64), f["lengths"].astype(np.int64), int(f["eos_id"]))
+
+
+def text_trie(tokenizer, texts: Sequence[str], vocab_size: int) -> ItemTrie:
+    """The trie over each item's text (``texts[i]`` = item i; token ids without special tokens)."""
+    return ItemTrie.from_sequences(encode(tokenizer, texts), eos_id=tokenizer.eos_token_id, vocab_size=vocab_size)
+
+
+def run_trie(run_dir: str | Path, build: Callable[[], ItemTrie], num_items: int, *, rebuild: bool = False) -> ItemTrie:
+    """A run's constraint index, saved with the run: training builds it and writes ``run_dir/item_trie.npz``
+    (``rebuild``), evaluation reads it back (and builds it once for a run that predates the file). A saved
+    trie of another catalog size is refused."""
+    path = Path(run_dir) / TRIE_FILE
+    if rebuild or not path.is_file():
+        trie = build()
+        trie.save(path)
+        return trie
+    trie = ItemTrie.load(path)
+    if trie.num_items != num_items:
+        raise DataError(f"{path}: a constraint index of {trie.num_items} items, but the dataset has {num_items}; "
+                        f"evaluate with the data the run was trained on (or retrain)")
+    return trie

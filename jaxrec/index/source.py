@@ -17,6 +17,7 @@ import numpy as np
 from jaxrec.data.dataset import Dataset
 from jaxrec.data.readers.lcrec import INDEX_FIELD
 from jaxrec.data.tasks import item_text
+from jaxrec.decode.trie import ItemTrie
 from jaxrec.errors import DataError
 from jaxrec.ground.embed import Embedder
 from jaxrec.index.build import IndexConfig, build_semantic_index
@@ -150,3 +151,9 @@ def index_token_ids(tokenizer, codes: np.ndarray) -> np.ndarray:
         raise DataError(f"the run's tokenizer lacks {len(missing)} index tokens (first {missing[0]}); "
                         f"was index.json replaced after training? re-run jaxrec train")
     return np.asarray([[vocab[t] for t in row] for row in tokens], np.int32)
+
+
+def index_trie(tokenizer, codes: np.ndarray, vocab_size: int) -> ItemTrie:
+    """The exact item trie over every item's index tokens (codes [N, L])."""
+    return ItemTrie.from_sequences(index_token_ids(tokenizer, codes), eos_id=tokenizer.eos_token_id,
+                                   vocab_size=vocab_size)

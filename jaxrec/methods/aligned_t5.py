@@ -63,6 +63,7 @@ from jaxrec.data.tasks import AlignedT5TaskConfig, Example, aligned_t5_eval_exam
 from jaxrec.data.tasks import item_text
 from jaxrec.data.tasks.span_corruption import sentinel
 from jaxrec.errors import ConfigError, DataError
+from jaxrec.decode.trie import ItemTrie, run_trie, text_trie
 from jaxrec.eval import evaluators
 from jaxrec.eval.ranking import item_counts
 from jaxrec.eval.rating import rating_metrics, ratings_from_log_likelihoods
@@ -235,9 +236,15 @@ def train(config: Config) -> dict:
         raise ConfigError("aligned_t5: no training examples (every task switched off or skipped)")
     model, summary = finetune(model, tokenizer, examples, train_cfg, target_len=config.target_len)
     save_run(out_dir, config.model, model, train_cfg.lora, config, summary)
+    run_trie(out_dir, lambda: keys_trie(tokenizer, keys, space, model.config.vocab_size), ds.num_items, rebuild=True)
     return {"method": "aligned_t5", "data": config.data.describe(), "model": config.model.describe(),
             "id_mode": config.tasks.id_mode, "train_examples": dict(Counter(e.task for e in examples)), **summary,
             "seconds_total": round(time.perf_counter() - start, 2), "out_dir": str(out_dir)}
+
+
+def keys_trie(tokenizer, keys: Sequence[str], space: bool, vocab_size: int) -> ItemTrie:
+    """The constraint index over every item's answer key."""
+    return text_trie(tokenizer, [answer_text(k, space) for k in keys], vocab_size)
 
 
 def _bar(e: EvalConfig, name: str) -> str | None:
@@ -255,21 +262,18 @@ class _EvalContext:
     keys: list[str]
     space: bool
     counts: np.ndarray  # training occurrences per item (popularity)
+    trie: ItemTrie  # the item keys' constraint index
     split: LeaveOneOut
     ds: Dataset
 
 
 def _eval_retrieval(c: _EvalContext, config: Config, part: str, chosen: np.ndarray) -> dict:
-    from jaxrec.decode import ItemTrie
-
     e, tok = config.eval, c.tokenizer
     examples = aligned_t5_eval_examples("retrieval", c.ds, c.split, c.keys, part, config.tasks, config.task_seed)
     examples = [examples[i] for i in chosen.tolist()]
     targets = np.asarray([x.target for x in examples], np.int32)
-    trie = ItemTrie.from_sequences(encode(tok, [answer_text(k, c.space) for k in c.keys]),
-                                   eos_id=tok.eos_token_id, vocab_size=c.model.config.vocab_size)
     prompts = prompt_ids(tok, c.model, [x.prompt for x in examples])
-    metrics = evaluators.constrained_generation(c.model, prompts, targets, trie, e.ks, num_beams=e.num_beams,
+    metrics = evaluators.constrained_generation(c.model, prompts, targets, c.trie, e.ks, num_beams=e.num_beams,
                                                 eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
                                                 batch_size=e.batch_size, desc=_bar(e, f"retrieval {part}"))[0]
     return {"protocol": evaluators.protocol("constrained", c.ds.num_items, num_beams=e.num_beams), **metrics,
@@ -335,7 +339,8 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     e = config.eval
     keys, space = load_item_keys(config.out_dir, ds)
     model, tokenizer = load_run(config.out_dir, "fine_tuned", config.model.dtype, config.model)
-    context = _EvalContext(model, tokenizer, keys, space, item_counts(split.train, ds.num_items), split, ds)
+    trie = run_trie(config.out_dir, lambda: keys_trie(tokenizer, keys, space, model.config.vocab_size), ds.num_items)
+    context = _EvalContext(model, tokenizer, keys, space, item_counts(split.train, ds.num_items), trie, split, ds)
     result = {"method": "aligned_t5", "data": config.data.describe(), "model": config.model.describe(),
               "catalog_items": ds.num_items, "id_mode": config.tasks.id_mode}
     for part in e.parts:

@@ -49,8 +49,9 @@ from jaxrec.data.tasks.lcrec import SEQREC_TEMPLATES, TEMPLATES, LCRecTaskConfig
 from jaxrec.eval import evaluators
 from jaxrec.eval.ranking import item_counts
 from jaxrec.timing import Clock
-from jaxrec.index.source import (INDEX_FILE, EmbeddingSection, IndexSection, index_codes, index_mapping,
-                                 index_token_ids, item_embeddings)
+from jaxrec.decode.trie import run_trie
+from jaxrec.index.source import (INDEX_FILE, EmbeddingSection, IndexSection, index_codes, index_mapping, index_trie,
+                                 item_embeddings)
 from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.data.pipeline import TokenDataConfig
 from jaxrec.models.lora import LoraConfig
@@ -189,6 +190,7 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     clock.lap("tasks")
     model, summary = finetune(model, tokenizer, examples, tc)
     save_run(out_dir, config.model, model, tc.lora, config, summary)
+    run_trie(out_dir, lambda: index_trie(tokenizer, codes, model.config.vocab_size), ds.num_items, rebuild=True)
     clock.lap("train")
     tasks = {}
     for e in examples:
@@ -218,7 +220,6 @@ def evaluate(config: Config) -> dict:
 
 def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     """:func:`evaluate` on an already loaded dataset and split."""
-    from jaxrec.decode import ItemTrie
     from jaxrec.index.index_io import read_index
 
     start = time.perf_counter()
@@ -226,7 +227,7 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     codes = read_index(Path(config.out_dir) / INDEX_FILE, ds.num_items)
     model, tokenizer = load_run(config.out_dir, "fine_tuned", config.model.dtype, config.model)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    trie = ItemTrie.from_sequences(index_token_ids(tokenizer, codes), eos_id=eos, vocab_size=model.config.vocab_size)
+    trie = run_trie(config.out_dir, lambda: index_trie(tokenizer, codes, model.config.vocab_size), ds.num_items)
     templates = e.templates if e.templates is not None else list(range(len(SEQREC_TEMPLATES)))
     index = index_mapping(codes)
     counts = item_counts(split.train, ds.num_items)

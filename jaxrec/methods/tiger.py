@@ -44,7 +44,8 @@ from jaxrec.eval.ranking import item_counts
 from jaxrec.index.build import IndexConfig
 from jaxrec.index.collisions import ResolveConfig
 from jaxrec.timing import Clock
-from jaxrec.index.source import INDEX_FILE, IndexSection, index_codes, index_token_ids
+from jaxrec.decode.trie import ItemTrie, run_trie
+from jaxrec.index.source import INDEX_FILE, IndexSection, index_codes, index_trie
 from jaxrec.index.train_rqvae import TrainConfig as RQVAETrainConfig
 from jaxrec import seqrec
 from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
@@ -233,7 +234,8 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut, embeddings: np.ndarray 
     examples = training_examples(split, codes, config)
     tc = train_config(config, codes.shape[1])
     clock.lap("examples")
-    curve = validation_curve(config, split, codes, tokenizer, model.config.vocab_size) if tc.eval_every else None
+    trie = run_trie(out_dir, lambda: index_trie(tokenizer, codes, model.config.vocab_size), ds.num_items, rebuild=True)
+    curve = validation_curve(config, split, codes, tokenizer, trie) if tc.eval_every else None
     model, summary = finetune(model, tokenizer, examples, tc, target_len=codes.shape[1] + 1, evaluate=curve)
     save_run(out_dir, config.model, model, tc.lora, config, summary)
     clock.lap("train")
@@ -261,7 +263,8 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     e = config.eval
     codes = read_index(Path(config.out_dir) / INDEX_FILE, ds.num_items)
     model, tokenizer = load_run(config.out_dir, "fine_tuned", config.model.dtype, config.model)
-    decoder = BeamDecoder(config, codes, tokenizer, model.config.vocab_size)
+    trie = run_trie(config.out_dir, lambda: index_trie(tokenizer, codes, model.config.vocab_size), ds.num_items)
+    decoder = BeamDecoder(config, codes, tokenizer, trie)
     counts = item_counts(split.train, ds.num_items)
     result = {"method": "tiger", "data": config.data.describe(), "model": config.model.describe(),
               "catalog_items": ds.num_items, "index_levels": int(codes.shape[1]), "num_beams": e.num_beams,
@@ -281,14 +284,13 @@ class BeamDecoder:
     """Encoder inputs of evaluated users and their trie-constrained beam lists (shared by the final
     evaluation and the learning curve)."""
 
-    def __init__(self, config: Config, codes: np.ndarray, tokenizer, vocab_size: int, progress: bool = True):
-        from jaxrec.decode import ItemTrie
+    def __init__(self, config: Config, codes: np.ndarray, tokenizer, trie: ItemTrie, progress: bool = True):
         from jaxrec.index.index_io import codes_to_tokens
 
         self.config, self.tokenizer = config, tokenizer
         self.eval = dataclasses.replace(config.eval, progress=config.eval.progress and progress)
         self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-        self.trie = ItemTrie.from_sequences(index_token_ids(tokenizer, codes), eos_id=self.eos, vocab_size=vocab_size)
+        self.trie = trie
         self.item_tokens = [" ".join(row) for row in codes_to_tokens(codes)]
         self.length = -(-encoder_length(config, codes.shape[1]) // 16) * 16  # one compilation for every batch
 
@@ -307,10 +309,10 @@ class BeamDecoder:
             length=self.length, desc=desc if self.eval.progress else None)[0]
 
 
-def validation_curve(config: Config, split: LeaveOneOut, codes: np.ndarray, tokenizer, vocab_size: int):
+def validation_curve(config: Config, split: LeaveOneOut, codes: np.ndarray, tokenizer, trie: ItemTrie):
     """``evaluate(model) -> {metric: value}`` on ``eval.curve_users`` validation users (seeded, fixed
     for the run): the learning curve logged every ``train.eval_every`` steps."""
-    decoder = BeamDecoder(config, codes, tokenizer, vocab_size, progress=False)
+    decoder = BeamDecoder(config, codes, tokenizer, trie, progress=False)
     texts, targets = decoder.inputs(split, "valid", config.eval.curve_users)
 
     def evaluate(model) -> dict:
