@@ -55,3 +55,19 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert "not a jaxrec dataset directory" in capsys.readouterr().err
     assert main(["baseline", "popularity", "--data", str(tmp_path), "--ks", "1,x"]) == 2
     assert "--ks" in capsys.readouterr().err
+
+
+def test_excluding_history_matches_a_hand_count_and_a_brute_force_sort(toy):
+    """Test histories: [0,2,1], [2,1,0], [1,2,3,2], [4,2]; ranks 1:1 2:2 0:3 3:4 4:5. Without its history
+    items (the target stays) user 0's target 3 moves from 4 to 1, user 1's 4 from 5 to 2, user 2's 1 stays 1,
+    user 3's 3 from 4 to 2 (only item 2 of its history, [4, 2], ranks ahead of it)."""
+    split = leave_one_out(toy)
+    m = evaluate_split(split, toy.num_items, "test", ks=(1, 2), exclude_history=True)
+    assert m["HR@1"] == pytest.approx(0.5) and m["HR@2"] == pytest.approx(0.75)
+    assert m["MRR"] == pytest.approx((1 + 1 / 2 + 1 + 1 / 3) / 4)
+    counts = item_counts(split.train, toy.num_items)
+    brute = []
+    for history, target in zip(split.test_history, split.test_target):
+        kept = [i for i in range(toy.num_items) if i == target or i not in set(history.tolist())]
+        brute.append(sorted(kept, key=lambda i: (-counts[i], i)).index(target) + 1)
+    assert m["MRR"] == pytest.approx(np.mean(1 / np.asarray(brute)))

@@ -49,7 +49,7 @@ class Row:
 
 
 ROWS: dict[str, Row] = {
-    "popularity": Row("popularity", lambda r, c: {k: v for k, v in r.items() if k not in ("method", "split")},
+    "popularity": Row("popularity", lambda r, c: {k: v for k, v in r.items() if k not in ("method", "split", "protocol")},
                       train=False),
     "sasrec": Row("sasrec", lambda r, c: r["test"]),
     "tiger": Row("tiger", lambda r, c: r["test"]["tiger"]),

@@ -80,9 +80,16 @@ def candidate_ranking(model, prompts: Sequence[Sequence[int]], candidates: np.nd
     return metrics_from_ranks(ranks_among(scores, candidates, targets), ks)
 
 
-def popularity(counts: np.ndarray, targets: np.ndarray, ks: Sequence[int]) -> dict:
-    """Full-catalog metrics of ``targets`` when every user gets the catalog ranked by ``counts`` [N]."""
-    return metrics_from_ranks(static_ranks(counts)[targets], ks)
+def popularity(counts: np.ndarray, targets: np.ndarray, ks: Sequence[int],
+               histories: Sequence[np.ndarray] | None = None) -> dict:
+    """Full-catalog metrics of ``targets`` when every user gets the catalog ranked by ``counts`` [N];
+    with ``histories`` (per user, item ids) the user's history items leave the ranking (the target stays)."""
+    table = static_ranks(counts)
+    ranks = table[targets]
+    if histories is not None:
+        ranks = ranks - np.asarray([np.count_nonzero(table[np.setdiff1d(h, [t])] < table[t])
+                                    for h, t in zip(histories, targets)], np.int64)
+    return metrics_from_ranks(ranks, ks)
 
 
 def popularity_among(counts: np.ndarray, candidates: np.ndarray, targets: np.ndarray, ks: Sequence[int]) -> dict:
