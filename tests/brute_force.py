@@ -26,12 +26,15 @@ def list_rank(items: Sequence[int], target: int) -> float:
     return items.index(int(target)) + 1 if int(target) in items else math.inf
 
 
-def hr_ndcg(ranks: Sequence[float], ks: Sequence[int]) -> dict[str, float]:
-    """HR@K = share of ranks <= K; NDCG@K = mean of 1/log2(rank + 1) over ranks <= K (0 otherwise)."""
+def hr_ndcg(ranks: Sequence[float], ks: Sequence[int], mrr: str | None = None) -> dict[str, float]:
+    """HR@K = share of ranks <= K; NDCG@K = mean of 1/log2(rank + 1) over ranks <= K (0 otherwise);
+    with ``mrr`` (its key, e.g. "MRR", or "MRR@R" for lists of R) also the mean of 1/rank (0 for a miss)."""
     out = {}
     for k in ks:
         out[f"HR@{k}"] = sum(r <= k for r in ranks) / len(ranks)
         out[f"NDCG@{k}"] = sum(1 / math.log2(r + 1) for r in ranks if r <= k) / len(ranks)
+    if mrr:
+        out[mrr] = sum(1 / r for r in ranks) / len(ranks)
     return out
 
 

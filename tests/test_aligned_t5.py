@@ -100,7 +100,7 @@ def test_retrieval_and_ranking_figures_recomputed_from_the_model(run):
                            eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, batch_size=config.eval.batch_size)
     assert items.shape == (6, 4) and ((items >= 0) & (items < 60)).all()
     assert all(len(set(row)) == 4 for row in items.tolist())
-    expected = hr_ndcg([list_rank(row, e.target) for row, e in zip(items, examples)], (1, 4))
+    expected = hr_ndcg([list_rank(row, e.target) for row, e in zip(items, examples)], (1, 4), "MRR@4")
     assert subset(result["test"]["retrieval"], expected) == pytest.approx(expected)
 
     _, _, examples = evaluated_examples(config, "ranking")
@@ -109,7 +109,7 @@ def test_retrieval_and_ranking_figures_recomputed_from_the_model(run):
     scores = candidate_log_likelihoods(model, prompt_ids(tok, model, [e.prompt for e in examples]),
                                        tokens[candidates], lengths[candidates], tok.pad_token_id, batch_size=8)
     ranks = [rank_of(e.target, dict(zip(c.tolist(), s.tolist())), c) for e, c, s in zip(examples, candidates, scores)]
-    expected = hr_ndcg(ranks, (1, 4))
+    expected = hr_ndcg(ranks, (1, 4), "MRR")
     assert subset(result["test"]["ranking"], expected) == pytest.approx(expected)
 
 
@@ -120,10 +120,10 @@ def test_popularity_rows_and_rating_baseline_equal_brute_force(run):
     test = result["test"]
     ds, split, examples = evaluated_examples(config, "retrieval")
     counts = occurrences(split.train, ds.num_items)
-    expected = hr_ndcg([rank_of(e.target, counts) for e in examples], (1, 4))
+    expected = hr_ndcg([rank_of(e.target, counts) for e in examples], (1, 4), "MRR")
     assert subset(test["retrieval"]["popularity"], expected) == pytest.approx(expected)
     _, _, examples = evaluated_examples(config, "ranking")
-    expected = hr_ndcg([rank_of(e.target, counts, e.meta["candidates"]) for e in examples], (1, 4))
+    expected = hr_ndcg([rank_of(e.target, counts, e.meta["candidates"]) for e in examples], (1, 4), "MRR")
     assert subset(test["ranking"]["popularity"], expected) == pytest.approx(expected)
 
     _, _, examples = evaluated_examples(config, "rating")

@@ -113,7 +113,7 @@ def test_free_and_fusion_figures_recomputed_from_the_written_generations(run):
         targets = [e.target for e in bigrec_eval_examples(ds, split, part, "items", config.split.history,
                                                           config.prompts.eval_sample, config.prompts.seed)]
         dist = np.linalg.norm(queries.astype(np.float64)[:, None] - items[None], axis=-1)  # [8, N]
-        expected = hr_ndcg([rank_of(t, -d) for t, d in zip(targets, dist)], ks)
+        expected = hr_ndcg([rank_of(t, -d) for t, d in zip(targets, dist)], ks, "MRR")
         assert subset(result["free"][part], expected) == pytest.approx(expected)
         normed = (dist - dist.min(1, keepdims=True)) / (dist.max(1, keepdims=True) - dist.min(1, keepdims=True))
         ranks[part] = [[rank_of(t, -f) for t, f in zip(targets, normed * (1 + weights) ** -gamma)]

@@ -104,7 +104,7 @@ def test_popularity_row_equals_brute_force(run):
     split = leave_one_out(ds)
     chosen = eval_subset(len(split.test_users), config.eval.users, config.eval.seed)
     counts = occurrences(split.train, ds.num_items)
-    expected = hr_ndcg([rank_of(t, counts) for t in split.test_target[chosen]], (1, 5, 10))
+    expected = hr_ndcg([rank_of(t, counts) for t in split.test_target[chosen]], (1, 5, 10), "MRR")
     assert subset(result["test"]["popularity"], expected) == pytest.approx(expected)
 
 
@@ -134,7 +134,8 @@ def test_constrained_beams_are_distinct_real_items_and_give_the_written_figures(
         if mode == "trie":
             assert items.shape == (8, 10) and ((items >= 0) & (items < ds.num_items)).all()
             assert all(len(set(row)) == 10 for row in items.tolist())
-        expected = hr_ndcg([list_rank(row, t) for row, t in zip(items, split.test_target[chosen])], (1, 5, 10))
+        expected = hr_ndcg([list_rank(row, t) for row, t in zip(items, split.test_target[chosen])], (1, 5, 10),
+                           "MRR@10")
         assert subset(result["test"][mode]["per_template"][0], expected) == pytest.approx(expected)
 
 

@@ -70,7 +70,7 @@ def test_end_to_end_metrics_and_real_items(run, monkeypatch):
                                 ("test", split.test_users, split.test_target)):
         targets[part] = target[eval_subset(len(users), config.eval.users, config.eval.seed)]
         assert result[part]["users"] == len(targets[part]) and result[part]["item_rate"] == 1.0  # trie: items only
-        expected = hr_ndcg([rank_of(t, counts) for t in targets[part]], (1, 5))
+        expected = hr_ndcg([rank_of(t, counts) for t in targets[part]], (1, 5), "MRR")
         assert subset(result[part]["popularity"], expected) == pytest.approx(expected)
 
     log = [json.loads(line) for line in (Path(config.out_dir) / "logs" / "metrics.jsonl").read_text().splitlines()]
@@ -92,7 +92,7 @@ def test_end_to_end_metrics_and_real_items(run, monkeypatch):
     for part, (_, _, items) in zip(("valid", "test"), seen, strict=True):  # (sequences, scores, items)
         assert items.shape == (len(targets[part]), 5) and ((items >= 0) & (items < ds.num_items)).all()
         assert all(len(set(row.tolist())) == len(row) for row in items)  # distinct items per user
-        expected = hr_ndcg([list_rank(row, t) for row, t in zip(items, targets[part])], (1, 5))
+        expected = hr_ndcg([list_rank(row, t) for row, t in zip(items, targets[part])], (1, 5), "MRR@5")
         assert subset(result[part]["tiger"], expected) == pytest.approx(expected)
 
 
