@@ -10,6 +10,7 @@ import pytest
 from jaxrec.config import from_dict, load_config
 
 from brute_force import hr_ndcg, list_rank, occurrences, rank_of, subset
+from jaxrec.data.tasks.tiger import encoder_length, tiger_train_examples
 
 SYNTHETIC = {"synthetic": {"preset": "tiny", "num_users": 40, "num_items": 60}}
 LEVELS, CODES = 3, 5
@@ -104,7 +105,7 @@ def test_vocabulary_and_sliding_window_examples(run):
     tokenizer = tiger.code_tokenizer(codes, config.user_tokens)
     assert tokenizer.convert_tokens_to_ids(["<pad>", "</s>", "<unk>"]) == [0, 1, 2]
     split = leave_one_out(ds)
-    examples = tiger.training_examples(split, codes, config)
+    examples = tiger_train_examples(split, tiger.item_code_texts(codes), config.max_history, config.user_tokens)
     assert len(examples) == sum(max(len(s) - 1, 0) for s in split.train)
     first = examples[0]
     seq = split.train[0]
@@ -121,6 +122,6 @@ def test_configs_load_and_seq_len_check():
 
     for name in ("embedded", "beauty"):
         config = load_config(tiger.Config, f"configs/tiger/{name}.yaml")
-        assert config.train.data.seq_len >= tiger.encoder_length(config, 4 if name == "beauty" else 3)
+        assert config.train.data.seq_len >= encoder_length(config.max_history, 4 if name == "beauty" else 3, config.user_tokens)
     with pytest.raises(ConfigError, match="seq_len"):
         tiger.train_config(config, levels=5)

@@ -33,31 +33,29 @@ from typing import Literal
 
 import numpy as np
 
+from jaxrec import seqrec
 from jaxrec.atomic import write_json
 from jaxrec.data.dataset import Dataset
+from jaxrec.data.pipeline import TokenDataConfig
+from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.data.splits import LeaveOneOut, leave_one_out
-from jaxrec.data.tasks import Example
 from jaxrec.data.tasks.rows import leave_one_out_rows
+from jaxrec.data.tasks.tiger import encoder_length, encoder_text, tiger_train_examples, user_token
+from jaxrec.decode.trie import ItemTrie, run_trie
 from jaxrec.errors import ConfigError
 from jaxrec.eval import evaluators
 from jaxrec.eval.ranking import item_counts
-from jaxrec.index.build import IndexConfig
-from jaxrec.index.collisions import ResolveConfig
-from jaxrec.timing import Clock
-from jaxrec.decode.trie import ItemTrie, run_trie
-from jaxrec.index.source import INDEX_FILE, IndexSection, index_codes, index_trie
-from jaxrec.index.train_rqvae import TrainConfig as RQVAETrainConfig
-from jaxrec import seqrec
-from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
-from jaxrec.index.rqvae import RQVAEConfig
-from jaxrec.data.pipeline import TokenDataConfig
-from jaxrec.models.lora import LoraConfig
-from jaxrec.train.config import OptimConfig, TrainConfig
 from jaxrec.eval.sample import eval_subset
+from jaxrec.index.index_io import codes_to_tokens, index_vocabulary, read_index, write_index
+from jaxrec.index.source import INDEX_FILE, IndexSection, index_codes, index_trie
+from jaxrec.models.lora import LoraConfig
 from jaxrec.models.prompts import prompt_ids
 from jaxrec.models.registry import architecture
-from jaxrec.models.section import ModelSection, make_model
 from jaxrec.models.run_dir import load_run, save_run, start_run
+from jaxrec.models.section import ModelSection, make_model
+from jaxrec.models.tokenizer import save_tokenizer, word_level_tokenizer
+from jaxrec.timing import Clock
+from jaxrec.train.config import OptimConfig, TrainConfig
 from jaxrec.train.finetune import finetune
 
 SPECIAL = ("<pad>", "</s>", "<unk>")
@@ -112,11 +110,7 @@ class Config:
     out_dir: str = "runs/tiger"
     data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(synthetic=SyntheticData()))
     embeddings: EmbeddingSection = dataclasses.field(default_factory=EmbeddingSection)
-    index: IndexSection = dataclasses.field(default_factory=lambda: IndexSection(rqvae=IndexConfig(
-        model=RQVAEConfig(hidden=(128, 64), e_dim=16, levels=3, codebook_size=32),
-        train=RQVAETrainConfig(epochs=200, batch_size=256, lr=3e-3, warmup_epochs=5, kmeans_iters=20,
-                               sinkhorn_epsilons=(0.0, 0.0, 0.003), eval_every=50),
-        resolve=ResolveConfig())))
+    index: IndexSection = dataclasses.field(default_factory=IndexSection)
     max_history: int = 20
     user_tokens: int = 0  # TIGER's user-id hash tokens (paper: 2000); 0: no user token
     model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(
@@ -135,51 +129,19 @@ class Config:
 
 
 def code_tokenizer(codes: np.ndarray, user_tokens: int):
-    """A word-level ``transformers`` tokenizer over exactly the special, code and user-hash tokens
-    (whitespace-separated; codes int [N, L])."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from jaxrec.index.index_io import index_vocabulary
-
-    words = list(SPECIAL) + index_vocabulary(codes) + [user_token(u) for u in range(user_tokens)]
-    word_level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=word_level, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    """A word-level tokenizer over exactly the special, code and user-hash tokens (codes int [N, L])."""
+    return word_level_tokenizer(list(SPECIAL) + index_vocabulary(codes) + [user_token(u) for u in range(user_tokens)])
 
 
-def user_token(bucket: int) -> str:
-    return f"<u_{bucket}>"
-
-
-def encoder_text(history: np.ndarray, user: int, item_tokens: list[str], config: Config) -> str:
-    """The encoder input: ``[<u_{user mod n}>]`` then the codes of the last ``max_history`` items."""
-    words = [user_token(user % config.user_tokens)] if config.user_tokens else []
-    return " ".join(words + [item_tokens[i] for i in np.asarray(history)[-config.max_history:].tolist()])
-
-
-def training_examples(split: LeaveOneOut, codes: np.ndarray, config: Config) -> list[Example]:
-    """One example per position t >= 1 of every user's training sequence: items [:t] -> item t."""
-    from jaxrec.index.index_io import codes_to_tokens
-
-    item_tokens = [" ".join(row) for row in codes_to_tokens(codes)]
-    out = []
-    for user, seq in enumerate(split.train):
-        for t in range(1, len(seq)):
-            out.append(Example("seqrec", encoder_text(seq[:t], user, item_tokens, config), item_tokens[seq[t]],
-                               user, int(seq[t])))
-    return out
-
-
-def encoder_length(config: Config, levels: int) -> int:
-    """Encoder tokens of the longest input: user token + max_history items x levels + EOS."""
-    return int(config.user_tokens > 0) + config.max_history * levels + 1
+def item_code_texts(codes: np.ndarray) -> list[str]:
+    """Item i's code tokens, whitespace-separated."""
+    return [" ".join(row) for row in codes_to_tokens(codes)]
 
 
 def train_config(config: Config, levels: int) -> TrainConfig:
     """``config.train`` with the run's log dir; ``train.data.seq_len`` must hold the longest input."""
     t = config.train
-    need = encoder_length(config, levels)
+    need = encoder_length(config.max_history, levels, config.user_tokens)
     if t.data.seq_len < need:
         raise ConfigError(f"train.data.seq_len={t.data.seq_len} is shorter than the longest encoder input "
                           f"({need} tokens: max_history={config.max_history} x {levels} levels + user/EOS)")
@@ -216,9 +178,6 @@ def train(config: Config) -> dict:
 def fit(config: Config, ds: Dataset, split: LeaveOneOut, embeddings: np.ndarray | None = None) -> dict:
     """:func:`train` on an already loaded dataset and split; ``embeddings`` [N, d] (if given) replace
     the ``embeddings:`` section."""
-    from jaxrec.index.index_io import write_index
-    from jaxrec.models.tokenizer import save_tokenizer
-
     clock = Clock()
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -231,7 +190,7 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut, embeddings: np.ndarray 
     save_tokenizer(tokenizer, out_dir / "tokenizer")
     model = make_model(config.model, tokenizer)
     start_run(out_dir, config.model, model, tokenizer)
-    examples = training_examples(split, codes, config)
+    examples = tiger_train_examples(split, item_code_texts(codes), config.max_history, config.user_tokens)
     tc = train_config(config, codes.shape[1])
     clock.lap("examples")
     trie = run_trie(out_dir, lambda: index_trie(tokenizer, codes, model.config.vocab_size), ds.num_items, rebuild=True)
@@ -257,8 +216,6 @@ def evaluate(config: Config) -> dict:
 
 def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     """:func:`evaluate` on an already loaded dataset and split."""
-    from jaxrec.index.index_io import read_index
-
     start = time.perf_counter()
     e = config.eval
     codes = read_index(Path(config.out_dir) / INDEX_FILE, ds.num_items)
@@ -285,20 +242,19 @@ class BeamDecoder:
     evaluation and the learning curve)."""
 
     def __init__(self, config: Config, codes: np.ndarray, tokenizer, trie: ItemTrie, progress: bool = True):
-        from jaxrec.index.index_io import codes_to_tokens
-
         self.config, self.tokenizer = config, tokenizer
         self.eval = dataclasses.replace(config.eval, progress=config.eval.progress and progress)
         self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
         self.trie = trie
-        self.item_tokens = [" ".join(row) for row in codes_to_tokens(codes)]
-        self.length = -(-encoder_length(config, codes.shape[1]) // 16) * 16  # one compilation for every batch
+        self.item_tokens = item_code_texts(codes)
+        self.length = -(-encoder_length(config.max_history, codes.shape[1], config.user_tokens) // 16) * 16  # one compilation for every batch
 
     def inputs(self, split: LeaveOneOut, part: str, limit: int | None) -> tuple[list[str], np.ndarray]:
         """Encoder texts and target items of a seeded sample of ``limit`` users of ``part``."""
         rows = leave_one_out_rows(split, part)
         chosen = eval_subset(len(rows.users), limit, self.config.eval.seed)
-        return ([encoder_text(rows.histories[i], int(rows.users[i]), self.item_tokens, self.config)
+        return ([encoder_text(rows.histories[i], int(rows.users[i]), self.item_tokens, self.config.max_history,
+                              self.config.user_tokens)
                  for i in chosen.tolist()], rows.targets[chosen])
 
     def metrics(self, model, texts: list[str], targets: np.ndarray, desc: str) -> dict:

@@ -90,6 +90,17 @@ def save_tokenizer(tokenizer, path: str | os.PathLike) -> Path:
     return path
 
 
+def word_level_tokenizer(words: Sequence[str], *, pad: str = "<pad>", eos: str = "</s>", unk: str = "<unk>"):
+    """A ``transformers`` tokenizer whose vocabulary is exactly ``words`` (id = position), splitting on
+    whitespace; ``pad``/``eos``/``unk`` must be among them."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    word_level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=unk))
+    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=word_level, pad_token=pad, eos_token=eos, unk_token=unk)
+
+
 def adds_bos(tokenizer) -> bool:
     """Whether a BOS goes before every prompt: the tokenizer has one and neither its config
     (``add_bos_token: false``, e.g. SmolLM2's GGUF: its chat template opens each turn itself) nor a
