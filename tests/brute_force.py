@@ -2,7 +2,7 @@
 first, ties to the lower item id) and HR/NDCG@K written from their definitions."""
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def rank_of(target: int, scores: Sequence[float], candidates: Sequence[int] | None = None) -> int:

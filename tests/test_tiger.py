@@ -59,7 +59,7 @@ def test_end_to_end_metrics_and_real_items(run, monkeypatch):
     from jaxrec.eval.sample import eval_subset
     from jaxrec.methods import tiger
 
-    config, ds, codes, summary, result = run
+    config, ds, _, summary, result = run
     assert summary["step"] == 2 and np.isfinite(summary["loss"])
     assert summary["vocab_size"] == 3 + LEVELS * CODES + 5  # specials + code tokens + user hashes
     assert {"Recall@5", "MRR@5"} <= set(result["test"]["tiger"])
