@@ -197,14 +197,14 @@ class Dataset:
                 "info": self.info,
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-            pq.write_table(_items_table(self.items), tmp / "items.parquet")
-            pq.write_table(pa.table({"raw_id": pa.array(self.user_raw_ids, pa.string())}), tmp / "users.parquet")
-            np.save(tmp / "offsets.npy", self.offsets)
-            np.save(tmp / "item_ids.npy", self.item_ids)
+            _write_parquet(_items_table(self.items), tmp / "items.parquet")
+            _write_parquet(pa.table({"raw_id": pa.array(self.user_raw_ids, pa.string())}), tmp / "users.parquet")
+            _write_npy(self.offsets, tmp / "offsets.npy")
+            _write_npy(self.item_ids, tmp / "item_ids.npy")
             if self.timestamps is not None:
-                np.save(tmp / "timestamps.npy", self.timestamps)
+                _write_npy(self.timestamps, tmp / "timestamps.npy")
             if self.ratings is not None:
-                np.save(tmp / "ratings.npy", self.ratings)
+                _write_npy(self.ratings, tmp / "ratings.npy")
         return path
 
     @classmethod
@@ -297,6 +297,23 @@ def _items_table(items: list[dict[str, Any]]) -> pa.Table:
         except (pa.ArrowException, TypeError) as e:
             raise DataError(f"item field {name!r}: cannot be stored as one Parquet column ({e})") from None
     return pa.table(columns)
+
+
+def _write_npy(array: np.ndarray, path: Path) -> None:
+    """``np.save``, its bytes written by Python: a failing write (a full disk) raises the system's own error."""
+    array = np.ascontiguousarray(array)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
+        f.write(memoryview(array).cast("B"))
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    """Encoded in memory, written by Python: a failing write (a full disk) raises the system's own error ("File
+    too large", "No space left on device")."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    with open(path, "wb") as f:
+        f.write(memoryview(sink.getvalue()))
 
 
 def _read_parquet(path: Path) -> pa.Table:
