@@ -1,15 +1,20 @@
 """Input pipeline: examples → token batches on device (grain).
 
-``examples`` is any random-access sequence of dicts with ``prompt`` and ``response`` (text, encoded by
-the tokenizer) — or ``prompt_ids`` / ``response_ids`` (already token ids). Steps:
+``examples`` is any random-access sequence: token rows (dicts with ``prompt_ids`` / ``response_ids``
+and any extras the features read), or raw examples (e.g. :class:`jaxrec.data.tasks.Example` text)
+with an ``encoder`` that turns a list of them into such rows. Raw examples are tokenized lazily,
+one record at a time, by the host that reads them, so no host ever holds every token list. Steps:
 
-1. global shuffle (seeded; reshuffled every epoch), then this process's rows of each global batch
-   (:class:`HostRows`) — every host reads its own contiguous block of each global batch;
-2. tokenization to features (decoder-only: ``input_ids``/``targets``/``loss_mask`` shifted by one;
+1. global shuffle of example indices (seeded; reshuffled every epoch). With ``group_by_length`` the
+   shuffled indices are sorted by token length within windows of that many global batches and the
+   window's batches shuffled again (:class:`LengthGroups`; it reads an int32 length per example, not
+   tokens). Then this process's rows of each global batch (:class:`HostRows`) — every host reads its
+   own contiguous block of each global batch;
+2. per record: the example (:class:`Records`: looked up, and encoded when there is an ``encoder``),
+   then its features (decoder-only: ``input_ids``/``targets``/``loss_mask`` shifted by one;
    T5: encoder ``input_ids`` + ``decoder_input_ids``/``targets``/``loss_mask``), truncated to
-   ``seq_len`` (the end of the response is cut first);
-   With ``group_by_length`` the shuffled rows are sorted by length within windows of that many
-   global batches and the window's batches shuffled again (:class:`LengthGroups`);
+   ``seq_len`` (the end of the response is cut first). With ``workers`` this step runs in that many
+   grain worker processes (batches are the same for any count);
 3. batching: either length bucketing (pad the batch to the smallest of ``bucket_lengths`` that fits;
    one compilation per bucket) or packing (several examples per row with ``segment_ids``/``positions``;
    decoder-only);
@@ -27,6 +32,7 @@ import dataclasses
 import json
 from typing import Annotated, Any, Callable, Iterator, Sequence
 
+from absl import flags
 import grain
 import jax
 import numpy as np
@@ -38,7 +44,9 @@ from jaxrec.errors import ConfigError, DataError
 from jaxrec.parallel.mesh import check_batch_size
 from jaxrec.parallel.rules import batch_sharding
 
-Encode = Callable[[str], Sequence[int]]
+# raw examples → their token rows (dicts with ``prompt_ids``/``response_ids`` lists and any extras the
+# features read), one row per example, each independent of the others in the list
+Encoder = Callable[[Sequence[Any]], list[dict]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,24 +57,18 @@ class TokenDataConfig:
     packing: bool = False
     bucket_lengths: tuple[int, ...] = ()  # pad each batch to the smallest bucket that fits (default: seq_len)
     # sort rows by length within windows of this many global batches, then shuffle the batches of the
-    # window (0: off): batches of similar lengths pad to smaller buckets (pre-tokenized examples only)
+    # window (0: off): batches of similar lengths pad to smaller buckets (raw examples: the trainer
+    # tokenizes every example once up front to count its tokens, keeping only the counts)
     group_by_length: Annotated[int, Range(min=0)] = 0
     train_on_inputs: bool = False  # BIGRec's option: the loss covers the prompt tokens as well
     shuffle: bool = True
     prefetch: Annotated[int, Range(min=0)] = 2
+    # grain worker processes that tokenize examples and build features (0: in this process); the
+    # batches, and a checkpoint's position, are the same for any count
+    workers: Annotated[int, Range(min=0)] = 0
 
     def __post_init__(self):
         check_ranges(self)
-
-
-def _ids(example: dict, key: str, encode: Encode | None) -> list[int]:
-    if f"{key}_ids" in example:
-        return list(example[f"{key}_ids"])
-    if key not in example:
-        raise DataError(f"example has neither '{key}' nor '{key}_ids': keys {sorted(example)}")
-    if encode is None:
-        raise DataError(f"example has text '{key}' but the pipeline was given no tokenizer")
-    return list(encode(example[key]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +79,6 @@ class CausalFeatures(grain.transforms.Map):
     eos_id: int
     bos_id: int | None = None
     train_on_inputs: bool = False
-    encode: Encode | None = None
 
     def keeps_response(self, prompt_len: int) -> bool:
         """Whether a row still scores a response token after a prompt of ``prompt_len`` ids (BOS not counted):
@@ -89,8 +90,8 @@ class CausalFeatures(grain.transforms.Map):
         return (self.bos_id is not None) + prompt_len + response_len + 1 <= self.seq_len + 1
 
     def map(self, example: dict) -> dict:
-        prompt = ([self.bos_id] if self.bos_id is not None else []) + _ids(example, "prompt", self.encode)
-        tokens = (prompt + _ids(example, "response", self.encode) + [self.eos_id])[: self.seq_len + 1]
+        prompt = ([self.bos_id] if self.bos_id is not None else []) + list(example["prompt_ids"])
+        tokens = (prompt + list(example["response_ids"]) + [self.eos_id])[: self.seq_len + 1]
         tokens = np.asarray(tokens, np.int32)
         mask = np.ones(len(tokens) - 1, np.float32)
         if not self.train_on_inputs:
@@ -106,11 +107,10 @@ class Seq2SeqFeatures(grain.transforms.Map):
     target_len: int
     eos_id: int
     decoder_start_id: int
-    encode: Encode | None = None
 
     def map(self, example: dict) -> dict:
-        src = (_ids(example, "prompt", self.encode) + [self.eos_id])[: self.seq_len]
-        tgt = (_ids(example, "response", self.encode) + [self.eos_id])[: self.target_len]
+        src = (list(example["prompt_ids"]) + [self.eos_id])[: self.seq_len]
+        tgt = (list(example["response_ids"]) + [self.eos_id])[: self.target_len]
         return {"input_ids": np.asarray(src, np.int32),
                 "decoder_input_ids": np.asarray([self.decoder_start_id] + tgt[:-1], np.int32),
                 "targets": np.asarray(tgt, np.int32), "loss_mask": np.ones(len(tgt), np.float32)}
@@ -179,14 +179,14 @@ class HostRows(grain.MapDataset):
 
 
 class LengthGroups(grain.MapDataset):
-    """A permutation of ``parent``'s rows: each window of ``window`` global batches (``batch`` rows
-    each) is sorted by row length (stable), then its batches are put in a seeded random order. Rows
-    past the window's last whole batch keep their sorted place. Pure index arithmetic, so the
-    iterator position stays an exact checkpoint."""
+    """A permutation of ``parent``'s rows (example indices): each window of ``window`` global batches
+    (``batch`` rows each) is sorted by ``lengths[index]`` (stable), then its batches are put in a
+    seeded random order. Rows past the window's last whole batch keep their sorted place. Pure index
+    arithmetic, so the iterator position stays an exact checkpoint."""
 
-    def __init__(self, parent: grain.MapDataset, length: Callable[[dict], int], batch: int, window: int, seed: int):
+    def __init__(self, parent: grain.MapDataset, lengths: np.ndarray, batch: int, window: int, seed: int):
         super().__init__(parent)
-        self.length, self.batch, self.rows, self.seed = length, batch, batch * window, seed
+        self.lengths, self.batch, self.rows, self.seed = lengths, batch, batch * window, seed
         self._cache: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -197,7 +197,7 @@ class LengthGroups(grain.MapDataset):
         if self._cache is None or self._cache[0] != w:
             start = w * self.rows
             size = min(self.rows, len(self._parent) - start)
-            lengths = np.asarray([self.length(self._parent[start + i]) for i in range(size)])
+            lengths = self.lengths[np.asarray([self._parent[start + i] for i in range(size)], np.int64)]
             by_length = np.argsort(lengths, kind="stable")
             whole = size // self.batch
             batches = np.random.default_rng([self.seed, w]).permutation(whole)
@@ -215,24 +215,51 @@ class LengthGroups(grain.MapDataset):
         return f"LengthGroups(batch={self.batch}, rows={self.rows})"
 
 
-def example_length(example: dict) -> int:
-    """Tokens of a pre-tokenized example (prompt + response)."""
-    if "prompt_ids" not in example:
-        raise ConfigError("data.group_by_length needs pre-tokenized examples (prompt_ids / response_ids)")
-    return len(example["prompt_ids"]) + len(example.get("response_ids", ()))
+@dataclasses.dataclass(frozen=True)
+class Records(grain.transforms.Map):
+    """Example index → its token row: ``examples[index]``, or ``encoder([examples[index]])[0]``."""
+
+    examples: Sequence[Any]
+    encoder: Encoder | None = None
+
+    def map(self, index: int) -> dict:
+        example = self.examples[index]
+        return example if self.encoder is None else self.encoder([example])[0]
 
 
-def host_batches(examples: Sequence[dict], features: grain.transforms.Map, config: TokenDataConfig, *,
+def token_lengths(encoder: Encoder, examples: Sequence[Any], chunk: int = 1024) -> np.ndarray:
+    """int32 [N, 2]: the prompt and response token counts of every example, encoded ``chunk`` at a
+    time (token lists are dropped once counted)."""
+    out = np.zeros((len(examples), 2), np.int32)
+    for start in range(0, len(examples), chunk):
+        rows = encoder(examples[start:start + chunk])
+        out[start:start + len(rows)] = [(len(r["prompt_ids"]), len(r["response_ids"])) for r in rows]
+    return out
+
+
+def example_lengths(examples: Sequence[dict]) -> np.ndarray:
+    """int32 [N]: tokens (prompt + response) of each pre-tokenized example."""
+    if not all(isinstance(e, dict) and "prompt_ids" in e for e in examples):
+        raise ConfigError("data.group_by_length needs token lengths: pre-tokenized examples (prompt_ids / "
+                          "response_ids), or lengths= with an encoder")
+    return np.asarray([len(e["prompt_ids"]) + len(e.get("response_ids", ())) for e in examples], np.int32)
+
+
+def host_batches(examples: Sequence[Any], features: grain.transforms.Map, config: TokenDataConfig, *,
                  global_batch: int, seed: int = 0, pad_id: int = 0, target_len: int | None = None,
-                 num_epochs: int | None = None) -> grain.IterDataset:
-    """This process's share of every global batch, as numpy dicts (infinite unless ``num_epochs``)."""
+                 num_epochs: int | None = None, encoder: Encoder | None = None,
+                 lengths: np.ndarray | None = None) -> grain.IterDataset:
+    """This process's share of every global batch, as numpy dicts (infinite unless ``num_epochs``).
+    ``examples`` are token rows, or raw examples that ``encoder`` turns into rows record by record;
+    ``lengths`` (int32 [N], tokens per example) is read by ``group_by_length`` (default: counted from
+    pre-tokenized rows)."""
     processes = jax.process_count()
     if global_batch % processes:
         raise ConfigError(f"train.batch_size={global_batch} must be a multiple of the {processes} processes")
     local = global_batch // processes
     if len(examples) < global_batch:
         raise DataError(f"{len(examples)} training examples are fewer than one batch of {global_batch}")
-    ds = grain.MapDataset.source(examples)
+    ds = grain.MapDataset.range(len(examples))
     if config.shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
@@ -240,18 +267,28 @@ def host_batches(examples: Sequence[dict], features: grain.transforms.Map, confi
         raise ConfigError(f"data.group_by_length must be >= 0 (global batches per window; 0: off), "
                           f"got {config.group_by_length}")
     if config.group_by_length:
-        ds = LengthGroups(ds, example_length, global_batch, config.group_by_length, seed)
-    ds = HostRows(ds, local, processes, jax.process_index()).map(features)
-    if config.packing:
-        if isinstance(features, Seq2SeqFeatures):
-            raise ConfigError("data.packing is supported for decoder-only models only")
-        rows = pack(ds.to_iter_dataset(), config.seq_len, ("input_ids", "targets", "loss_mask"), local, seed)
-        return rows.batch(local, drop_remainder=True).map(_packed_attention)
+        lengths = example_lengths(examples) if lengths is None else np.asarray(lengths)
+        if lengths.shape != (len(examples),):
+            raise DataError(f"lengths of shape {lengths.shape} for {len(examples)} examples")
+        ds = LengthGroups(ds, lengths, global_batch, config.group_by_length, seed)
+    ds = HostRows(ds, local, processes, jax.process_index()).map(Records(examples, encoder)).map(features)
+    if config.packing and isinstance(features, Seq2SeqFeatures):
+        raise ConfigError("data.packing is supported for decoder-only models only")
     buckets = tuple(sorted(set(config.bucket_lengths) | {config.seq_len}))
-    if buckets[0] <= 0 or buckets[-1] > config.seq_len:
+    if not config.packing and (buckets[0] <= 0 or buckets[-1] > config.seq_len):
         raise ConfigError(f"data.bucket_lengths must lie in [1, seq_len={config.seq_len}], got {config.bucket_lengths}")
     collate = PadToBucket(buckets, (target_len,) if target_len else (), pad_id)
-    return ds.batch(local, drop_remainder=True, batch_fn=collate).to_iter_dataset()
+    if not config.packing and not config.workers:
+        return ds.batch(local, drop_remainder=True, batch_fn=collate).to_iter_dataset()
+    rows = ds.to_iter_dataset()
+    if config.workers:  # records are encoded in worker processes, batched (packing is stateful) here
+        if not flags.FLAGS.is_parsed():  # grain's worker processes read its absl flags: use their defaults
+            flags.FLAGS.mark_as_parsed()
+        rows = rows.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.workers))
+    if config.packing:
+        rows = pack(rows, config.seq_len, ("input_ids", "targets", "loss_mask"), local, seed)
+        return rows.batch(local, drop_remainder=True).map(_packed_attention)
+    return rows.batch(local, drop_remainder=True, batch_fn=collate)
 
 
 class DeviceIterator:
@@ -301,13 +338,14 @@ class DeviceIterator:
         """Called by grain's checkpoint handler after a restore; batches are fetched lazily."""
 
 
-def make_batches(examples: Sequence[dict], features: grain.transforms.Map, config: TokenDataConfig, mesh: Mesh, *,
+def make_batches(examples: Sequence[Any], features: grain.transforms.Map, config: TokenDataConfig, mesh: Mesh, *,
                  global_batch: int, seed: int = 0, pad_id: int = 0, target_len: int | None = None,
-                 num_epochs: int | None = None) -> DeviceIterator:
+                 num_epochs: int | None = None, encoder: Encoder | None = None,
+                 lengths: np.ndarray | None = None) -> DeviceIterator:
     """The full pipeline: checks the batch against the mesh, then :func:`host_batches` on device."""
     check_batch_size(global_batch, mesh)
     ds = host_batches(examples, features, config, global_batch=global_batch, seed=seed, pad_id=pad_id,
-                      target_len=target_len, num_epochs=num_epochs)
+                      target_len=target_len, num_epochs=num_epochs, encoder=encoder, lengths=lengths)
     return DeviceIterator(ds, mesh, config.prefetch)
 
 

@@ -65,6 +65,7 @@ from flax import nnx
 from jaxrec import seqrec
 from jaxrec.atomic import write_json
 from jaxrec.data.dataset import Dataset
+from jaxrec.data.pipeline import token_lengths
 from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.data.splits import LeaveOneOut, leave_one_out
 from jaxrec.data.tasks import Example, rsllm_candidate_examples, rsllm_eval_examples, rsllm_train_examples, sliding_rows
@@ -79,9 +80,9 @@ from jaxrec.eval.metrics import random_ranking_metrics
 from jaxrec.ground.embed import embed_prompt_texts
 from jaxrec.models import projector as proj
 from jaxrec.models.injected_run import ProjectorConfig, load_stage2, new_projector, save_stage2
-from jaxrec.models.item_prompts import TaggedFeatures, encode_prompts, model_inputs
+from jaxrec.models.item_prompts import PlaceholderRows, TaggedFeatures, model_inputs
 from jaxrec.models.lora import LoraConfig
-from jaxrec.models.prompts import bos_id, encode
+from jaxrec.models.prompts import bos_id
 from jaxrec.models.run_dir import make_tokenizer, save_run, start_run
 from jaxrec.models.section import ModelSection, make_model
 from jaxrec.train.config import TrainConfig
@@ -194,16 +195,16 @@ def with_log_dir(train: TrainConfig, log_dir: Path) -> TrainConfig:
 
 def fit_stage2(model, tokenizer, examples: Sequence[Example], train: TrainConfig, loss_fn) -> tuple[nnx.Module, dict]:
     """Train the injected model on unified-prompt examples; returns (trained model, fit summary)."""
-    rows = [{"prompt_ids": p, "response_ids": r, "target": e.target}
-            for e, p, r in zip(examples, encode_prompts(tokenizer, examples),
-                               encode(tokenizer, [e.response for e in examples]))]
-    truncated = sum(len(r["prompt_ids"]) + len(r["response_ids"]) + 2 > train.data.seq_len for r in rows)
+    encoder = PlaceholderRows(tokenizer)  # rows are tokenized lazily, per record, by the input pipeline
+    lengths = token_lengths(encoder, examples).sum(axis=1, dtype=np.int32)
+    truncated = int(np.sum(lengths + 2 > train.data.seq_len))
     if truncated:
         log.warning("stage2: %d of %d training examples are longer than seq_len=%d and are cut", truncated,
-                        len(rows), train.data.seq_len)
+                        len(examples), train.data.seq_len)
     features = TaggedFeatures(train.data.seq_len, tokenizer.eos_token_id, bos_id(tokenizer),
                               train.data.train_on_inputs)
-    model, summary = train_rows(model, rows, features, train, loss_fn, pad_id=tokenizer.pad_token_id)
+    model, summary = train_rows(model, examples, features, train, loss_fn, encoder=encoder, lengths=lengths,
+                                pad_id=tokenizer.pad_token_id)
     return model, {**summary, "truncated_examples": truncated}
 
 

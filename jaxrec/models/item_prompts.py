@@ -8,7 +8,7 @@ where the user representation is read for the sequence-level contrastive loss.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -37,6 +37,19 @@ def encode_prompts(tokenizer, examples: Sequence[Example]) -> list[list[int]]:
             ids += [proj.placeholder_id(item)] + list(next(encoded))
         out.append(ids)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PlaceholderRows:
+    """The pipeline's encoder for unified prompts: each example → ``prompt_ids`` (:func:`encode_prompts`),
+    ``response_ids`` and ``target`` (read by :class:`TaggedFeatures`)."""
+
+    tokenizer: Any
+
+    def __call__(self, examples: Sequence[Example]) -> list[dict]:
+        responses = encode(self.tokenizer, [e.response for e in examples])
+        return [{"prompt_ids": p, "response_ids": r, "target": e.target}
+                for e, p, r in zip(examples, encode_prompts(self.tokenizer, examples), responses)]
 
 
 def model_inputs(tokenizer, examples: Sequence[Example]) -> list[list[int]]:
