@@ -39,41 +39,41 @@ def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
     keep = np.ones(users.shape[0], dtype=bool)
     if k <= 1 or users.size == 0:
         return keep
-    rows, u, i = np.arange(users.shape[0]), users, items
+    rows, u, i = None, users, items  # rows: the kept rows' positions, None while it is all of them
     num_users, num_items = int(users.max()) + 1, int(items.max()) + 1
-    while True:
-        ok = np.bincount(u, minlength=num_users).astype(np.int32)[u] >= k
-        ok &= np.bincount(i, minlength=num_items).astype(np.int32)[i] >= k
-        if ok.all():
+    while u.size:
+        user_rows, item_rows = np.bincount(u, minlength=num_users), np.bincount(i, minlength=num_items)
+        few_users, few_items = (user_rows > 0) & (user_rows < k), (item_rows > 0) & (item_rows < k)
+        if not (few_users.any() or few_items.any()):
             break
-        rows, u, i = rows[ok], u[ok], i[ok]
-    keep[:] = False
-    keep[rows] = True
+        ok = ~few_users[u]
+        ok &= ~few_items[i]
+        rows = np.flatnonzero(ok) if rows is None else rows[ok]
+        u, i = u[ok], i[ok]
+    if rows is not None:
+        keep[:] = False
+        keep[rows] = True
     return keep
 
 
 def dedup_mask(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None) -> np.ndarray:
     """bool [E]: True for the earliest occurrence of each (user, item) pair (ties: source order).
 
-    ``users``/``items`` are non-negative int [E]. One stable sort by pair finds the repeated pairs (none when the
-    rows are strictly in pair order); only their rows are ordered by (pair, time, source position).
+    ``users``/``items`` are non-negative int [E]. An in-place sort of the pair keys tells whether any pair repeats
+    (MovieLens: none); only then are the rows ordered by pair (stable) and the repeated ones by (time, position).
     """
     n = users.shape[0]
     keep = np.ones(n, dtype=bool)
     if n < 2:
         return keep
-    next_user = users[1:] > users[:-1]
-    if np.all(next_user | ((users[1:] == users[:-1]) & (items[1:] > items[:-1]))):
-        return keep  # strictly in pair order (e.g. MovieLens: by user, then movie): no pair repeats
-    del next_user
-    pair = users.astype(np.int64)
-    pair *= int(items.max()) + 1
-    pair += items
+    pair = _pair_keys(users, items)
+    pair.sort()
+    if not np.any(pair[1:] == pair[:-1]):
+        return keep
+    pair = _pair_keys(users, items)
     by_pair = np.argsort(pair, kind="stable")
     pair = pair[by_pair]
     same = pair[1:] == pair[:-1]
-    if not same.any():
-        return keep
     repeated = np.zeros(n, dtype=bool)  # in pair order: the rows of pairs that occur more than once
     repeated[1:] |= same
     repeated[:-1] |= same
@@ -85,6 +85,14 @@ def dedup_mask(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | No
     later[1:] = pair[1:] == pair[:-1]
     keep[rows[later]] = False
     return keep
+
+
+def _pair_keys(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """int64 [E]: one number per (user, item) pair."""
+    pair = users.astype(np.int64)
+    pair *= int(items.max()) + 1
+    pair += items
+    return pair
 
 
 def process(raw: RawInteractions, *, kcore: int = 0, min_rating: float | None = None,
@@ -178,12 +186,16 @@ def _build(raw: RawInteractions, sel: _Selection, remap: Remap, seed: int, recor
     if remap == "random":
         rng = np.random.default_rng(seed)
         user_keys = rng.permutation(user_keys)
-    new_user = _dense_rank(user_keys, sel.users)
+    if remap == "first" and user_keys.size == int(user_keys[-1]) + 1:
+        new_user = sel.users  # every source user is kept: the numbering stays
+    else:
+        new_user = _dense_rank(user_keys, sel.users)
+    counts = np.bincount(new_user, minlength=user_keys.size)
     time = None if raw.timestamps is None else raw.timestamps[sel.take()]
     order = _chronological(new_user, time)  # per user chronological, ties by source order (rows ascend)
-    del time
+    del time, new_user
     rows = order if sel.rows is None else sel.rows[order]
-    new_user, items = new_user[order], sel.items[order]
+    items = sel.items[order]
     del order
     if remap == "random":
         item_keys = rng.permutation(_present(items))
@@ -191,7 +203,6 @@ def _build(raw: RawInteractions, sel: _Selection, remap: Remap, seed: int, recor
     else:  # numbered by first appearance in the users' chronological sequences, in user-id order
         encoded = pc.dictionary_encode(pa.array(items))
         item_keys, new_item = encoded.dictionary.to_numpy(), encoded.indices.to_numpy()
-    counts = np.bincount(new_user, minlength=user_keys.size)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     raw_ids = [raw.item_raw_ids[key] for key in item_keys.tolist()]
     item_records = [{"raw_id": r, **m} for r, m in zip(raw_ids, meta_records(raw.item_meta, raw_ids))]
