@@ -44,7 +44,8 @@ def test_bench_data_tiny_measures_both_formats_against_the_line_loop_peer(tmp_pa
         ds = prepare(name, str(path), tmp_path / f"check-{name}", kcore=2)
         assert run["steps"] == ds.info["processing"]["steps"]  # the child ran the same prepare
         assert run["rows"] == ds.info["processing"]["steps"][0]["interactions"] > 1500 == run["slice"]["rows"]
-        assert 0 < run["peak_rss_gib"] < 4 and run["rows_per_s"] == pytest.approx(run["rows"] / run["wall_s"], rel=0.01)
+        assert 0 < run["peak_rss_gib"] < 4  # wall_s is rounded to 0.01 s
+        assert run["rows"] / (run["wall_s"] + 0.006) < run["rows_per_s"] < run["rows"] / (run["wall_s"] - 0.006)
     if "peer_unavailable" in out:
         pytest.skip(f"no peer: {out['peer_unavailable']}")
     for name in ("movielens", "amazon2023"):
