@@ -184,14 +184,16 @@ def make_amazon2023(folder: Path, reviews: int, items: int, seed: int) -> dict:
                          '", "timestamp": ', _text(rng.integers(946_684_800_000, 1_694_000_000_000, n)),
                          ', "helpful_vote": ', small.take(pa.array(rng.geometric(0.5, n) - 1)),
                          ', "verified_purchase": true}')
-    names, lists = pa.array(_pool(rng, 4096, (3, 12))), pa.array([json.dumps(_pool(rng, 4, (2, 9))) for _ in range(512)])
+    names = pa.array(_pool(rng, 4096, (3, 12)))
+    lists = pa.array([json.dumps(_pool(rng, 4, (2, 9))) for _ in range(512)])
     stores = pa.array(_pool(rng, 512, (1, 3)))
     categories = pa.array([json.dumps(["Beauty & Personal Care", *_pool(rng, 2, (1, 3))]) for _ in range(256)])
     with open(folder / "meta_Bench.jsonl", "wb") as f:
         for lo in range(0, items, 500_000):
             n = min(items, lo + 500_000) - lo
             store = stores.take(pa.array(rng.integers(0, 512, n)))
-            _write_lines(f, '{"main_category": "All Beauty", "title": "', names.take(pa.array(rng.integers(0, 4096, n))),
+            _write_lines(f, '{"main_category": "All Beauty", "title": "',
+                         names.take(pa.array(rng.integers(0, 4096, n))),
                          '", "average_rating": 4.', small.take(pa.array(rng.integers(0, 10, n))),
                          ', "rating_number": ', small.take(pa.array(rng.integers(0, 100, n))),
                          ', "features": ', lists.take(pa.array(rng.integers(0, 512, n))),
@@ -256,16 +258,14 @@ def _same(a: Path, b: Path) -> bool:
     x, y = Dataset.load(a), Dataset.load(b)
     return (x.user_raw_ids == y.user_raw_ids and x.items == y.items
             and x.info["processing"]["steps"] == y.info["processing"]["steps"]
-            and all(np.array_equal(getattr(x, k), getattr(y, k)) for k in ("offsets", "item_ids", "timestamps", "ratings")))
+            and all(np.array_equal(getattr(x, k), getattr(y, k))
+                    for k in ("offsets", "item_ids", "timestamps", "ratings")))
 
 
-def run(args: argparse.Namespace) -> int:
-    import jaxrec
+def _measure(args: argparse.Namespace, work: Path, ours: Path) -> dict:
+    """Generate (or reuse) the inputs under ``work``, prepare them with ours and the peer: the benchmark's JSON."""
     from jaxrec.bench.hardware import hardware_info
 
-    ours = Path(jaxrec.__file__).resolve().parents[1]
-    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="jaxrec-bench-data-"))
-    work.mkdir(parents=True, exist_ok=True)
     config = {k: getattr(args, k) for k in ("rows", "reviews", "items", "peer_rows", "kcore", "seed")}
     inputs = {"movielens": work / "ml" / "ratings.csv", "amazon2023": work / "amazon" / "Bench.jsonl"}
     marker = work / "inputs.json"
@@ -275,8 +275,9 @@ def run(args: argparse.Namespace) -> int:
         generated = json.loads(marker.read_text())["generated"]  # same seed and sizes: the same bytes
     else:
         marker.unlink(missing_ok=True)
-        for name, make in (("movielens", lambda: make_movielens(work / "ml", args.rows, args.seed)),
-                           ("amazon2023", lambda: make_amazon2023(work / "amazon", args.reviews, args.items, args.seed))):
+        makers = {"movielens": lambda: make_movielens(work / "ml", args.rows, args.seed),
+                  "amazon2023": lambda: make_amazon2023(work / "amazon", args.reviews, args.items, args.seed)}
+        for name, make in makers.items():
             start = time.perf_counter()
             generated[name] = {**make(), "generate_s": round(time.perf_counter() - start, 1)}
             generated[name]["file_mib"] = round(inputs[name].stat().st_size / 2 ** 20)
@@ -302,16 +303,30 @@ def run(args: argparse.Namespace) -> int:
                                            work)
             out[name]["identical_on_slice"] = _same(work / "out" / f"{name}-slice", work / "out" / f"{name}-legacy")
             out[name]["ratio"] = round(out[name]["rows_per_s"] / out[f"peer_{name}"]["rows_per_s"], 1)
-            out[name]["ratio_on_slice"] = round(out[name]["slice"]["rows_per_s"] / out[f"peer_{name}"]["rows_per_s"], 1)
+            peer_rate = out[f"peer_{name}"]["rows_per_s"]
+            out[name]["ratio_on_slice"] = round(out[name]["slice"]["rows_per_s"] / peer_rate, 1)
     else:
         out["peer_unavailable"] = peer_error
     ml = out["movielens"]
-    out["goals"] = {"movielens_within_120_s": ml["wall_s"] <= 120, "movielens_peak_rss_within_4_gb": ml["peak_rss_gib"] <= 4,
+    out["goals"] = {"movielens_within_120_s": ml["wall_s"] <= 120,
+                    "movielens_peak_rss_within_4_gb": ml["peak_rss_gib"] <= 4,
                     "ratio_at_least_10": ml.get("ratio", 0) >= 10 and out["amazon2023"].get("ratio", 0) >= 10}
     out["summary"] = {"figure": "movielens prepare rows/s", "value": ml["rows_per_s"], "peer": out["peer"],
                       "peer_value": out.get("peer_movielens", {}).get("rows_per_s"), "ratio": ml.get("ratio")}
     out["hardware"] = hardware_info()
-    if not args.work_dir:
-        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import jaxrec
+
+    ours = Path(jaxrec.__file__).resolve().parents[1]
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="jaxrec-bench-data-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        out = _measure(args, work, ours)
+    finally:
+        if not args.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(out, indent=2))
     return 0
