@@ -182,3 +182,27 @@ def test_the_columnar_path_alone_in_many_small_blocks_gives_the_same_outputs(tmp
         if meta is None:
             assert ds.items == expected[name]["items"]
         assert ds.item_ids.tolist() == expected[name]["item_ids"] and ds.timestamps.tolist() == expected[name]["timestamps"]
+
+
+def _digest(ds):
+    """16 hex digits of sha256 over users, items with text, step counts and the arrays."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps([ds.user_raw_ids, ds.items, ds.info["processing"]["steps"]], sort_keys=True).encode())
+    for name in ("offsets", "item_ids", "timestamps", "ratings"):
+        array = getattr(ds, name)
+        h.update(b"-" if array is None else np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("fmt, folder, options, expected", [
+    ("s3rec", "amazon-beauty/Beauty.txt", {}, "0eda634538958c83"),
+    ("movielens", "ml-100k", {"kcore": 5}, "3f295d1c2d6d58ef"),
+    ("movielens", "ml-100k", {"remap": "random", "min_rating": 4}, "fedb9303d88ce24a"),
+    ("lcrec", "amazon-beauty-lcrec", {}, "2d2ba231a59ce25f"),
+])
+def test_shared_data_is_prepared_as_the_line_loop_readers_did(shared_data, tmp_path, fmt, folder, options, expected):
+    """Digests of the datasets the line-loop readers (revision 9e25de2) prepared from ../shared/data."""
+    from jaxrec.data.commands import prepare
+
+    assert _digest(prepare(fmt, str(shared_data / folder), tmp_path / "out", **options)) == expected
