@@ -209,6 +209,9 @@ def test_values_only_the_line_loop_takes_give_the_same_dataset(tmp_path):
     _write(tmp_path / "ratings_Toys.csv", "u,i,5,100\nu,j,4,101,extra\n")
     ds = prepare("amazon", str(tmp_path / "ratings_Toys.csv"), tmp_path / "o-csv")
     assert [it["raw_id"] for it in ds.items] == ["i", "j"]
+    _write(tmp_path / "ratings_Pets.csv", "u\x1c,i,5,100\n\u3000v,i,4,101\n")  # str.strip() whitespace
+    ds = prepare("amazon", str(tmp_path / "ratings_Pets.csv"), tmp_path / "o-strip")
+    assert ds.user_raw_ids == ["u", "v"]
 
 
 def test_meta_is_read_only_for_reviewed_products_and_a_bad_meta_line_is_named(tmp_path):
