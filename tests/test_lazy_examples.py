@@ -66,7 +66,8 @@ def test_lazy_batches_equal_the_batches_of_rows_tokenized_up_front(tokenizer, ca
     eos = tokenizer.eos_token_id
     features = Seq2SeqFeatures(16, 4, eos, 0) if seq2seq else CausalFeatures(config.seq_len, eos, tokenizer.bos_token_id)
     examples = text_examples()
-    kw = dict(global_batch=8, seed=3, num_epochs=2, target_len=4 if seq2seq else None, pad_id=tokenizer.pad_token_id)
+    kw = {"global_batch": 8, "seed": 3, "num_epochs": 2, "target_len": 4 if seq2seq else None,
+          "pad_id": tokenizer.pad_token_id}
     upfront = list(host_batches(upfront_rows(tokenizer, examples), features, config, **kw))
     encoder = TextRows(tokenizer)
     lengths = token_lengths(encoder, examples, chunk=5)  # chunks of 5: a last partial chunk too

@@ -32,10 +32,10 @@ import dataclasses
 import json
 from typing import Annotated, Any, Callable, Iterator, Sequence
 
-from absl import flags
 import grain
 import jax
 import numpy as np
+from absl import flags
 from jax.sharding import Mesh
 
 from jaxrec.config import Range, check_ranges
@@ -63,8 +63,8 @@ class TokenDataConfig:
     train_on_inputs: bool = False  # BIGRec's option: the loss covers the prompt tokens as well
     shuffle: bool = True
     prefetch: Annotated[int, Range(min=0)] = 2
-    # grain worker processes that tokenize examples and build features (0: in this process); the
-    # batches, and a checkpoint's position, are the same for any count
+    # grain worker processes that tokenize examples and build features (0: in this process; each worker
+    # holds a copy of the examples' text); the batches, and a checkpoint's position, are the same for any count
     workers: Annotated[int, Range(min=0)] = 0
 
     def __post_init__(self):
