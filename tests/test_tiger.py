@@ -2,6 +2,7 @@
 recomputed from its beams and its learning curve, popularity by brute force, fixed-seed figures)."""
 
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,16 @@ def test_vocabulary_and_sliding_window_examples(run):
     assert first.prompt.split() == ["<u_0>"] + [f"<{'abc'[lv]}_{codes[seq[0], lv]}>" for lv in range(LEVELS)]
     assert first.response.split() == [f"<{'abc'[lv]}_{codes[seq[1], lv]}>" for lv in range(LEVELS)]
     assert all(len(e.prompt.split()) <= 1 + config.max_history * LEVELS for e in examples)
+    # a lazy sequence: equal to building every (user, t) example eagerly, sliced or indexed, and picklable for
+    # the pipeline's worker processes
+    from jaxrec.data.tasks.tiger import encoder_text
+
+    items = tiger.item_code_texts(codes)
+    eager = [(encoder_text(seq[:t], u, items, config.max_history, config.user_tokens), items[seq[t]], u, int(seq[t]))
+             for u, seq in enumerate(split.train) for t in range(1, len(seq))]
+    assert [(e.prompt, e.response, e.user, e.target) for e in examples] == eager
+    assert [(e.prompt, e.target) for e in examples[5:9]] == [(x[0], x[3]) for x in eager[5:9]]
+    assert pickle.loads(pickle.dumps(examples))[7] == examples[7]
     ids = tokenizer(first.prompt, add_special_tokens=False)["input_ids"]
     assert 2 not in ids and len(ids) == 1 + LEVELS  # every word is one known token
 
