@@ -282,3 +282,21 @@ def test_retraining_a_run_dir_with_another_model_is_refused_before_anything_is_r
     with pytest.raises(ConfigError, match="was trained with model.vocab_size=320, but this config says 400"):
         bigrec.train(other)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "logs" not in p.parts} == before
+
+
+def test_excluding_the_prompt_history_from_grounding_only_moves_targets_up(run):
+    """eval.exclude_history: each free-generation rank can only shrink (history items leave the ranking, the
+    target stays), the constrained lists are untouched, and the protocol label says so."""
+    import dataclasses
+
+    from jaxrec.methods import bigrec
+
+    config, _, plain = run
+    kept = bigrec.evaluate(dataclasses.replace(config, eval=dataclasses.replace(config.eval, exclude_history=True)))
+    assert kept["protocol"]["free"].endswith("history items excluded")
+    assert plain["protocol"]["free"].endswith("history items kept in the ranking")
+    assert kept["constrained"] == plain["constrained"]
+    for part in ("valid", "test"):
+        assert kept["free"][part]["MRR"] >= plain["free"][part]["MRR"]
+        assert all(kept["free"][part][f"HR@{k}"] >= plain["free"][part][f"HR@{k}"] for k in config.eval.ks)
+    bigrec.evaluate(config)  # leave the run's results.json as the other tests read it

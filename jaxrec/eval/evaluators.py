@@ -63,11 +63,21 @@ def free_generation(model, tokenizer, prompts: Sequence[Sequence[int]], trie, *,
 
 
 def grounding(queries: dict[str, np.ndarray], items: np.ndarray, targets: dict[str, np.ndarray],
-              ks: Sequence[int]) -> dict[str, dict]:
+              ks: Sequence[int], exclude: dict[str, np.ndarray] | None = None) -> dict[str, dict]:
     """Per part: full-catalog metrics of ``targets`` when items [N,d] are ranked by L2 distance to each
-    query [Q,d] (the tiled kernel of :mod:`jaxrec.ground.rank`)."""
-    return {part: metrics_from_ranks(np.asarray(target_ranks(q, items, targets[part], metric="l2")), ks)
+    query [Q,d] (the tiled kernel of :mod:`jaxrec.ground.rank`); ``exclude`` (per part int [Q,E], -1 pads):
+    items left out of each query's ranking (the target always stays)."""
+    return {part: metrics_from_ranks(np.asarray(target_ranks(q, items, targets[part], metric="l2",
+                                                             exclude=None if exclude is None else exclude[part])), ks)
             for part, q in queries.items()}
+
+
+def padded_ids(rows: Sequence[Sequence[int]]) -> np.ndarray:
+    """int32 [Q, max len] of per-query item lists, -1 padded (the kernels' ``exclude`` argument)."""
+    out = np.full((len(rows), max((len(r) for r in rows), default=0) or 1), -1, np.int32)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
 
 
 def candidate_ranking(model, prompts: Sequence[Sequence[int]], candidates: np.ndarray, answers: np.ndarray,

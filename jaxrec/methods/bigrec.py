@@ -101,6 +101,7 @@ class EvalConfig:
     ks: list[int] = dataclasses.field(default_factory=lambda: [1, 3, 5, 10, 20, 50])
     free: bool = True
     constrained: bool = True
+    exclude_history: bool = False  # grounding ranks without the prompt's history items (S3-Rec's protocol)
 
     def __post_init__(self):
         if not (self.free or self.constrained):
@@ -161,13 +162,13 @@ def target_counts(split: TemporalSplit, num_items: int) -> np.ndarray:
 def fusion_metrics(valid: tuple, test: tuple, weights: np.ndarray, ks: list[int]) -> dict:
     """Popularity fusion: per metric the gamma best on validation and its valid/test values.
 
-    ``valid``/``test``: (queries [Q,d], items [N,d], targets [Q])."""
+    ``valid``/``test``: (queries [Q,d], items [N,d], targets [Q], exclude [Q,E] or None)."""
     metrics = {}
     for k in ks:
         metrics[f"HR@{k}"] = lambda r, k=k: float(np.mean(r <= k))
         metrics[f"NDCG@{k}"] = lambda r, k=k: float(np.mean(np.where(r <= k, 1.0 / np.log2(r + 1.0), 0.0)))
-    valid_ranks = np.asarray(fused_target_ranks(*valid, weights, POPULARITY_GAMMAS, metric="l2"))
-    test_ranks = np.asarray(fused_target_ranks(*test, weights, POPULARITY_GAMMAS, metric="l2"))
+    valid_ranks, test_ranks = (np.asarray(fused_target_ranks(q, items, t, weights, POPULARITY_GAMMAS, metric="l2",
+                                                             exclude=exclude)) for q, items, t, exclude in (valid, test))
     best = choose_gamma(valid_ranks, POPULARITY_GAMMAS, metrics)
     out = {}
     for name, (gamma, value) in best.items():
@@ -203,7 +204,10 @@ def evaluate(config: Config) -> dict:
               "popularity": {part: evaluators.popularity(target_counts(split, ds.num_items), t, ks)
                              for part, t in targets.items()},
               "protocol": {"constrained": evaluators.protocol("constrained", ds.num_items, num_beams=g.num_beams),
-                           "free": evaluators.protocol("grounding", ds.num_items)}}
+                           "free": evaluators.protocol("grounding", ds.num_items,
+                                                       exclude_history=config.eval.exclude_history)}}
+    shown = ({part: evaluators.padded_ids([e.meta["history"] for e in ex]) for part, ex in parts.items()}
+             if config.eval.exclude_history else None)
     samples = [{"target": raw_titles[t]} for t in targets["test"][:3]]
     rows = {part: [{"part": part, "user": e.user, "target": raw_titles[e.target]} for e in ex]
             for part, ex in parts.items()}
@@ -251,11 +255,11 @@ def evaluate(config: Config) -> dict:
             queries = embed_prompt_texts(model, tokenizer, {"items": raw_titles, **generated}, config.ground.batch_size)
         items_emb = queries.pop("items")
         free = {"ground_model": config.ground.encoder or config.ground.model, "exact_title_rate": exact,
-                **grounding(queries, items_emb, targets, ks)}
+                **grounding(queries, items_emb, targets, ks, shown)}
         if config.ground.fusion:
-            free["popularity_fusion"] = fusion_metrics((queries["valid"], items_emb, targets["valid"]),
-                                                       (queries["test"], items_emb, targets["test"]),
-                                                       minmax(target_counts(split, ds.num_items)), ks)
+            free["popularity_fusion"] = fusion_metrics(
+                *((queries[part], items_emb, targets[part], None if shown is None else shown[part])
+                  for part in ("valid", "test")), minmax(target_counts(split, ds.num_items)), ks)
         result["free"] = free
         seconds["grounding"] = round(time.perf_counter() - t0, 2)
 
