@@ -307,3 +307,21 @@ def test_constrained_figures_recomputed_from_the_beams(run):
         assert all(len(set(row)) == 2 for row in items.tolist())
         expected = hr_ndcg([list_rank(row, e.target) for row, e in zip(items, ex)], (1, 5), "MRR@2")
         assert subset(result["constrained"][part], expected) == pytest.approx(expected)
+
+
+def test_excluding_the_prompt_history_from_grounding_only_moves_targets_up(run):
+    """eval.exclude_history: free-generation ranks can only shrink; constrained lists and LLaRA are untouched."""
+    import dataclasses
+
+    from jaxrec.methods import rsllm
+
+    config, _, _ = run
+    free = dataclasses.replace(config, eval=dataclasses.replace(config.eval, free=True))
+    plain = rsllm.evaluate(free)
+    kept = rsllm.evaluate(dataclasses.replace(free, eval=dataclasses.replace(free.eval, exclude_history=True)))
+    assert kept["protocol"]["free"].endswith("history items excluded")
+    assert plain["protocol"]["free"].endswith("history items kept in the ranking")
+    assert kept["constrained"] == plain["constrained"]
+    for part in ("valid", "test"):
+        assert kept["free"][part]["MRR"] >= plain["free"][part]["MRR"]
+    rsllm.evaluate(config)  # leave the run's results.json as the other tests read it

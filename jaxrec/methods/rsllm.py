@@ -132,6 +132,7 @@ class EvalConfig:
     constrained: bool = True
     free: bool = True
     llara: bool = True  # LLaRA's sampled candidate protocol (test users)
+    exclude_history: bool = False  # grounding ranks without the prompt's history items (S3-Rec's protocol)
     num_candidates: int = 20
 
 
@@ -305,7 +306,7 @@ def evaluate(config: Config) -> dict:
               "catalog_items": ds.num_items, "examples": {k: len(v) for k, v in parts.items()},
               "num_beams": g.num_beams, "random": random_ranking_metrics(ds.num_items, ks),
               "protocol": {"constrained": evaluators.protocol("constrained", ds.num_items, num_beams=g.num_beams),
-                           "free": evaluators.protocol("grounding", ds.num_items)}}
+                           "free": evaluators.protocol("grounding", ds.num_items, exclude_history=e.exclude_history)}}
     seconds = {}
 
     if e.constrained:
@@ -326,7 +327,9 @@ def evaluate(config: Config) -> dict:
             texts[part] = [clean(t) for t in generated]
         embeddings = embed_prompt_texts(model, tokenizer, {"items": titles, **texts}, g.batch_size)
         items_emb = embeddings.pop("items")
-        free = {"ground_model": "fine_tuned", "exact_title_rate": exact, **grounding(embeddings, items_emb, targets, ks)}
+        free = {"ground_model": "fine_tuned", "exact_title_rate": exact, **grounding(embeddings, items_emb, targets, ks,
+                          {part: evaluators.padded_ids([x.meta["history"] for x in ex]) for part, ex in parts.items()}
+                          if e.exclude_history else None)}
         result["free"] = free
         result["samples"] = [{"target": titles[t], "free": x} for t, x in zip(targets["test"][:3], texts["test"][:3])]
         seconds["free_and_grounding"] = round(time.perf_counter() - t0, 2)
