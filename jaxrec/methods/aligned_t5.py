@@ -41,7 +41,8 @@ Recipe (every step configured by a section of :class:`Config`):
    candidates are fed teacher-forced as beams (T5: encoder output and cross-attention K/V shared;
    decoder-only: the prompt's K/V cache shared).
 
-Run directory: ``item_keys.json`` + the files of :mod:`jaxrec.models.run_dir`; ``results.json``.
+Run directory: ``item_keys.json``, ``item_trie.npz`` (the keys' constraint index) + the files of
+:mod:`jaxrec.models.run_dir`; ``results.json``.
 """
 
 from __future__ import annotations

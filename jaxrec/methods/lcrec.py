@@ -25,7 +25,8 @@ tokenizer trained on the item text and the task templates), full fine-tuning, an
 response-only loss — the loss on the prompt too (``train.data.train_on_inputs``): the history lists
 teach a model with no prior which items follow which (measured on the demo data: 300 steps with it
 beat popularity, 600 response-only steps did not). Run directory:
-``index.json`` + ``index.report.json`` and the files of :mod:`jaxrec.models.run_dir`; ``results.json``.
+``index.json`` + ``index.report.json``, ``item_trie.npz`` (the constraint index) and the files of
+:mod:`jaxrec.models.run_dir`; ``results.json``.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ optionally a seeded sample of ``eval.users``):
 
 Run directory ``out_dir``: ``stage1/`` (an :mod:`jaxrec.models.run_dir` run), ``stage2/`` (``run.json``,
 ``adapter/`` or ``model/`` on top of the merged stage-1 model, ``projector.safetensors``,
-``item_table.npy``), ``results.json``.
+``item_table.npy``), ``item_trie.npz`` (the title constraint index), ``results.json``.
 """
 
 from __future__ import annotations

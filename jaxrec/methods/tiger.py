@@ -21,7 +21,8 @@ Recipe (every step configured by a section of :class:`Config`):
    beside it.
 
 Run directory: ``index.json`` + ``index.report.json``, the files of :mod:`jaxrec.models.run_dir`
-(``tokenizer/``, ``base_model/``, ``model/``, ``run.json``), ``logs/``, ``results.json``.
+(``tokenizer/``, ``base_model/``, ``model/``, ``run.json``), ``item_trie.npz`` (the constraint index), ``logs/``,
+``results.json``.
 """
 
 from __future__ import annotations
