@@ -23,7 +23,8 @@ Recipe:
 
 Metrics: HR/NDCG@K (``eval.ks``, default 1,3,5,10,20,50) over the full catalog, plus the expected
 values of a random ranking. ``evaluate`` writes ``out_dir/results.json`` and ``out_dir/generations.jsonl``
-(per evaluated example: part, user, target, the free generation and the constrained top item).
+(per evaluated example: part, user, target, the free generation and the constrained top item); training
+writes ``out_dir/item_trie.npz``, the titles' constraint index that evaluation reads back.
 """
 
 from __future__ import annotations
