@@ -82,21 +82,35 @@ def test_bad_items_raise_one_clear_error(seqs, message):
 
 
 def test_a_run_saves_its_trie_and_evaluation_reads_it_back(tmp_path):
-    """run_trie(rebuild=True) writes the index; a later call reads it without building (the builder is not
-    called) and gets the same CSR; a saved index of another catalog size is refused."""
-    from jaxrec.decode.trie import TRIE_FILE, run_trie
+    """run_trie(rebuild=True) writes the index and its content key; a later call with the same key reads it
+    without building (same CSR); another key (another catalog or tokenizer), or a trie without its key, is built
+    again and replaces the saved one."""
+    from jaxrec.decode.trie import TRIE_FILE, TRIE_KEY_FILE, content_key, run_trie
 
-    built = run_trie(tmp_path, lambda: ItemTrie.from_sequences(ITEMS, eos_id=EOS), len(ITEMS), rebuild=True)
-    assert (tmp_path / TRIE_FILE).is_file()
+    class Vocab:
+        def __init__(self, n):
+            self.n = n
+
+        def get_vocab(self):
+            return {f"t{i}": i for i in range(self.n)}
+
+    key = content_key(Vocab(12), ["a", "b"])
+    assert key == content_key(Vocab(12), ["a", "b"]) != content_key(Vocab(13), ["a", "b"])
+    assert key != content_key(Vocab(12), ["a", "c"]) and content_key(Vocab(12), np.zeros((2, 3), int)) != \
+        content_key(Vocab(12), np.zeros((3, 2), int))
+    built = run_trie(tmp_path, lambda: ItemTrie.from_sequences(ITEMS, eos_id=EOS), key, rebuild=True)
+    assert (tmp_path / TRIE_FILE).is_file() and (tmp_path / TRIE_KEY_FILE).read_text().strip() == key
 
     def must_not_build():
         raise AssertionError("the saved trie should have been read")
 
-    loaded = run_trie(tmp_path, must_not_build, len(ITEMS))
+    loaded = run_trie(tmp_path, must_not_build, key)
     for name in ("row_ptr", "edge_token", "item_of_node", "node_depth_start"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(built, name))
     assert loaded.widths == built.widths and loaded.max_length == built.max_length
     assert [loaded.item_id(loaded.sequence(i).tolist()) for i in range(len(ITEMS))] == \
         [built.item_id(built.sequence(i).tolist()) for i in range(len(ITEMS))]
-    with pytest.raises(JaxrecError, match=f"a constraint index of {len(ITEMS)} items, but the dataset has 3"):
-        run_trie(tmp_path, must_not_build, 3)
+    other = run_trie(tmp_path, lambda: ItemTrie.from_sequences(ITEMS[:2], eos_id=EOS), "another catalog")
+    assert other.num_items == 2 and run_trie(tmp_path, must_not_build, "another catalog").num_items == 2
+    (tmp_path / TRIE_KEY_FILE).unlink()
+    assert run_trie(tmp_path, lambda: ItemTrie.from_sequences(ITEMS, eos_id=EOS), key).num_items == len(ITEMS)

@@ -16,6 +16,8 @@ gives the whole group.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +30,7 @@ from jaxrec.models.prompts import encode
 
 PAD = -1  # fills the item matrix after each item's EOS
 TRIE_FILE = "item_trie.npz"  # a run directory's constraint index
+TRIE_KEY_FILE = "item_trie.key"  # what it encodes (content_key)
 
 
 def _item_matrix(seqs: Sequence[Sequence[int]] | np.ndarray, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -203,17 +206,28 @@ def text_trie(tokenizer, texts: Sequence[str], vocab_size: int) -> ItemTrie:
     return ItemTrie.from_sequences(encode(tokenizer, texts), eos_id=tokenizer.eos_token_id, vocab_size=vocab_size)
 
 
-def run_trie(run_dir: str | Path, build: Callable[[], ItemTrie], num_items: int, *, rebuild: bool = False) -> ItemTrie:
-    """A run's constraint index, saved with the run: training builds it and writes ``run_dir/item_trie.npz``
-    (``rebuild``), evaluation reads it back (and builds it once for a run that predates the file). A saved
-    trie of another catalog size is refused."""
-    path = Path(run_dir) / TRIE_FILE
-    if rebuild or not path.is_file():
-        trie = build()
-        trie.save(path)
-        return trie
-    trie = ItemTrie.load(path)
-    if trie.num_items != num_items:
-        raise DataError(f"{path}: a constraint index of {trie.num_items} items, but the dataset has {num_items}; "
-                        f"evaluate with the data the run was trained on (or retrain)")
+def content_key(tokenizer, content: Sequence[str] | np.ndarray) -> str:
+    """A fingerprint of what a trie encodes: the items' content (texts, or codes [N, L]) and the tokenizer's
+    vocabulary that turns it into token ids."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    if isinstance(content, np.ndarray):
+        digest.update(str(content.shape).encode() + np.ascontiguousarray(content, np.int64).tobytes())
+    else:
+        digest.update(json.dumps(list(content)).encode())
+    return digest.hexdigest()
+
+
+def run_trie(run_dir: str | Path, build: Callable[[], ItemTrie], key: str, *, rebuild: bool = False) -> ItemTrie:
+    """A run's constraint index, saved with the run (``run_dir/item_trie.npz``): training builds and writes it
+    (``rebuild``), evaluation reads it back. ``key`` (:func:`content_key`) is stored beside it: a saved trie of
+    other content (another catalog, another tokenizer) is built again, never used."""
+    path, key_path = Path(run_dir) / TRIE_FILE, Path(run_dir) / TRIE_KEY_FILE
+    if not rebuild and path.is_file() and key_path.is_file() and key_path.read_text().strip() == key:
+        return ItemTrie.load(path)
+    trie = build()
+    key_path.unlink(missing_ok=True)  # the key last: a trie without its key is never read
+    trie.save(path)
+    with atomic_file(key_path) as f:
+        f.write(key + "\n")
     return trie

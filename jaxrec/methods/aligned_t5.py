@@ -64,7 +64,7 @@ from jaxrec.data.tasks import AlignedT5TaskConfig, Example, aligned_t5_eval_exam
 from jaxrec.data.tasks import item_text
 from jaxrec.data.tasks.span_corruption import sentinel
 from jaxrec.errors import ConfigError, DataError
-from jaxrec.decode.trie import ItemTrie, run_trie, text_trie
+from jaxrec.decode.trie import ItemTrie, content_key, run_trie, text_trie
 from jaxrec.eval import evaluators
 from jaxrec.eval.ranking import item_counts
 from jaxrec.eval.rating import rating_metrics, ratings_from_log_likelihoods
@@ -237,15 +237,12 @@ def train(config: Config) -> dict:
         raise ConfigError("aligned_t5: no training examples (every task switched off or skipped)")
     model, summary = finetune(model, tokenizer, examples, train_cfg, target_len=config.target_len)
     save_run(out_dir, config.model, model, train_cfg.lora, config, summary)
-    run_trie(out_dir, lambda: keys_trie(tokenizer, keys, space, model.config.vocab_size), ds.num_items, rebuild=True)
+    answers = [answer_text(k, space) for k in keys]
+    run_trie(out_dir, lambda: text_trie(tokenizer, answers, model.config.vocab_size), content_key(tokenizer, answers),
+             rebuild=True)
     return {"method": "aligned_t5", "data": config.data.describe(), "model": config.model.describe(),
             "id_mode": config.tasks.id_mode, "train_examples": dict(Counter(e.task for e in examples)), **summary,
             "seconds_total": round(time.perf_counter() - start, 2), "out_dir": str(out_dir)}
-
-
-def keys_trie(tokenizer, keys: Sequence[str], space: bool, vocab_size: int) -> ItemTrie:
-    """The constraint index over every item's answer key."""
-    return text_trie(tokenizer, [answer_text(k, space) for k in keys], vocab_size)
 
 
 def _bar(e: EvalConfig, name: str) -> str | None:
@@ -340,7 +337,9 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     e = config.eval
     keys, space = load_item_keys(config.out_dir, ds)
     model, tokenizer = load_run(config.out_dir, "fine_tuned", config.model.dtype, config.model)
-    trie = run_trie(config.out_dir, lambda: keys_trie(tokenizer, keys, space, model.config.vocab_size), ds.num_items)
+    answers = [answer_text(k, space) for k in keys]
+    trie = run_trie(config.out_dir, lambda: text_trie(tokenizer, answers, model.config.vocab_size),
+                    content_key(tokenizer, answers))
     context = _EvalContext(model, tokenizer, keys, space, item_counts(split.train, ds.num_items), trie, split, ds)
     result = {"method": "aligned_t5", "data": config.data.describe(), "model": config.model.describe(),
               "catalog_items": ds.num_items, "id_mode": config.tasks.id_mode}

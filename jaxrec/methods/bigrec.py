@@ -42,7 +42,7 @@ from jaxrec.data.splits import TemporalSplit, temporal_split
 from jaxrec.data.tasks import bigrec_eval_examples, bigrec_train_examples
 from jaxrec.data.tasks.domains import DomainName
 from jaxrec.data.tasks.item_text import quoted, titles as item_titles
-from jaxrec.decode.trie import run_trie, text_trie
+from jaxrec.decode.trie import content_key, run_trie, text_trie
 from jaxrec.eval import evaluators
 from jaxrec.eval.evaluators import constrained_generation, free_generation, grounding
 from jaxrec.eval.metrics import random_ranking_metrics
@@ -147,7 +147,8 @@ def train(config: Config) -> dict:
     train_cfg = config.train if config.train.log_dir else dataclasses.replace(config.train, log_dir=str(out_dir / "logs"))
     model, summary = finetune(model, tokenizer, chat_examples(tokenizer, config.model, examples), train_cfg)
     save_run(out_dir, config.model, model, train_cfg.lora, config, summary)
-    run_trie(out_dir, lambda: text_trie(tokenizer, titles, model.config.vocab_size), ds.num_items, rebuild=True)
+    run_trie(out_dir, lambda: text_trie(tokenizer, titles, model.config.vocab_size), content_key(tokenizer, titles),
+             rebuild=True)
     return {"method": "bigrec", "data": config.data.describe(), "model": config.model.describe(),
             "train_examples": len(examples), **summary, "out_dir": str(out_dir)}
 
@@ -192,8 +193,9 @@ def evaluate(config: Config) -> dict:
     model, tokenizer = load_run(config.out_dir, "fine_tuned", config.model.dtype, config.model)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     raw_titles = item_titles(ds)
-    trie = run_trie(config.out_dir, lambda: text_trie(tokenizer, [quoted(t) for t in raw_titles],
-                                                      model.config.vocab_size), ds.num_items)
+    answers = [quoted(t) for t in raw_titles]
+    trie = run_trie(config.out_dir, lambda: text_trie(tokenizer, answers, model.config.vocab_size),
+                    content_key(tokenizer, answers))
     prompts = {part: prompt_ids(tokenizer, model, chat_prompts(tokenizer, config.model, [e.prompt for e in ex]))
                for part, ex in parts.items()}
     targets = {part: np.asarray([e.target for e in ex], np.int32) for part, ex in parts.items()}

@@ -50,7 +50,7 @@ from jaxrec.data.tasks.lcrec import SEQREC_TEMPLATES, TEMPLATES, LCRecTaskConfig
 from jaxrec.eval import evaluators
 from jaxrec.eval.ranking import item_counts
 from jaxrec.timing import Clock
-from jaxrec.decode.trie import run_trie
+from jaxrec.decode.trie import content_key, run_trie
 from jaxrec.index.source import (INDEX_FILE, EmbeddingSection, IndexSection, index_codes, index_mapping, index_trie,
                                  item_embeddings)
 from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
@@ -191,7 +191,8 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     clock.lap("tasks")
     model, summary = finetune(model, tokenizer, examples, tc)
     save_run(out_dir, config.model, model, tc.lora, config, summary)
-    run_trie(out_dir, lambda: index_trie(tokenizer, codes, model.config.vocab_size), ds.num_items, rebuild=True)
+    run_trie(out_dir, lambda: index_trie(tokenizer, codes, model.config.vocab_size),
+             content_key(tokenizer, codes), rebuild=True)
     clock.lap("train")
     tasks = {}
     for e in examples:
@@ -228,7 +229,8 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     codes = read_index(Path(config.out_dir) / INDEX_FILE, ds.num_items)
     model, tokenizer = load_run(config.out_dir, "fine_tuned", config.model.dtype, config.model)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    trie = run_trie(config.out_dir, lambda: index_trie(tokenizer, codes, model.config.vocab_size), ds.num_items)
+    trie = run_trie(config.out_dir, lambda: index_trie(tokenizer, codes, model.config.vocab_size),
+                    content_key(tokenizer, codes))
     templates = e.templates if e.templates is not None else list(range(len(SEQREC_TEMPLATES)))
     index = index_mapping(codes)
     counts = item_counts(split.train, ds.num_items)

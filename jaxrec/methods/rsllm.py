@@ -71,7 +71,7 @@ from jaxrec.data.splits import LeaveOneOut, leave_one_out
 from jaxrec.data.tasks import Example, rsllm_candidate_examples, rsllm_eval_examples, rsllm_train_examples, sliding_rows
 from jaxrec.data.tasks.domains import DomainName
 from jaxrec.data.tasks.item_text import titles as item_titles
-from jaxrec.decode.trie import run_trie, text_trie
+from jaxrec.decode.trie import content_key, run_trie, text_trie
 from jaxrec.decode.driver import padded_length
 from jaxrec.errors import DataError
 from jaxrec.eval import evaluators
@@ -261,7 +261,8 @@ def train(config: Config) -> dict:
     stage2_dir = out / "stage2"
     stage2_dir.mkdir(parents=True, exist_ok=True)
     save_stage2(stage2_dir, model, config.stage2.lora, config, summary2)
-    run_trie(out, lambda: text_trie(tokenizer, titles, model.config.vocab_size), ds.num_items, rebuild=True)
+    run_trie(out, lambda: text_trie(tokenizer, titles, model.config.vocab_size), content_key(tokenizer, titles),
+             rebuild=True)
     return {**result, "stage2": summary2}
 
 
@@ -297,7 +298,8 @@ def evaluate(config: Config) -> dict:
     model, tokenizer = load_stage2(config.out_dir, config.model, config.projector)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     titles = item_titles(ds)
-    trie = run_trie(config.out_dir, lambda: text_trie(tokenizer, titles, model.config.vocab_size), ds.num_items)
+    trie = run_trie(config.out_dir, lambda: text_trie(tokenizer, titles, model.config.vocab_size),
+                    content_key(tokenizer, titles))
     prompts = {part: model_inputs(tokenizer, ex) for part, ex in parts.items()}
     targets = {part: np.asarray([x.target for x in ex], np.int32) for part, ex in parts.items()}
     beams = dict(length_penalty=g.length_penalty, batch_size=g.batch_size,

@@ -42,7 +42,7 @@ from jaxrec.data.source import DataConfig, SyntheticData, load_dataset
 from jaxrec.data.splits import LeaveOneOut, leave_one_out
 from jaxrec.data.tasks.rows import leave_one_out_rows
 from jaxrec.data.tasks.tiger import encoder_length, encoder_text, tiger_train_examples, user_token
-from jaxrec.decode.trie import ItemTrie, run_trie
+from jaxrec.decode.trie import ItemTrie, content_key, run_trie
 from jaxrec.errors import ConfigError
 from jaxrec.eval import evaluators
 from jaxrec.eval.ranking import item_counts
@@ -194,7 +194,8 @@ def fit(config: Config, ds: Dataset, split: LeaveOneOut, embeddings: np.ndarray 
     examples = tiger_train_examples(split, item_code_texts(codes), config.max_history, config.user_tokens)
     tc = train_config(config, codes.shape[1])
     clock.lap("examples")
-    trie = run_trie(out_dir, lambda: index_trie(tokenizer, codes, model.config.vocab_size), ds.num_items, rebuild=True)
+    trie = run_trie(out_dir, lambda: index_trie(tokenizer, codes, model.config.vocab_size),
+                    content_key(tokenizer, codes), rebuild=True)
     curve = validation_curve(config, split, codes, tokenizer, trie) if tc.eval_every else None
     model, summary = finetune(model, tokenizer, examples, tc, target_len=codes.shape[1] + 1, evaluate=curve)
     save_run(out_dir, config.model, model, tc.lora, config, summary)
@@ -221,7 +222,8 @@ def evaluate_run(config: Config, ds: Dataset, split: LeaveOneOut) -> dict:
     e = config.eval
     codes = read_index(Path(config.out_dir) / INDEX_FILE, ds.num_items)
     model, tokenizer = load_run(config.out_dir, "fine_tuned", config.model.dtype, config.model)
-    trie = run_trie(config.out_dir, lambda: index_trie(tokenizer, codes, model.config.vocab_size), ds.num_items)
+    trie = run_trie(config.out_dir, lambda: index_trie(tokenizer, codes, model.config.vocab_size),
+                    content_key(tokenizer, codes))
     decoder = BeamDecoder(config, codes, tokenizer, trie)
     counts = item_counts(split.train, ds.num_items)
     result = {"method": "tiger", "data": config.data.describe(), "model": config.model.describe(),
