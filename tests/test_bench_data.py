@@ -53,3 +53,16 @@ def test_bench_data_tiny_measures_both_formats_against_the_line_loop_peer(tmp_pa
         assert out[name]["identical_on_slice"] is True  # the line-loop readers prepare the same dataset
         assert out[name]["ratio"] == round(out[name]["rows_per_s"] / out[f"peer_{name}"]["rows_per_s"], 1)
     assert out["summary"]["ratio"] == out["movielens"]["ratio"]
+
+
+def test_a_work_dir_holding_other_files_is_refused_and_left_untouched(tmp_path, capsys):
+    """The benchmark writes ml/ratings.csv and more into --work-dir: a folder it did not claim is refused with
+    one line (a user's real MovieLens copy there would be replaced)."""
+    mine = tmp_path / "ml" / "ratings.csv"
+    mine.parent.mkdir()
+    mine.write_text("userId,movieId,rating,timestamp\n1,2,5.0,3\n")
+    assert main(["bench", "data", "--rows", "3000", "--reviews", "3000", "--items", "300", "--peer-rows", "1500",
+                 "--work-dir", str(tmp_path)]) == 2
+    assert "holds files jaxrec bench data did not write" in capsys.readouterr().err
+    assert mine.read_text() == "userId,movieId,rating,timestamp\n1,2,5.0,3\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ml"]

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from jaxrec.errors import JaxrecError
+
 if TYPE_CHECKING:  # imported where used: `jaxrec bench` registers every benchmark at start-up
     import pyarrow as pa
 
@@ -229,10 +231,10 @@ def _prepare(fmt: str, path: Path, out: Path, kcore: int, pythonpath: Path, cwd:
                           capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"prepare --format {fmt} {path} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        raise JaxrecError(f"prepare --format {fmt} {path} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     if not result["jaxrec"].startswith(str(pythonpath)):
-        raise RuntimeError(f"the child imported {result['jaxrec']}, not the jaxrec under {pythonpath}")
+        raise JaxrecError(f"the child imported {result['jaxrec']}, not the jaxrec under {pythonpath}")
     rows = result["steps"][0]["interactions"]
     return {"rows": rows, "wall_s": round(wall, 2), "prepare_s": round(result["prepare_s"], 2),
             "rows_per_s": round(rows / wall), "peak_rss_gib": round(result["peak_rss_kib"] / 1024 ** 2, 2),
@@ -317,12 +319,27 @@ def _measure(args: argparse.Namespace, work: Path, ours: Path) -> dict:
     return out
 
 
+OWNER_FILE = ".jaxrec-bench-data"  # marks a work dir this benchmark writes into (it replaces files there)
+
+
+def claim_work_dir(work: Path) -> None:
+    """Make ``work`` this benchmark's: a new or empty folder, or one it claimed before; a folder holding other
+    files is refused (the benchmark writes ml/, amazon/, out/ ... there and would replace what they hold)."""
+    if work.exists() and not work.is_dir():
+        raise JaxrecError(f"--work-dir {work}: not a folder")
+    if work.is_dir() and any(work.iterdir()) and not (work / OWNER_FILE).is_file():
+        raise JaxrecError(f"--work-dir {work}: the folder holds files jaxrec bench data did not write; "
+                          f"give an empty or new folder")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / OWNER_FILE).touch()
+
+
 def run(args: argparse.Namespace) -> int:
     import jaxrec
 
     ours = Path(jaxrec.__file__).resolve().parents[1]
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="jaxrec-bench-data-"))
-    work.mkdir(parents=True, exist_ok=True)
+    claim_work_dir(work)
     try:
         out = _measure(args, work, ours)
     finally:
