@@ -25,15 +25,20 @@ def _user_states(graphdef: nnx.GraphDef, state: nnx.State, inputs: jax.Array) ->
     return model(to_tokens(inputs))[:, -1], model.item_embeddings()  # [B, d], [N, d]
 
 
+def _ranks(graphdef: nnx.GraphDef, state: nnx.State, inputs, targets, exclude=None) -> jax.Array:
+    queries, items = _user_states(graphdef, state, inputs)
+    return target_ranks(queries, items, targets, "dot", exclude=exclude)
+
+
 def rank_batch(model: SASRec, inputs, targets, exclude=None) -> jax.Array:
     """1-based ranks [B] of ``targets`` [B] after histories ``inputs`` [B, max_len] (``exclude`` [B, E]: not ranked)."""
-    queries, items = _user_states(*nnx.split(model), inputs)
-    return target_ranks(queries, items, targets, "dot", exclude=exclude)
+    return _ranks(*nnx.split(model), inputs, targets, exclude)
 
 
 def split_metrics(model: SASRec, arrays: dict[str, np.ndarray], cfg: EvalConfig) -> dict:
     """Full-catalog metrics for the users in ``arrays`` (:func:`~jaxrec.seqrec.batches.eval_arrays`)."""
-    ranks = batched_ranks(lambda **b: rank_batch(model, **b), arrays, cfg.batch_size)
+    graphdef, state = nnx.split(model)  # once, not per batch
+    ranks = batched_ranks(lambda **b: _ranks(graphdef, state, **b), arrays, cfg.batch_size)
     return metrics_from_ranks(ranks, cfg.ks)
 
 
