@@ -13,6 +13,7 @@ import json
 import numpy as np
 
 from jaxrec.data.splits import LeaveOneOut
+from jaxrec.eval.evaluators import padded_ids
 
 
 def left_pad(sequences: list[np.ndarray], length: int) -> np.ndarray:
@@ -131,5 +132,5 @@ def eval_arrays(split: LeaveOneOut, which: str, max_len: int, exclude_history: b
     targets = split.valid_target if which == "valid" else split.test_target
     arrays = {"inputs": left_pad(histories, max_len), "targets": np.asarray(targets, np.int32)}
     if exclude_history:
-        arrays["exclude"] = left_pad(histories, max(1, max((len(h) for h in histories), default=1)))
+        arrays["exclude"] = padded_ids(histories)
     return arrays
